@@ -1,0 +1,120 @@
+"""The embedded default: a tiny decoder, the built-in character tokenizer and the generated arithmetic task.
+
+``python -m ntl_jax.train --gin_file=configs/ntl_final.gin`` with no ``model_path`` runs on this: no downloads,
+a few minutes on a laptop CPU. The supervised warm start is cached in ``<output_dir>/warm_start`` (an HF-format
+model folder) keyed by the task and warm-start settings, so a rerun or a resume goes straight to PPO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+import gin
+from flax import nnx
+
+from ntl_jax.data.arithmetic import make_arithmetic_examples
+from ntl_jax.models.config import ModelConfig
+from ntl_jax.models.decoder import CausalLM
+from ntl_jax.models.hf_io import save_pretrained
+from ntl_jax.models.tokenizers import build_char_tokenizer, load_tokenizer
+from ntl_jax.ntl.digits import digit_token_ids
+from ntl_jax.ppo.warm_start import WarmStartConfig, greedy_eval, supervised_warm_start
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable(module="ntl_jax")
+@dataclasses.dataclass(frozen=True)
+class EmbeddedTaskConfig:
+    """Size of the generated task and of the tiny decoder (Qwen2 layout, tied embeddings)."""
+
+    num_train: int = 20000
+    num_val: int = 200
+    ops: str = "+-*"
+    min_digits: int = 1
+    max_digits: int = 2
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    data_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        for key in ("num_train", "num_val", "min_digits", "max_digits", "hidden_size", "num_layers", "num_heads",
+                    "num_kv_heads", "intermediate_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"EmbeddedTaskConfig.{key}={value!r} is invalid; allowed: an integer >= 1")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"EmbeddedTaskConfig hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
+                             f"num_kv_heads={self.num_kv_heads} is invalid; allowed: heads | hidden, kv_heads | heads")
+
+
+@dataclasses.dataclass
+class EmbeddedDefault:
+    policy_path: str
+    tokenizer: Any
+    train_rows: list[dict]
+    val_rows: list[dict]
+    warm_start: dict[str, Any]
+
+
+def tiny_model_config(tokenizer: Any, task: EmbeddedTaskConfig) -> ModelConfig:
+    return ModelConfig(vocab_size=len(tokenizer), hidden_size=task.hidden_size,
+                       intermediate_size=task.intermediate_size, num_hidden_layers=task.num_layers,
+                       num_attention_heads=task.num_heads, num_key_value_heads=task.num_kv_heads,
+                       rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True,
+                       max_position_embeddings=256, model_type="qwen2", bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def embedded_rows(task: EmbeddedTaskConfig) -> tuple[list[dict], list[dict]]:
+    common = dict(ops=task.ops, min_digits=task.min_digits, max_digits=task.max_digits)
+    train = make_arithmetic_examples(task.num_train, task.data_seed, split="train", **common)
+    val = make_arithmetic_examples(task.num_val, task.data_seed + 1, split="test", **common)
+    return train, val
+
+
+def _cache_key(task: EmbeddedTaskConfig, warm: WarmStartConfig, max_new_tokens: int) -> str:
+    blob = json.dumps({"task": dataclasses.asdict(task), "warm": dataclasses.asdict(warm),
+                       "max_new_tokens": max_new_tokens}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_embedded_default(output_dir: str, *, task: EmbeddedTaskConfig | None = None,
+                             warm: WarmStartConfig | None = None, max_new_tokens: int = 48,
+                             progress: bool = True) -> EmbeddedDefault:
+    """Build (or reuse) the warm-started tiny policy in ``<output_dir>/warm_start``."""
+    task = task or EmbeddedTaskConfig()
+    warm = warm or WarmStartConfig()
+    train_rows, val_rows = embedded_rows(task)
+    model_dir = os.path.join(output_dir, "warm_start")
+    stats_path = os.path.join(model_dir, "warm_start.json")
+    key = _cache_key(task, warm, max_new_tokens)
+    if os.path.isfile(stats_path):
+        with open(stats_path) as f:
+            stats = json.load(f)
+        if stats.get("cache_key") == key:
+            log.info("reusing the cached warm start in %s", model_dir)
+            return EmbeddedDefault(model_dir, load_tokenizer(model_dir), train_rows, val_rows, stats)
+        log.warning("warm start in %s was made with other settings; training a new one", model_dir)
+    tokenizer = build_char_tokenizer()
+    model = CausalLM(tiny_model_config(tokenizer, task), rngs=nnx.Rngs(warm.seed))
+    digit_ids = digit_token_ids(tokenizer)
+    model, stats = supervised_warm_start(model, tokenizer, train_rows, val_rows, warm, digit_ids=digit_ids,
+                                         max_new_tokens=max_new_tokens, progress=progress)
+    stats["cache_key"] = key
+    os.makedirs(model_dir, exist_ok=True)
+    save_pretrained(model, model_dir, tokenizer=tokenizer)
+    with open(stats_path, "w") as f:
+        json.dump(stats, f, indent=2)
+    return EmbeddedDefault(model_dir, load_tokenizer(model_dir), train_rows, val_rows, stats)
+
+
+__all__ = ["EmbeddedTaskConfig", "EmbeddedDefault", "prepare_embedded_default", "tiny_model_config", "greedy_eval"]

@@ -1,0 +1,315 @@
+"""Flax NNX decoder for the Qwen2 / Llama families (GQA, RoPE, RMSNorm, SwiGLU), with a KV cache and a value head.
+
+Every parameter carries logical axis names in its `out_sharding` metadata (see `sharding.py`); they are stored with
+`eager_sharding=False`, so building a model never needs a mesh. Compute runs in `dtype`, parameters live in
+`param_dtype`; RMSNorm, RoPE tables, attention scores and softmax run in float32.
+
+Masking rule: key slot j may be attended by query slot i iff j <= i and attention_mask[b, j]. Without a cache the
+query t sits at slot t; with a cache it sits at slot cache_index + t, and its k/v are written there.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ntl_jax.models.config import ModelConfig
+
+DType = Any
+# Large negative but finite: a fully masked query row (left padding) softmaxes to a uniform row instead of NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_INIT_STD = 0.02  # HF `initializer_range`
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys / values, [L, B, S, KVH, Dh] each (post-RoPE keys)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def init_kv_cache(config: ModelConfig, batch: int, max_len: int, dtype: DType = jnp.float32) -> KVCache:
+    """Zero cache of shape [L, batch, max_len, KVH, Dh]."""
+    if batch <= 0 or max_len <= 0:
+        raise ValueError(f"init_kv_cache batch={batch}, max_len={max_len}; allowed: positive ints")
+    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.dim_per_head)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+
+def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str | None, ...], param_dtype: DType,
+           init: str = "normal") -> nnx.Param:
+    """A Param with logical axis names; `init` in {'normal' (std 0.02), 'zeros', 'ones'}."""
+    if init == "normal":
+        value = _INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)
+        value = value.astype(param_dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, param_dtype)
+    else:
+        value = jnp.ones(shape, param_dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse RoPE frequencies [Dh/2] float32: 1 / theta^(2i/Dh), then HF's 'linear' or 'llama3' rescaling."""
+    dim = config.dim_per_head
+    inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    scaling = config.rope_scaling_dict
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "linear":
+        return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
+    if rope_type == "llama3":
+        factor, low, high = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(is_medium, smoothed, scaled).astype(np.float32)
+    return inv_freq.astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, T, Dh] float32 with freqs = position * inv_freq duplicated over both halves (HF layout)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B,T,H,Dh] -> x*cos + rotate_half(x)*sin, rotate_half(x) = concat(-x2, x1)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32."""
+
+    def __init__(self, dim: int, eps: float, *, dtype: DType, param_dtype: DType):
+        self.scale = _param(None, (dim,), ("norm",), param_dtype, init="ones")
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with RoPE; kernels [D,H,Dh] / [H,Dh,D] so heads can be sharded."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+        d, h, kvh, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.dim_per_head
+        self.q_kernel = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), param_dtype)
+        self.k_kernel = _param(rngs, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.v_kernel = _param(rngs, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.o_kernel = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), param_dtype)
+        if config.attention_bias:
+            self.q_bias = _param(None, (h, hd), ("heads", "head_dim"), param_dtype, init="zeros")
+            self.k_bias = _param(None, (kvh, hd), ("kv_heads", "head_dim"), param_dtype, init="zeros")
+            self.v_bias = _param(None, (kvh, hd), ("kv_heads", "head_dim"), param_dtype, init="zeros")
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+        self.o_bias = _param(None, (d,), ("embed",), param_dtype, init="zeros") if config.o_proj_bias else None
+        self.num_groups = h // kvh
+        self.scale = hd ** -0.5
+        self.dtype = dtype
+
+    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
+        y = jnp.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
+        return y if bias is None else y + bias[...].astype(self.dtype)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array,
+                 layer_cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int | None
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """x [B,T,D], attend bool [B,T,S]; layer_cache (k, v) [B,S,KVH,Dh] is updated at cache_index."""
+        q = apply_rope(self._project(x, self.q_kernel, self.q_bias), cos, sin)
+        k = apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin)
+        v = self._project(x, self.v_kernel, self.v_bias)
+        new_cache = None
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(layer_cache[0], k.astype(layer_cache[0].dtype), start)
+            v_all = jax.lax.dynamic_update_slice(layer_cache[1], v.astype(layer_cache[1].dtype), start)
+            new_cache = (k_all, v_all)
+            k, v = k_all.astype(self.dtype), v_all.astype(self.dtype)
+        b, t, h, hd = q.shape
+        q = q.reshape(b, t, h // self.num_groups, self.num_groups, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * self.scale
+        scores = jnp.where(attend[:, None, None, :, :], scores, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+        y = jnp.einsum("bthk,hkd->btd", out, self.o_kernel[...].astype(self.dtype))
+        if self.o_bias is not None:
+            y = y + self.o_bias[...].astype(self.dtype)
+        return y, new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_kernel = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        self.up_kernel = _param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+        self.down_kernel = _param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+        if config.mlp_bias:
+            self.gate_bias = _param(None, (f,), ("mlp",), param_dtype, init="zeros")
+            self.up_bias = _param(None, (f,), ("mlp",), param_dtype, init="zeros")
+            self.down_bias = _param(None, (d,), ("embed",), param_dtype, init="zeros")
+        else:
+            self.gate_bias = self.up_bias = self.down_bias = None
+        self.dtype = dtype
+
+    def _dense(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
+        y = x @ kernel[...].astype(self.dtype)
+        return y if bias is None else y + bias[...].astype(self.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = jax.nn.silu(self._dense(x, self.gate_kernel, self.gate_bias)) * self._dense(x, self.up_kernel, self.up_bias)
+        return self._dense(hidden, self.down_kernel, self.down_bias)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.self_attn = Attention(config, rngs=rngs, **kw)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.mlp = MLP(config, rngs=rngs, **kw)
+
+    def __call__(self, x, cos, sin, attend, layer_cache, cache_index):
+        attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, attend, layer_cache, cache_index)
+        x = x + attn_out
+        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+
+
+def _apply_layer(layer: DecoderLayer, *args):
+    return layer(*args)
+
+
+def attention_allowed(attention_mask: jax.Array, num_queries: int, first_slot: jax.Array | int) -> jax.Array:
+    """attend[b, t, j] = j <= first_slot + t and attention_mask[b, j]  -> bool [B, T, S]."""
+    query_slots = first_slot + jnp.arange(num_queries)
+    key_slots = jnp.arange(attention_mask.shape[1])
+    causal = key_slots[None, :] <= query_slots[:, None]
+    return causal[None, :, :] & attention_mask.astype(bool)[:, None, :]
+
+
+class DecoderBody(nnx.Module):
+    """Embedding, L decoder layers and the final RMSNorm (HF's `model.*`)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType = jnp.float32,
+                 param_dtype: DType = jnp.float32, remat: bool = False):
+        self.config = config
+        self.embed_tokens = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                                for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.dtype = dtype
+        self.remat = remat
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array, *,
+                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        _check_inputs(input_ids, positions, attention_mask, cache, cache_index)
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        cos, sin = rope_tables(positions, rope_inv_freq(self.config))
+        first_slot = 0 if cache is None else cache_index
+        attend = attention_allowed(attention_mask, input_ids.shape[1], first_slot)
+        apply_layer: Callable = nnx.remat(_apply_layer) if self.remat else _apply_layer
+        cache_k, cache_v = (None, None) if cache is None else cache
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache_k[i], cache_v[i])
+            x, new_layer_cache = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index)
+            if cache is not None:
+                cache_k = cache_k.at[i].set(new_layer_cache[0])
+                cache_v = cache_v.at[i].set(new_layer_cache[1])
+        new_cache = None if cache is None else KVCache(cache_k, cache_v)
+        return self.norm(x), new_cache
+
+
+def _check_inputs(input_ids, positions, attention_mask, cache, cache_index) -> None:
+    if input_ids.ndim != 2 or positions.shape != input_ids.shape:
+        raise ValueError(f"input_ids {input_ids.shape} / positions {positions.shape}; allowed: equal [B, T] shapes")
+    if attention_mask.ndim != 2 or attention_mask.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"attention_mask shape {attention_mask.shape}; allowed: [B={input_ids.shape[0]}, S]")
+    if cache is None:
+        if cache_index is not None:
+            raise ValueError(f"cache_index={cache_index!r} given without a cache; allowed: None")
+        if attention_mask.shape[1] != input_ids.shape[1]:
+            raise ValueError(f"attention_mask length {attention_mask.shape[1]} without cache; "
+                             f"allowed: T={input_ids.shape[1]}")
+    else:
+        if cache_index is None:
+            raise ValueError("cache given without cache_index; allowed: an int or int32 scalar slot")
+        if cache.k.shape[1] != input_ids.shape[0] or cache.k.shape[2] != attention_mask.shape[1]:
+            raise ValueError(f"cache shape {cache.k.shape} vs attention_mask {attention_mask.shape}; "
+                             "allowed: cache [L, B, S, KVH, Dh] with S = attention_mask length")
+
+
+class CausalLM(nnx.Module):
+    """Decoder + LM head. `__call__` returns final-norm hidden states; `logits` applies the head in float32."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType = jnp.float32,
+                 param_dtype: DType = jnp.float32, remat: bool = False):
+        self.config = config
+        self.model = DecoderBody(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat)
+        self.lm_head = None if config.tie_word_embeddings else _param(
+            rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.remat = remat
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array, *,
+                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """-> (hidden [B,T,D] in `dtype`, updated cache or None)."""
+        return self.model(input_ids, positions, attention_mask, cache=cache, cache_index=cache_index)
+
+    def lm_head_kernel(self) -> jax.Array:
+        """[D, V] in `dtype` (the embedding transposed when tied)."""
+        kernel = self.model.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+        return kernel.astype(self.dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [B,T,D] -> logits [B,T,V] float32 (float32 accumulation)."""
+        return jnp.einsum("btd,dv->btv", hidden, self.lm_head_kernel(), preferred_element_type=jnp.float32)
+
+
+class ValueModel(nnx.Module):
+    """Critic: the same decoder body + `score` head Linear(D, 1) (HF *ForTokenClassification layout, bias included)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType = jnp.float32,
+                 param_dtype: DType = jnp.float32, remat: bool = False, backbone: DecoderBody | None = None):
+        self.config = config
+        self.model = backbone if backbone is not None else DecoderBody(
+            config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat)
+        self.score_kernel = _param(rngs, (config.hidden_size, 1), ("embed", None), param_dtype)
+        self.score_bias = _param(None, (1,), (None,), param_dtype, init="zeros")
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.remat = remat
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """-> values [B,T] float32 = hidden @ w + b."""
+        hidden, _ = self.model(input_ids, positions, attention_mask)
+        values = jnp.einsum("btd,do->bto", hidden, self.score_kernel[...].astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        return values[..., 0] + self.score_bias[...].astype(jnp.float32)[0]
+
+    @classmethod
+    def from_policy(cls, policy: CausalLM, *, rngs: nnx.Rngs) -> "ValueModel":
+        """Critic initialised from the actor (verl style): backbone weights copied (fresh buffers), new score head."""
+        backbone = nnx.clone(policy.model)
+        nnx.update(backbone, jax.tree.map(jnp.copy, nnx.state(backbone)))
+        return cls(policy.config, rngs=rngs, dtype=policy.dtype, param_dtype=policy.param_dtype,
+                   remat=policy.remat, backbone=backbone)

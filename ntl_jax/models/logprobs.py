@@ -1,0 +1,172 @@
+"""Per-token log-probs, entropy and digit logits without materialising [B, T, V] float32 logits.
+
+For every position t with final hidden state h_t and LM-head kernel W [D, V]:
+
+    logits_t       = h_t @ W                                   (float32)
+    logprob_t      = logits_t[y_t] - logsumexp(logits_t)
+    entropy_t      = logsumexp(logits_t) - sum_v softmax(logits_t)_v * logits_t[v]
+    digit_logits_t = logits_t[digit_ids]                       ([10], the NTL slice)
+
+`token_logprobs` scans over chunks of `chunk_size` positions and wraps the chunk body in `jax.checkpoint`, so
+neither the forward nor the backward pass ever holds more than [B, chunk_size, V] float32 logits at once.
+`token_logprobs_naive` computes the same quantities from full logits (reference for tests and benchmarks).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+class TokenLogProbs(NamedTuple):
+    """Per-token outputs; `entropy` / `digit_logits` are None when not requested."""
+
+    logprobs: jax.Array  # [B, T] float32
+    entropy: jax.Array | None  # [B, T] float32
+    digit_logits: jax.Array | None  # [B, T, 10] float32
+
+
+def _logits_f32(hidden: jax.Array, lm_head_kernel: jax.Array) -> jax.Array:
+    """hidden [..., D] @ kernel [D, V] accumulated in float32 without up-casting the (possibly bf16) kernel."""
+    return jnp.einsum("...d,dv->...v", hidden, lm_head_kernel, preferred_element_type=jnp.float32)
+
+
+def _stats_from_logits(
+    logits: jax.Array, target_ids: jax.Array, digit_ids: jax.Array | None, compute_entropy: bool
+) -> TokenLogProbs:
+    """Log-prob of targets, entropy and digit slice from float32 logits [..., V]."""
+    logsumexp = jax.nn.logsumexp(logits, axis=-1)
+    target_logits = jnp.take_along_axis(logits, target_ids[..., None], axis=-1)[..., 0]
+    logprobs = target_logits - logsumexp
+    entropy = None
+    if compute_entropy:
+        probs = jnp.exp(logits - logsumexp[..., None])
+        entropy = logsumexp - jnp.sum(probs * logits, axis=-1)
+    digit_logits = None if digit_ids is None else jnp.take(logits, digit_ids, axis=-1)
+    return TokenLogProbs(logprobs, entropy, digit_logits)
+
+
+def _check_inputs(hidden: jax.Array, lm_head_kernel: jax.Array, target_ids: jax.Array, digit_ids: Any) -> None:
+    chex.assert_rank(hidden, 3)
+    chex.assert_rank(lm_head_kernel, 2)
+    chex.assert_shape(target_ids, hidden.shape[:2])
+    if hidden.shape[-1] != lm_head_kernel.shape[0]:
+        raise ValueError(
+            f"hidden size {hidden.shape[-1]} does not match lm_head_kernel rows {lm_head_kernel.shape[0]}; they must be equal"
+        )
+    if digit_ids is not None:
+        chex.assert_rank(digit_ids, 1)
+
+
+def token_logprobs_naive(
+    hidden: jax.Array,
+    lm_head_kernel: jax.Array,
+    target_ids: jax.Array,
+    *,
+    digit_ids: jax.Array | None = None,
+    chunk_size: int = 128,
+    compute_entropy: bool = True,
+) -> TokenLogProbs:
+    """Reference: same outputs as `token_logprobs`, computed from the full [B, T, V] float32 logits.
+
+    `chunk_size` is accepted (and ignored) so both functions share one signature.
+    """
+    del chunk_size
+    _check_inputs(hidden, lm_head_kernel, target_ids, digit_ids)
+    logits = _logits_f32(hidden, lm_head_kernel)
+    digit_ids = None if digit_ids is None else jnp.asarray(digit_ids, jnp.int32)
+    return _stats_from_logits(logits, target_ids.astype(jnp.int32), digit_ids, compute_entropy)
+
+
+def token_logprobs(
+    hidden: jax.Array,
+    lm_head_kernel: jax.Array,
+    target_ids: jax.Array,
+    *,
+    digit_ids: jax.Array | None = None,
+    chunk_size: int = 128,
+    compute_entropy: bool = True,
+) -> TokenLogProbs:
+    """Chunked, rematerialised log-probs: `lax.scan` over ceil(T / chunk_size) chunks of the sequence axis.
+
+    T is padded up to a multiple of the chunk (padding rows use target id 0 and are sliced off). The chunk body is
+    `jax.checkpoint`-ed, so the backward pass recomputes each chunk's [B, chunk, V] logits instead of storing them.
+    """
+    _check_inputs(hidden, lm_head_kernel, target_ids, digit_ids)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} is invalid; it must be a positive int")
+    batch, seq_len, hidden_size = hidden.shape
+    chunk = min(chunk_size, max(seq_len, 1))
+    num_chunks = -(-seq_len // chunk)
+    pad = num_chunks * chunk - seq_len
+    digit_ids = None if digit_ids is None else jnp.asarray(digit_ids, jnp.int32)
+    target_ids = target_ids.astype(jnp.int32)
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        target_ids = jnp.pad(target_ids, ((0, 0), (0, pad)))
+
+    # [B, n*c, ...] -> [n, B, c, ...]: scan runs over the leading (chunk) axis.
+    hidden_chunks = hidden.reshape(batch, num_chunks, chunk, hidden_size).swapaxes(0, 1)
+    target_chunks = target_ids.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def chunk_stats(kernel: jax.Array, hidden_chunk: jax.Array, target_chunk: jax.Array) -> TokenLogProbs:
+        logits = _logits_f32(hidden_chunk, kernel)
+        return _stats_from_logits(logits, target_chunk, digit_ids, compute_entropy)
+
+    def body(carry: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, TokenLogProbs]:
+        return carry, chunk_stats(lm_head_kernel, *xs)
+
+    _, stacked = jax.lax.scan(body, None, (hidden_chunks, target_chunks))
+
+    def unchunk(x: jax.Array | None) -> jax.Array | None:
+        if x is None:
+            return None
+        x = x.swapaxes(0, 1)  # [B, n, c, ...]
+        return x.reshape(batch, num_chunks * chunk, *x.shape[3:])[:, :seq_len]
+
+    return TokenLogProbs(unchunk(stacked.logprobs), unchunk(stacked.entropy), unchunk(stacked.digit_logits))
+
+
+def response_positions(attention_mask: jax.Array) -> jax.Array:
+    """positions = cumsum(mask) - 1, clipped at 0 for left padding (pad slots are never attended)."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def sequence_logprobs(
+    model: Any,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    response_ids: jax.Array,
+    response_mask: jax.Array,
+    *,
+    digit_ids: jax.Array | None = None,
+    chunk_size: int = 128,
+    compute_entropy: bool = True,
+) -> TokenLogProbs:
+    """Run `model` (a CausalLM) over concat(prompt, response) and score the T response tokens.
+
+    The hidden state at slot P-1+t predicts response token t, so the slice hidden[:, P-1 : P-1+T] is scored against
+    `response_ids`. Positions are cumsum(mask)-1 over the concatenated mask (left-padded prompts keep RoPE exact).
+    """
+    chex.assert_rank([prompt_ids, prompt_mask, response_ids, response_mask], 2)
+    chex.assert_equal_shape([prompt_ids, prompt_mask])
+    chex.assert_equal_shape([response_ids, response_mask])
+    chex.assert_equal_shape_prefix([prompt_ids, response_ids], 1)
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    if prompt_len < 1:
+        raise ValueError(f"prompt length {prompt_len} is invalid; at least one prompt slot is needed to predict token 0")
+    input_ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+    attention_mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+    hidden, _ = model(input_ids, response_positions(attention_mask), attention_mask)
+    hidden = jax.lax.slice_in_dim(hidden, prompt_len - 1, prompt_len - 1 + response_len, axis=1)
+    return token_logprobs(
+        hidden,
+        model.lm_head_kernel(),
+        response_ids,
+        digit_ids=digit_ids,
+        chunk_size=chunk_size,
+        compute_entropy=compute_entropy,
+    )

@@ -1,0 +1,318 @@
+"""Jitted autoregressive sampler: bucketed left-padded prefill + KV-cache decode in a `lax.while_loop`.
+
+Flow of `Sampler.generate` (N = B * n rows, sample j of prompt i at row i*n + j):
+  1. host: left-pad prompts to the smallest bucket P >= longest prompt, repeat each prompt n times;
+  2. `prefill` (jit): allocate the cache (max_len = P + max_new_tokens), run the prompts through the model, return the
+     cache and the logits at the last prompt slot;
+  3. `decode` (jit, cache donated): `lax.while_loop` over steps; each step samples a token per row, records it, then runs
+     the model on it at cache slot P + step. Stops when every row has emitted an EOS token or after max_new_tokens.
+
+Sampling key of row (i, j) at step s: fold_in(fold_in(fold_in(rng, prompt_index_i), j), s), so a prompt's samples do not
+depend on what else is in the batch. `response_logprobs` are log_softmax(logits)[token] of the model at temperature 1
+(not of the temperature / top-k / top-p-warped distribution actually sampled from): the PPO recompute (verl style) replaces
+them anyway. `digit_logits` are the raw (unwarped) logits of the 10 digit tokens at every step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ntl_jax.models.config import ModelConfig
+from ntl_jax.models.decoder import KVCache, init_kv_cache
+from ntl_jax.models.logprobs import response_positions
+from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
+
+DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+BATCH_MESH_AXES = ("data", "fsdp")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """`greedy` (or top_k == 1) -> argmax; else sample from softmax(logits / temperature) restricted to the top_k tokens
+    (0 = all) and to the smallest set whose probability reaches top_p (1.0 = all; at least one token is kept)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens={self.max_new_tokens!r}; allowed: an int >= 1")
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"SamplingParams.temperature={self.temperature!r}; allowed: > 0 (or greedy=True)")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k={self.top_k!r}; allowed: an int >= 0 (0 disables top-k)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingParams.top_p={self.top_p!r}; allowed: 0 < top_p <= 1")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"SamplingParams.n={self.n!r}; allowed: an int >= 1")
+
+
+class GenerationOutput(NamedTuple):
+    """Numpy arrays; N = B * n rows, T = max_new_tokens (positions after the stop are pad / mask 0)."""
+
+    prompt_ids: np.ndarray  # [N, P] int32, left-padded with pad_token_id
+    prompt_mask: np.ndarray  # [N, P] int32
+    response_ids: np.ndarray  # [N, T] int32, pad_token_id after EOS
+    response_mask: np.ndarray  # [N, T] int32, 1 up to and including the EOS token
+    response_logprobs: np.ndarray  # [N, T] float32, log_softmax(logits)[token] at temperature 1; 0 where mask is 0
+    digit_logits: np.ndarray | None  # [N, T, 10] float32 raw digit-token logits, or None
+
+
+def warp_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """Temperature, then top-k, then top-p (nucleus) masking of float32 logits [..., V] (masked -> -inf).
+
+    top-p keeps sorted token r iff cumprob_{<r} < top_p: the smallest prefix whose mass reaches top_p, never empty.
+    """
+    logits = logits.astype(jnp.float32) / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        kth_largest = jax.lax.top_k(logits, params.top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    if params.top_p < 1.0:
+        sorted_logits = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
+        sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        num_kept = jnp.maximum(jnp.sum(mass_before < params.top_p, axis=-1, keepdims=True), 1)
+        cutoff = jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def sample_tokens(logits: jax.Array, row_keys: jax.Array, params: SamplingParams) -> jax.Array:
+    """One token per row from logits [N, V] with one PRNG key per row [N] -> int32 [N]."""
+    if params.greedy or params.top_k == 1:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    warped = warp_logits(logits, params)
+    return jax.vmap(jax.random.categorical)(row_keys, warped).astype(jnp.int32)
+
+
+def row_keys(rng: jax.Array, prompt_index: jax.Array, sample_index: jax.Array) -> jax.Array:
+    """Key of row (i, j) = fold_in(fold_in(rng, prompt_index_i), j); independent of the batch composition."""
+    return jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(rng, p), s))(prompt_index, sample_index)
+
+
+class _DecodeCarry(NamedTuple):
+    step: jax.Array  # int32 scalar
+    cache: KVCache
+    logits: jax.Array  # [N, V] float32: next-token logits
+    done: jax.Array  # [N] bool: row has emitted EOS
+    tokens: jax.Array  # [N, T] int32
+    logprobs: jax.Array  # [N, T] float32
+    mask: jax.Array  # [N, T] int32
+    digit_logits: jax.Array  # [N, T, 10] float32 (T = 0 when not requested)
+
+
+def _bucket_for(length: int, buckets: Sequence[int]) -> int:
+    for bucket in buckets:
+        if bucket >= length:
+            return bucket
+    raise ValueError(f"prompt length {length} exceeds the largest prompt bucket {max(buckets)}; allowed: <= {max(buckets)}")
+
+
+class Sampler:
+    """Generates responses for batches of token-id prompts with a `CausalLM` given as (graphdef, state)."""
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        config: ModelConfig,
+        *,
+        eos_token_ids: int | Sequence[int],
+        pad_token_id: int,
+        digit_ids: np.ndarray | Sequence[int] | None = None,
+        mesh: Mesh | None = None,
+        prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+        cache_dtype: Any = jnp.float32,
+    ) -> None:
+        eos = (eos_token_ids,) if isinstance(eos_token_ids, (int, np.integer)) else tuple(eos_token_ids)
+        if not eos or any(not 0 <= int(t) < config.vocab_size for t in eos):
+            raise ValueError(f"eos_token_ids={eos_token_ids!r}; allowed: one or more ids in [0, {config.vocab_size})")
+        if not 0 <= int(pad_token_id) < config.vocab_size:
+            raise ValueError(f"pad_token_id={pad_token_id!r}; allowed: an id in [0, {config.vocab_size})")
+        buckets = tuple(sorted(int(b) for b in prompt_buckets))
+        if not buckets or buckets[0] < 1:
+            raise ValueError(f"prompt_buckets={prompt_buckets!r}; allowed: a non-empty sequence of positive ints")
+        if digit_ids is not None:
+            digit_ids = np.asarray(digit_ids, np.int32)
+            if digit_ids.shape != (10,):
+                raise ValueError(f"digit_ids shape {digit_ids.shape}; allowed: (10,)")
+        if mesh is not None and not set(BATCH_MESH_AXES) <= set(mesh.axis_names):
+            raise ValueError(f"mesh axes {mesh.axis_names}; allowed: a mesh with axes {BATCH_MESH_AXES}")
+        self.graphdef = graphdef
+        self.config = config
+        self.eos_token_ids = tuple(int(t) for t in eos)
+        self.pad_token_id = int(pad_token_id)
+        self.digit_ids = digit_ids
+        self.mesh = mesh
+        self.prompt_buckets = buckets
+        self.cache_dtype = cache_dtype
+        self._programs: dict[tuple, tuple[Any, Any]] = {}
+        self._trace_counts = {"prefill": 0, "decode": 0}
+        self.last_num_steps: int | None = None  # decode steps actually executed by the latest `generate`
+
+    @property
+    def num_compilations(self) -> int:
+        """Distinct generation programs traced so far (one prefill + one decode each)."""
+        return self._trace_counts["prefill"]
+
+    @property
+    def trace_counts(self) -> dict[str, int]:
+        return dict(self._trace_counts)
+
+    def _batch_multiple(self) -> int:
+        if self.mesh is None:
+            return 1
+        return int(np.prod([self.mesh.shape[a] for a in BATCH_MESH_AXES]))
+
+    def _build_programs(self, prompt_len: int, params: SamplingParams, with_digits: bool) -> tuple[Any, Any]:
+        graphdef, config, cache_dtype = self.graphdef, self.config, self.cache_dtype
+        max_new, cache_len = params.max_new_tokens, prompt_len + params.max_new_tokens
+        eos_ids = jnp.asarray(self.eos_token_ids, jnp.int32)
+        pad_id = self.pad_token_id
+        digit_ids = None if self.digit_ids is None else jnp.asarray(self.digit_ids)
+        counts = self._trace_counts
+
+        def prefill(state, prompt_ids, prompt_mask):
+            counts["prefill"] += 1  # runs once per trace, i.e. per compilation
+            model = nnx.merge(graphdef, state)
+            batch = prompt_ids.shape[0]
+            cache = init_kv_cache(config, batch, cache_len, cache_dtype)
+            # Generated slots are always attendable; causality hides the future ones.
+            cache_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, max_new), jnp.int32)], axis=1)
+            hidden, cache = model(prompt_ids, response_positions(prompt_mask), cache_mask, cache=cache, cache_index=0)
+            # Left padding puts every row's last real token at slot P-1.
+            return cache, model.logits(hidden[:, -1:])[:, 0]
+
+        def decode(state, cache, first_logits, prompt_mask, rng, prompt_index, sample_index):
+            counts["decode"] += 1
+            model = nnx.merge(graphdef, state)
+            batch = prompt_mask.shape[0]
+            keys = row_keys(rng, prompt_index, sample_index)
+            cache_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, max_new), jnp.int32)], axis=1)
+            prompt_lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
+
+            def cond(c: _DecodeCarry) -> jax.Array:
+                return (c.step < max_new) & ~jnp.all(c.done)
+
+            def body(c: _DecodeCarry) -> _DecodeCarry:
+                step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, c.step)
+                sampled = sample_tokens(c.logits, step_keys, params)
+                token = jnp.where(c.done, pad_id, sampled)
+                log_probs = jax.nn.log_softmax(c.logits, axis=-1)
+                token_logprob = jnp.take_along_axis(log_probs, sampled[:, None], axis=-1)[:, 0]
+                alive = ~c.done
+                tokens = c.tokens.at[:, c.step].set(token)
+                logprobs = c.logprobs.at[:, c.step].set(jnp.where(alive, token_logprob, 0.0))
+                mask = c.mask.at[:, c.step].set(alive.astype(jnp.int32))
+                digit_logits = c.digit_logits
+                if with_digits:
+                    digit_logits = digit_logits.at[:, c.step].set(jnp.take(c.logits, digit_ids, axis=-1))
+                done = c.done | jnp.isin(token, eos_ids)
+                positions = (prompt_lengths + c.step)[:, None]
+                hidden, cache = model(
+                    token[:, None], positions, cache_mask, cache=c.cache, cache_index=prompt_len + c.step
+                )
+                logits = model.logits(hidden)[:, 0]
+                return _DecodeCarry(c.step + 1, cache, logits, done, tokens, logprobs, mask, digit_logits)
+
+            init = _DecodeCarry(
+                step=jnp.zeros((), jnp.int32),
+                cache=cache,
+                logits=first_logits,
+                done=jnp.zeros((batch,), bool),
+                tokens=jnp.full((batch, max_new), pad_id, jnp.int32),
+                logprobs=jnp.zeros((batch, max_new), jnp.float32),
+                mask=jnp.zeros((batch, max_new), jnp.int32),
+                digit_logits=jnp.zeros((batch, max_new if with_digits else 0, 10), jnp.float32),
+            )
+            final = jax.lax.while_loop(cond, body, init)
+            # The final cache is returned (and dropped by the caller) so it can alias the donated input cache: the
+            # loop then updates that buffer in place instead of copying it.
+            return final.tokens, final.mask, final.logprobs, final.digit_logits, final.step, final.cache
+
+        return jax.jit(prefill), jax.jit(decode, donate_argnums=(1,))
+
+    def _programs_for(self, prompt_len: int, batch: int, params: SamplingParams, with_digits: bool) -> tuple[Any, Any]:
+        key = (prompt_len, batch, params, with_digits)
+        if key not in self._programs:
+            self._programs[key] = self._build_programs(prompt_len, params, with_digits)
+        return self._programs[key]
+
+    def _left_pad(self, prompts: Sequence[Sequence[int]], prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+        prompt_ids = np.full((len(prompts), prompt_len), self.pad_token_id, np.int32)
+        prompt_mask = np.zeros((len(prompts), prompt_len), np.int32)
+        for row, prompt in enumerate(prompts):
+            if len(prompt):
+                prompt_ids[row, prompt_len - len(prompt):] = prompt
+                prompt_mask[row, prompt_len - len(prompt):] = 1
+        return prompt_ids, prompt_mask
+
+    def _place(self, state: Any, arrays: list[np.ndarray]) -> tuple[Any, list[jax.Array]]:
+        """Without a mesh: plain device arrays. With a mesh: rows sharded over (data, fsdp), state per its logical axes."""
+        if self.mesh is None:
+            return state, [jnp.asarray(a) for a in arrays]
+        # A no-op when the caller already placed the state with these shardings.
+        placed_state = shard_state(state, self.mesh, LOGICAL_AXIS_RULES)
+        rows = NamedSharding(self.mesh, PartitionSpec(BATCH_MESH_AXES))
+        return placed_state, [jax.device_put(a, rows) for a in arrays]
+
+    def generate(
+        self,
+        state: Any,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        rng: jax.Array,
+        *,
+        return_digit_logits: bool = False,
+        prompt_indices: list[int] | None = None,
+    ) -> GenerationOutput:
+        """Sample `params.n` responses per prompt; see the module docstring for keys, masks and log-probs."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError(f"prompts has {len(prompts)} entries, some empty; allowed: a non-empty list of non-empty id lists")
+        if prompt_indices is None:
+            prompt_indices = list(range(len(prompts)))
+        if len(prompt_indices) != len(prompts):
+            raise ValueError(f"prompt_indices has {len(prompt_indices)} entries; allowed: one per prompt ({len(prompts)})")
+        if return_digit_logits and self.digit_ids is None:
+            raise ValueError("return_digit_logits=True but the Sampler has digit_ids=None; allowed: pass digit_ids")
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for p in prompts for t in p):
+            raise ValueError(f"a prompt token id is outside [0, {vocab}); allowed: ids in [0, {vocab})")
+
+        prompt_len = _bucket_for(max(len(p) for p in prompts), self.prompt_buckets)
+        prompt_ids, prompt_mask = self._left_pad(prompts, prompt_len)
+        num_rows = len(prompts) * params.n
+        prompt_index = np.repeat(np.asarray(prompt_indices, np.int32), params.n)
+        sample_index = np.tile(np.arange(params.n, dtype=np.int32), len(prompts))
+        prompt_ids, prompt_mask = np.repeat(prompt_ids, params.n, 0), np.repeat(prompt_mask, params.n, 0)
+
+        # With a mesh, pad the rows to a multiple of the batch shards by repeating row 0 (dropped afterwards).
+        padded_rows = -(-num_rows // self._batch_multiple()) * self._batch_multiple()
+        take = np.concatenate([np.arange(num_rows), np.zeros(padded_rows - num_rows, np.int64)])
+        placed_state, (ids_d, mask_d, pidx_d, sidx_d) = self._place(
+            state, [prompt_ids[take], prompt_mask[take], prompt_index[take], sample_index[take]]
+        )
+        prefill, decode = self._programs_for(prompt_len, padded_rows, params, return_digit_logits)
+        cache, first_logits = prefill(placed_state, ids_d, mask_d)
+        tokens, mask, logprobs, digit_logits, num_steps, _ = decode(
+            placed_state, cache, first_logits, mask_d, rng, pidx_d, sidx_d
+        )
+        self.last_num_steps = int(num_steps)
+        return GenerationOutput(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=np.asarray(tokens)[:num_rows],
+            response_mask=np.asarray(mask)[:num_rows],
+            response_logprobs=np.asarray(logprobs)[:num_rows],
+            digit_logits=np.asarray(digit_logits)[:num_rows] if return_digit_logits else None,
+        )

@@ -1,0 +1,100 @@
+"""Logical axis names -> mesh axes (data, fsdp, tensor), and NamedSharding trees for nnx States.
+
+Parameters name their dimensions with logical axes in `out_sharding` metadata (decoder.py). A rule maps a logical name
+to a mesh axis, a tuple of mesh axes, or None (replicated). When building a NamedSharding for a concrete array, mesh
+axes that are absent from the mesh, already used by an earlier dimension, or that do not divide the dimension are
+dropped (that dimension is replicated over them) so any model shape runs on any mesh.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MeshAxes = str | tuple[str, ...] | None
+Rules = Sequence[tuple[str, MeshAxes]] | Mapping[str, MeshAxes]
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    ("seq", None),
+)
+
+
+def _rules_dict(rules: Rules | None) -> dict[str, MeshAxes]:
+    rules = LOGICAL_AXIS_RULES if rules is None else rules
+    return dict(rules.items() if isinstance(rules, Mapping) else rules)
+
+
+def logical_to_mesh(spec: Sequence[str | None] | None, rules: Rules | None = None) -> PartitionSpec:
+    """('embed', 'mlp') -> PartitionSpec('fsdp', 'tensor') under `rules`; None entries stay None (replicated)."""
+    table = _rules_dict(rules)
+    if spec is None:
+        return PartitionSpec()
+    mesh_axes = []
+    for name in spec:
+        if name is not None and name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; allowed: {sorted(table)}")
+        mesh_axes.append(None if name is None else table[name])
+    return PartitionSpec(*mesh_axes)
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes that are missing from `mesh`, reused, or do not divide their dimension."""
+    used: set[str] = set()
+    fitted = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        kept = []
+        for axis in axes:
+            size = mesh.shape.get(axis)
+            if size is None or axis in used or dim % (int(np.prod([mesh.shape[a] for a in kept])) * size):
+                continue
+            kept.append(axis)
+        used.update(kept)
+        fitted.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+    return PartitionSpec(*fitted)
+
+
+def named_sharding(logical_axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                   rules: Rules | None = None) -> NamedSharding:
+    """NamedSharding for one array of `shape` whose dimensions have the given logical names."""
+    return NamedSharding(mesh, fit_spec_to_shape(logical_to_mesh(logical_axes, rules), shape, mesh))
+
+
+def _variable_sharding(var: nnx.Variable, mesh: Mesh, rules: Rules | None) -> nnx.Variable:
+    logical_axes = var.get_metadata().get("out_sharding")
+    return var.replace(named_sharding(logical_axes, np.shape(var.get_value()), mesh, rules))
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """Same tree as `state` (nnx State or any pytree of Variables / arrays) with NamedSharding leaves.
+
+    Variables without logical names and plain arrays (e.g. optimizer step counters) are replicated.
+    """
+    def one(x):
+        if isinstance(x, nnx.Variable):
+            return _variable_sharding(x, mesh, rules)
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_state(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """Place every leaf of `state` with its `state_shardings` NamedSharding."""
+    return jax.device_put(state, state_shardings(state, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules: Rules | None = None) -> NamedSharding:
+    """Sharding for a [B, ...] host batch: leading dim on the 'batch' rule (data, fsdp), the rest replicated."""
+    return NamedSharding(mesh, logical_to_mesh(("batch",) + (None,) * (ndim - 1), rules))

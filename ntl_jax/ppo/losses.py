@@ -1,0 +1,168 @@
+"""PPO actor / critic losses, loss aggregation and KL estimators (verl semantics, pure jnp, jittable).
+
+Shapes: B sequences, T response tokens; every ``[B,T]`` matrix is paired with a 0/1 ``response_mask``.
+Names and defaults follow verl's ``ppo_trainer.yaml`` (clip_ratio 0.2, clip_ratio_c 3.0, cliprange_value 0.5,
+loss_agg_mode 'token-mean').
+"""
+from __future__ import annotations
+
+import numbers
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from ntl_jax.ppo.advantages import masked_mean, masked_sum
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_PENALTY_KINDS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+
+# verl clamps log-ratios to +-20 before exp (ratio and low_var_kl) and the low_var_kl value to +-10.
+_LOG_RATIO_CLAMP = 20.0
+_LOW_VAR_KL_CLAMP = 10.0
+
+
+def agg_loss(
+    loss_mat: jax.Array, mask: jax.Array, mode: str, *, loss_scale_factor: float | None = None
+) -> jax.Array:
+    """Aggregate a [B,T] loss matrix to a scalar (verl ``agg_loss``).
+
+    With m the mask, S_i = sum_t L[i,t] m[i,t], n_i = sum_t m[i,t] and N the set of rows with n_i > 0:
+      token-mean:              sum_{i,t} L m / sum_{i,t} m
+      seq-mean-token-sum:      mean_{i in N} S_i
+      seq-mean-token-mean:     mean_{i in N} S_i / n_i
+      seq-mean-token-sum-norm: mean_{i in N} S_i / H,   H = loss_scale_factor, default T = mask.shape[-1]
+                               (Dr.GRPO's constant horizon; verl's default loss_scale_factor)
+    Fully masked rows are left out of the sequence means, as current verl does (older verl averaged over all B rows
+    and, for -norm, summed rather than averaged over rows). An empty mask gives 0 (verl: nan).
+    """
+    chex.assert_rank(loss_mat, 2)
+    chex.assert_equal_shape((loss_mat, mask))
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode={mode!r} is not supported; allowed: {', '.join(LOSS_AGG_MODES)}")
+    if mode == "token-mean":
+        return masked_mean(loss_mat, mask)
+    row_has_tokens = (jnp.sum(jnp.asarray(mask, jnp.float32), axis=-1) > 0).astype(jnp.float32)
+    if mode == "seq-mean-token-mean":
+        seq_losses = masked_mean(loss_mat, mask, axis=-1)
+    else:
+        seq_losses = masked_sum(loss_mat, mask, axis=-1)
+    loss = masked_mean(seq_losses, row_has_tokens)
+    if mode == "seq-mean-token-sum-norm":
+        horizon = mask.shape[-1] if loss_scale_factor is None else loss_scale_factor
+        loss = loss / horizon
+    return loss
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+    """Entropy of softmax(logits) over the last axis (verl ``entropy_from_logits``), float32.
+
+    H = logsumexp(z) - sum_k softmax(z)_k z_k
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(probs * logits, axis=-1)
+
+
+def _check_clip_ratio_c(clip_ratio_c: float | jax.Array) -> None:
+    if isinstance(clip_ratio_c, numbers.Real) and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c={clip_ratio_c!r} must be > 1.0 (dual-clip lower bound, verl default 3.0)")
+
+
+def policy_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    response_mask: jax.Array,
+    *,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    loss_agg_mode: str = "token-mean",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Dual-clip PPO policy loss (verl ``compute_policy_loss_vanilla``).
+
+    d      = clip(logp - logp_old, -20, 20)          (verl's negative_approx_kl)
+    r      = exp(d)
+    L1     = -A r,   L2 = -A clip(r, 1 - clip_ratio_low, 1 + clip_ratio_high)
+    Lclip  = max(L1, L2)
+    L3     = -A c   (c = clip_ratio_c > 1, dual clip, arXiv:1912.09729)
+    L      = min(Lclip, L3) where A < 0 else Lclip
+    loss   = agg_loss(L, mask, loss_agg_mode)
+    Metrics (masked means over tokens):
+      pg_clipfrac       = mean[L2 > L1]
+      ppo_kl            = mean[-d] = mean[logp_old - logp]
+      pg_clipfrac_lower = mean[(Lclip > L3) & (A < 0)]
+    """
+    chex.assert_rank(logprobs, 2)
+    chex.assert_equal_shape((logprobs, old_logprobs, advantages, response_mask))
+    _check_clip_ratio_c(clip_ratio_c)
+    advantages = jnp.asarray(advantages, jnp.float32)
+    log_ratio = jnp.clip(logprobs - old_logprobs, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    ratio = jnp.exp(log_ratio)
+    ppo_kl = masked_mean(-log_ratio, response_mask)
+
+    pg_losses1 = -advantages * ratio
+    pg_losses2 = -advantages * jnp.clip(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    clipped_losses = jnp.maximum(pg_losses1, pg_losses2)
+    pg_clipfrac = masked_mean((pg_losses2 > pg_losses1).astype(jnp.float32), response_mask)
+
+    pg_losses3 = -advantages * clip_ratio_c
+    negative_advantage = advantages < 0
+    pg_clipfrac_lower = masked_mean(
+        ((clipped_losses > pg_losses3) & negative_advantage).astype(jnp.float32), response_mask
+    )
+    pg_losses = jnp.where(negative_advantage, jnp.minimum(clipped_losses, pg_losses3), clipped_losses)
+    loss = agg_loss(pg_losses, response_mask, loss_agg_mode)
+    metrics = {"pg_clipfrac": pg_clipfrac, "ppo_kl": ppo_kl, "pg_clipfrac_lower": pg_clipfrac_lower}
+    return loss, metrics
+
+
+def value_loss(
+    values: jax.Array,
+    old_values: jax.Array,
+    returns: jax.Array,
+    response_mask: jax.Array,
+    *,
+    cliprange_value: float = 0.5,
+    loss_agg_mode: str = "token-mean",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Clipped value loss (verl ``compute_value_loss``).
+
+    v_clip = clip(v, v_old - c, v_old + c),   c = cliprange_value
+    loss   = 0.5 * agg_loss(max((v - R)^2, (v_clip - R)^2), mask, loss_agg_mode)
+    vf_clipfrac = masked mean[(v_clip - R)^2 > (v - R)^2]
+    """
+    chex.assert_rank(values, 2)
+    chex.assert_equal_shape((values, old_values, returns, response_mask))
+    values_clipped = jnp.clip(values, old_values - cliprange_value, old_values + cliprange_value)
+    vf_losses1 = jnp.square(values - returns)
+    vf_losses2 = jnp.square(values_clipped - returns)
+    loss = 0.5 * agg_loss(jnp.maximum(vf_losses1, vf_losses2), response_mask, loss_agg_mode)
+    vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).astype(jnp.float32), response_mask)
+    return loss, {"vf_clipfrac": vf_clipfrac}
+
+
+def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str) -> jax.Array:
+    """Per-token KL estimate between the policy and the reference (verl ``kl_penalty``; J. Schulman's k1/k2/k3).
+
+    With d = logp - logp_ref:
+      'kl' | 'k1':          d
+      'abs':                |d|
+      'mse' | 'k2':         0.5 d^2
+      'low_var_kl' | 'k3':  clip(exp(k) - k - 1, -10, 10),  k = clip(logp_ref - logp, -20, 20)
+    'full' (needs full-vocabulary logits) is not supported, as in verl.
+    """
+    chex.assert_equal_shape((logprobs, ref_logprobs))
+    log_ratio = jnp.asarray(logprobs, jnp.float32) - jnp.asarray(ref_logprobs, jnp.float32)
+    if kind in ("kl", "k1"):
+        return log_ratio
+    if kind == "abs":
+        return jnp.abs(log_ratio)
+    if kind in ("mse", "k2"):
+        return 0.5 * jnp.square(log_ratio)
+    if kind in ("low_var_kl", "k3"):
+        ref_minus_logp = jnp.clip(-log_ratio, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+        estimate = jnp.exp(ref_minus_logp) - ref_minus_logp - 1.0
+        return jnp.clip(estimate, -_LOW_VAR_KL_CLAMP, _LOW_VAR_KL_CLAMP)
+    raise ValueError(f"kl penalty kind {kind!r} is not supported; allowed: {', '.join(KL_PENALTY_KINDS)}")

@@ -1,0 +1,120 @@
+"""Model state of a PPO run: policy, critic, frozen reference, optimisers, placed on the mesh.
+
+Python keeps ``(graphdef, state)`` pairs; every hot step takes the state arrays as jit arguments with the
+shardings they were placed with (:func:`ntl_jax.ppo.steps.tree_shardings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from ntl_jax.models.config import ModelConfig
+from ntl_jax.models.decoder import CausalLM, ValueModel
+from ntl_jax.models.hf_io import from_pretrained
+from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
+from ntl_jax.ppo.config import PPOConfig
+from ntl_jax.ppo.steps import make_optimizer, tree_shardings
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class ModuleState:
+    """A module as a static graph plus placed arrays, with its optimiser when it is trained."""
+
+    graphdef: nnx.GraphDef
+    params: Any
+    shardings: Any
+    tx: optax.GradientTransformation | None = None
+    opt_state: Any = None
+    opt_shardings: Any = None
+
+    @classmethod
+    def from_module(cls, module: nnx.Module, mesh: Mesh, tx: optax.GradientTransformation | None = None,
+                    rules: Any = LOGICAL_AXIS_RULES) -> "ModuleState":
+        graphdef, params = nnx.split(module)
+        params = shard_state(params, mesh, rules)
+        shardings = tree_shardings(params)
+        state = cls(graphdef, params, shardings, tx)
+        if tx is not None:
+            # Optimiser moments inherit their parameter's sharding through jit's propagation.
+            state.opt_state = jax.jit(tx.init)(params)
+            state.opt_shardings = tree_shardings(state.opt_state)
+        return state
+
+    def module(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params)
+
+    def copy_params(self) -> Any:
+        """A second buffer of the parameters (the updates donate the live one)."""
+        return jax.tree.map(jnp.copy, self.params)
+
+
+@dataclasses.dataclass
+class PPOModels:
+    policy: ModuleState
+    reference: Any  # params of the frozen reference policy (same graphdef as policy), or None
+    critic: ModuleState | None
+    model_config: ModelConfig
+
+
+def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",
+                 critic_path: str | None = None, seed: int = 0, total_steps: int = 0) -> PPOModels:
+    """Load the policy from an HF-format folder, derive the critic (verl: from the policy checkpoint) and the
+    reference (a frozen copy of the initial policy)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
+    policy_module = from_pretrained(policy_path, dtype=DTYPES[dtype])
+    model_config = policy_module.config
+    actor_tx = make_optimizer(ppo.actor_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
+                              warmup_steps=ppo.lr_warmup_steps)
+    critic = None
+    if ppo.uses_critic:
+        if critic_path:
+            critic_module = from_pretrained(critic_path, dtype=DTYPES[dtype], value_model=True)
+        else:
+            critic_module = ValueModel.from_policy(policy_module, rngs=nnx.Rngs(seed))
+        critic_tx = make_optimizer(ppo.critic_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
+                                   warmup_steps=ppo.lr_warmup_steps)
+        critic = ModuleState.from_module(critic_module, mesh, critic_tx)
+    policy = ModuleState.from_module(policy_module, mesh, actor_tx)
+    reference = policy.copy_params() if ppo.uses_reference else None
+    del total_steps
+    return PPOModels(policy=policy, reference=reference, critic=critic, model_config=model_config)
+
+
+def train_state_tree(models: PPOModels) -> dict[str, Any]:
+    """The arrays a checkpoint holds (the reference is re-derived from its path on resume)."""
+    tree = {"actor": models.policy.params, "actor_opt": models.policy.opt_state}
+    if models.critic is not None:
+        tree["critic"] = models.critic.params
+        tree["critic_opt"] = models.critic.opt_state
+    return tree
+
+
+def abstract_train_state(models: PPOModels) -> dict[str, Any]:
+    """ShapeDtypeStructs with shardings: the restore target (keeps optax NamedTuples and placements)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        train_state_tree(models))
+
+
+def load_train_state(models: PPOModels, tree: dict[str, Any]) -> None:
+    models.policy.params = tree["actor"]
+    models.policy.opt_state = tree["actor_opt"]
+    if models.critic is not None:
+        models.critic.params = tree["critic"]
+        models.critic.opt_state = tree["critic_opt"]
+
+
+def param_count(params: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))

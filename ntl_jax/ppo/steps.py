@@ -1,0 +1,262 @@
+"""The jitted hot steps of one PPO iteration, as plain ``jax.jit`` over ``(graphdef, state)``.
+
+Each factory closes over the static parts (graphdef, optimiser, config) and returns a compiled function whose
+arguments are pytrees of arrays with explicit shardings on the mesh:
+
+- ``make_logprob_step``: one forward of a policy over prompt+response -> per-token log-prob, entropy and the
+  digit logit slice (the NTL pass; also used for the frozen reference without the digit slice).
+- ``make_value_step``: critic values for the response tokens.
+- ``make_actor_update`` / ``make_critic_update``: one optimiser step on a mini-batch, with gradient
+  accumulation over micro-batches (``lax.scan``), global-norm clipping, and non-finite updates skipped.
+  In NTL mode the actor loss adds ``ntl_weight * NTL(digit_logits[target positions])`` computed from the
+  *same* forward's digit slice, so NTL costs one [B, T, 10] gather, not a second forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ntl_jax.models.logprobs import TokenLogProbs, sequence_logprobs
+from ntl_jax.ntl.losses import ntl_loss
+from ntl_jax.ppo.advantages import masked_mean
+from ntl_jax.ppo.config import PPOConfig
+from ntl_jax.ppo.losses import agg_loss, kl_penalty, policy_loss, value_loss
+
+BATCH_AXES = ("data", "fsdp")
+
+
+@flax.struct.dataclass
+class RolloutBatch:
+    """Everything the updates need about a set of responses (leading axis N = responses)."""
+
+    prompt_ids: jax.Array  # [N, P] int32, left-padded
+    prompt_mask: jax.Array  # [N, P] int32
+    response_ids: jax.Array  # [N, T] int32, right-padded
+    response_mask: jax.Array  # [N, T] float32
+    old_logprobs: jax.Array  # [N, T]
+    ref_logprobs: jax.Array  # [N, T]
+    old_values: jax.Array  # [N, T]
+    advantages: jax.Array  # [N, T]
+    returns: jax.Array  # [N, T]
+    ntl_targets: jax.Array  # [N, T] int32, -1 where no digit target
+    ntl_weights: jax.Array  # [N, T] float32, 0 where no digit target
+
+    @property
+    def size(self) -> int:
+        return int(self.prompt_ids.shape[0])
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Shard the leading (response) axis over the data-parallel mesh axes; replicate the rest."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def tree_shardings(tree: Any) -> Any:
+    """The shardings a placed pytree already has (used as the explicit in/out shardings of later steps)."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def sequence_inputs(prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids: jax.Array,
+                    response_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Concatenate prompt and response: ``input_ids``, ``attention_mask``, ``positions = cumsum(mask) - 1``."""
+    input_ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+    attention_mask = jnp.concatenate([prompt_mask, response_mask.astype(prompt_mask.dtype)], axis=1)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
+    return input_ids, attention_mask.astype(jnp.int32), positions
+
+
+def response_values(critic: nnx.Module, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
+    """Critic value of the state before each response token: slot ``P - 1 + t`` (verl's ``values[:, -T-1:-1]``)."""
+    input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    values = critic(input_ids, positions, attention_mask)
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    return values[:, prompt_len - 1: prompt_len - 1 + response_len].astype(jnp.float32)
+
+
+def make_logprob_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any, *, digit_ids: jax.Array | None,
+                      chunk_size: int, compute_entropy: bool = True) -> Callable[..., TokenLogProbs]:
+    """``(state, prompt_ids, prompt_mask, response_ids, response_mask) -> TokenLogProbs`` (jitted)."""
+    data = batch_sharding(mesh)
+
+    def step(state, prompt_ids, prompt_mask, response_ids, response_mask):
+        model = nnx.merge(graphdef, state)
+        return sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, digit_ids=digit_ids,
+                                 chunk_size=chunk_size, compute_entropy=compute_entropy)
+
+    out = TokenLogProbs(logprobs=data, entropy=data if compute_entropy else None,
+                        digit_logits=data if digit_ids is not None else None)
+    return jax.jit(step, in_shardings=(state_shardings, data, data, data, data), out_shardings=out)
+
+
+def make_value_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any) -> Callable[..., jax.Array]:
+    """``(critic_state, prompt_ids, prompt_mask, response_ids, response_mask) -> values [N, T]`` (jitted)."""
+    data = batch_sharding(mesh)
+
+    def step(state, prompt_ids, prompt_mask, response_ids, response_mask):
+        return response_values(nnx.merge(graphdef, state), prompt_ids, prompt_mask, response_ids, response_mask)
+
+    return jax.jit(step, in_shardings=(state_shardings, data, data, data, data), out_shardings=data)
+
+
+def make_optimizer(learning_rate: float, *, weight_decay: float, grad_clip: float,
+                   warmup_steps: int = 0) -> optax.GradientTransformation:
+    """AdamW behind global-norm clipping, with optional linear warm-up (verl's actor/critic optimiser)."""
+    schedule: Any = learning_rate
+    if warmup_steps > 0:
+        schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.chain(optax.clip_by_global_norm(grad_clip),
+                       optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=weight_decay))
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorLossSettings:
+    """Static settings of the actor loss (hashable; part of the jit cache key through the closure)."""
+
+    clip_ratio_low: float
+    clip_ratio_high: float
+    clip_ratio_c: float
+    loss_agg_mode: str
+    entropy_coeff: float
+    use_kl_loss: bool
+    kl_loss_coef: float
+    kl_loss_type: str
+    ntl_method: str | None  # None = standard PPO (no digit slice, no NTL term)
+    chunk_size: int
+
+    @classmethod
+    def from_config(cls, cfg: PPOConfig, ntl_method: str | None) -> "ActorLossSettings":
+        return cls(cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode, cfg.entropy_coeff,
+                   cfg.use_kl_loss, cfg.kl_loss_coef, cfg.kl_loss_type, ntl_method, cfg.logprob_chunk_size)
+
+
+def actor_loss(model: nnx.Module, batch: RolloutBatch, ntl_weight: jax.Array, settings: ActorLossSettings,
+               digit_ids: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``L = pg_loss - entropy_coeff * H + kl_loss_coef * KL(pi || ref) + ntl_weight * NTL``.
+
+    NTL (when ``settings.ntl_method`` is set) is the masked mean over target positions of the per-position NTL of
+    ``digit_logits = logits[..., digit_ids]`` from this same forward; ``ntl_weights`` carry the hybrid weights.
+    """
+    use_ntl = settings.ntl_method is not None
+    out = sequence_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                            digit_ids=digit_ids if use_ntl else None, chunk_size=settings.chunk_size,
+                            compute_entropy=True)
+    mask = batch.response_mask
+    pg_loss, pg_metrics = policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, mask,
+                                      clip_ratio_low=settings.clip_ratio_low, clip_ratio_high=settings.clip_ratio_high,
+                                      clip_ratio_c=settings.clip_ratio_c, loss_agg_mode=settings.loss_agg_mode)
+    entropy = agg_loss(out.entropy, mask, settings.loss_agg_mode)
+    loss = pg_loss - settings.entropy_coeff * entropy
+    metrics = {"actor/pg_loss": pg_loss, "actor/entropy": entropy, **{f"actor/{k}": v for k, v in pg_metrics.items()}}
+    if settings.use_kl_loss:
+        kl = agg_loss(kl_penalty(out.logprobs, batch.ref_logprobs, settings.kl_loss_type), mask,
+                      settings.loss_agg_mode)
+        loss = loss + settings.kl_loss_coef * kl
+        metrics["actor/kl_loss"] = kl
+    if use_ntl:
+        ntl_mask = batch.ntl_weights * mask
+        ntl = ntl_loss(out.digit_logits, batch.ntl_targets, ntl_mask, settings.ntl_method)
+        loss = loss + ntl_weight * ntl
+        metrics["ntl/train_loss"] = ntl
+    return loss, metrics
+
+
+def critic_loss(model: nnx.Module, batch: RolloutBatch, cliprange_value: float,
+                loss_agg_mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Clipped value loss ``0.5 * agg(max((V - R)^2, (clip(V, V_old +- c) - R)^2))``."""
+    values = response_values(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    loss, vf_metrics = value_loss(values, batch.old_values, batch.returns, batch.response_mask,
+                                  cliprange_value=cliprange_value, loss_agg_mode=loss_agg_mode)
+    metrics = {"critic/vf_loss": loss, "critic/vpred_mean": masked_mean(values, batch.response_mask),
+               **{f"critic/{k}": v for k, v in vf_metrics.items()}}
+    return loss, metrics
+
+
+def _split_micro(batch: RolloutBatch, num_micro: int) -> RolloutBatch:
+    return jax.tree.map(lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]), batch)
+
+
+def make_update_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: Callable[..., Any],
+                     *, num_micro_batches: int, mesh: Mesh, param_shardings: Any, opt_shardings: Any,
+                     metric_prefix: str) -> Callable[..., Any]:
+    """One optimiser step on a mini-batch: mean gradient over ``num_micro_batches`` micro-batches (``lax.scan``).
+
+    ``loss_fn(model, micro_batch, *extra) -> (loss, metrics)``. A step whose loss or gradient norm is not finite
+    leaves params and optimiser state unchanged and reports ``<prefix>/update_skipped = 1``.
+    Params and optimiser state are donated.
+    """
+    data = batch_sharding(mesh)
+    rep = replicated(mesh)
+
+    def step(params, opt_state, batch: RolloutBatch, *extra):
+        chex.assert_equal(batch.size % num_micro_batches, 0)
+        micro = _split_micro(batch, num_micro_batches)
+
+        def micro_grad(carry, micro_batch):
+            def loss_of(p):
+                return loss_fn(nnx.merge(graphdef, p), micro_batch, *extra)
+
+            (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+            grad_sum = jax.tree.map(jnp.add, carry, grads)
+            return grad_sum, (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grad_sum, (losses, metrics) = jax.lax.scan(micro_grad, zeros, micro)
+        grads = jax.tree.map(lambda g: g / num_micro_batches, grad_sum)
+        grad_norm = optax.global_norm(grads)
+        loss = jnp.mean(losses)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_params = jax.tree.map(keep, new_params, params)
+        new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        out_metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+        out_metrics[f"{metric_prefix}/grad_norm"] = grad_norm
+        out_metrics[f"{metric_prefix}/loss"] = loss
+        out_metrics[f"{metric_prefix}/update_skipped"] = 1.0 - finite.astype(jnp.float32)
+        return new_params, new_opt_state, out_metrics
+
+    batch_shardings = jax.tree.map(lambda _: data, RolloutBatch(*([0] * 11)))
+
+    def jitted(num_extra: int):
+        return jax.jit(step, in_shardings=(param_shardings, opt_shardings, batch_shardings) + (rep,) * num_extra,
+                       out_shardings=(param_shardings, opt_shardings, rep), donate_argnums=(0, 1))
+
+    return jitted
+
+
+def make_actor_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, settings: ActorLossSettings, *,
+                      digit_ids: jax.Array | None, num_micro_batches: int, mesh: Mesh, param_shardings: Any,
+                      opt_shardings: Any) -> Callable[..., Any]:
+    """``(params, opt_state, batch, ntl_weight) -> (params, opt_state, metrics)`` (jitted, donating)."""
+    def loss_fn(model, micro_batch, ntl_weight):
+        return actor_loss(model, micro_batch, ntl_weight, settings, digit_ids)
+
+    return make_update_step(graphdef, tx, loss_fn, num_micro_batches=num_micro_batches, mesh=mesh,
+                            param_shardings=param_shardings, opt_shardings=opt_shardings,
+                            metric_prefix="actor")(1)
+
+
+def make_critic_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: PPOConfig, *,
+                       num_micro_batches: int, mesh: Mesh, param_shardings: Any,
+                       opt_shardings: Any) -> Callable[..., Any]:
+    """``(params, opt_state, batch) -> (params, opt_state, metrics)`` (jitted, donating)."""
+    def loss_fn(model, micro_batch):
+        return critic_loss(model, micro_batch, cfg.cliprange_value, cfg.loss_agg_mode)
+
+    return make_update_step(graphdef, tx, loss_fn, num_micro_batches=num_micro_batches, mesh=mesh,
+                            param_shardings=param_shardings, opt_shardings=opt_shardings,
+                            metric_prefix="critic")(0)

@@ -1,0 +1,89 @@
+"""Scorer for the embedded arithmetic task (``data_source='arithmetic'``).
+
+Answer extraction, in order, on the last ``ANSWER_TAIL_CHARS`` characters of the response:
+
+1. the number after the last ``####`` (spaces/tabs allowed between), else
+2. the last number in the tail.
+
+A number is ``-?[0-9]+(\\.[0-9]+)?`` in ASCII digits, or thousands-grouped ``1,234`` (groups of exactly three
+digits; ``3,4`` is 3 then 4). A ``-`` is a sign only when it does not follow a digit (``7-3`` is 7 then 3,
+``=-4`` is -4). The value is compared to the ground truth exactly (``fractions.Fraction``), so ``12``, ``12.0`` and
+``012`` all equal ``12``; no float conversion, hence no ``nan``/``inf``/overflow.
+
+Untrusted text:
+
+- Only ASCII ``0-9`` are digits. Arabic-Indic (``٣``), fullwidth (``３``) and other Unicode digits are ordinary text:
+  ``#### ٣`` has no answer after ``####``. (Python's ``int('٣')`` would accept it; we never call ``int`` on
+  anything the ASCII pattern did not match.) NTL's digit tokens are ASCII too, so the two agree on what a digit is.
+- ``nan``, ``inf``, ``Infinity``, ``1e309`` contain no number, or only their ASCII digit runs (``309``).
+- The tail cut respects digit runs: a run that starts before the tail (e.g. the end of 10^5 digits in a row) is not
+  read as its last 300 digits; such a response has no answer. (A comma-grouped number longer than the tail may be
+  read from a group boundary; its value is then wrong anyway.)
+- All patterns are linear (no nested quantifiers) and run on at most 300 characters.
+
+``compute_score`` returns ``{'score', 'acc', 'abs_error', 'has_answer'}`` where
+``abs_error = min(|pred - truth|, ABS_ERROR_CAP)`` and ``ABS_ERROR_CAP`` when there is no answer, so a mean over a
+batch stays finite and comparable.
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+ANSWER_TAIL_CHARS = 300
+ABS_ERROR_CAP = 1e6
+
+# The leading look-behinds stop a match from starting inside a digit run or a decimal part, including a run that
+# begins before the tail window (``pattern.finditer(text, pos)`` lets look-behind see text before ``pos``).
+_NUMBER = r"(?:(?<![0-9])-)?(?<![0-9.])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?![0-9])"
+_NUMBER_RE = re.compile(_NUMBER)
+_HASH_ANSWER_RE = re.compile(r"####[ \t]*(" + _NUMBER + ")")
+_GROUND_TRUTH_RE = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+
+
+def _to_fraction(number_text: str) -> Fraction:
+    return Fraction(number_text.replace(",", ""))
+
+
+def extract_answer(solution_str: str) -> str | None:
+    """Return the answer text (``####`` answer first, else last number in the tail), or None."""
+    if not isinstance(solution_str, str):
+        raise TypeError(f"solution_str must be str, got {type(solution_str).__name__}")
+    start = max(0, len(solution_str) - ANSWER_TAIL_CHARS)
+    hash_answers = [m.group(1) for m in _HASH_ANSWER_RE.finditer(solution_str, start)]
+    if hash_answers:
+        return hash_answers[-1]
+    numbers = [m.group(0) for m in _NUMBER_RE.finditer(solution_str, start)]
+    return numbers[-1] if numbers else None
+
+
+def parse_ground_truth(ground_truth: str | int) -> Fraction:
+    """Parse a ground truth like ``'936'``, ``'-12'``, ``'1,234'`` or ``'2.5'`` (ints accepted) into a Fraction."""
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, (str, int)):
+        raise TypeError(f"ground_truth must be str or int, got {type(ground_truth).__name__}")
+    text = str(ground_truth).strip()
+    if len(text) > ANSWER_TAIL_CHARS or not _GROUND_TRUTH_RE.fullmatch(text):
+        raise ValueError(f"ground_truth={text[:50]!r} is not an ASCII number like '-12', '1,234' or '2.5'")
+    return _to_fraction(text)
+
+
+def compute_score(
+    solution_str: str, ground_truth: str | int, format_score: float = 0.0, score: float = 1.0
+) -> dict:
+    """Exact numeric match of the extracted answer with the ground truth.
+
+    score = ``score`` if pred == truth, ``format_score`` if an answer was found but differs, 0.0 if none;
+    acc = 1.0 if pred == truth else 0.0; abs_error = min(|pred - truth|, ABS_ERROR_CAP) (cap when no answer).
+    """
+    truth = parse_ground_truth(ground_truth)
+    answer_text = extract_answer(solution_str)
+    if answer_text is None:
+        return {"score": 0.0, "acc": 0.0, "abs_error": ABS_ERROR_CAP, "has_answer": False}
+    error = abs(_to_fraction(answer_text) - truth)
+    correct = error == 0
+    return {
+        "score": float(score) if correct else float(format_score),
+        "acc": 1.0 if correct else 0.0,
+        "abs_error": float(min(error, Fraction(ABS_ERROR_CAP))),
+        "has_answer": True,
+    }

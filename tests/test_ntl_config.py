@@ -1,0 +1,90 @@
+"""NTLConfig: contract defaults, one-line validation errors, gin binding, tau_at."""
+
+import dataclasses
+
+import gin
+import pytest
+
+from ntl_jax.ntl.config import NTLConfig
+
+CONTRACT_DEFAULTS = dict(
+    enabled=False, method="wasserstein", weight=0.3, extract_during_generation=False, extract_during_log_prob=True,
+    pass_to_reward_function=True, reward_mode="final_answer", temperature=2.0, adaptive_temperature=False,
+    temperature_schedule=None, hybrid_weight=0.5, answer_extraction="strict_then_last", log_metrics=True,
+    debug_mode=False, save_digit_info=False, cache_digit_mappings=True, fallback_on_error=False, require_digits=False,
+)
+
+
+def _own_message(error: ValueError) -> str:
+    """Our one-line message; gin appends '\n  In call to configurable ...' to errors raised inside configurables."""
+    first_line, *rest = str(error).split("\n")
+    assert all(line.startswith("  In call to configurable") for line in rest)
+    return first_line
+
+
+def test_defaults_match_contract_and_frozen():
+    config = NTLConfig()
+    assert dataclasses.asdict(config) == CONTRACT_DEFAULTS
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.method = "mse"
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("method", "foo", "'mse', 'wasserstein', 'number'"),
+    ("reward_mode", "tokens", "'final_answer', 'all_tokens', 'hybrid'"),
+    ("answer_extraction", "first", "'strict', 'last', 'strict_then_last'"),
+    ("weight", -0.1, "a finite number >= 0"),
+    ("weight", float("inf"), "a finite number >= 0"),
+    ("temperature", 0.0, "a finite number > 0"),
+    ("hybrid_weight", 1.5, "a finite number in [0, 1]"),
+    ("enabled", "yes", "True, False"),
+    ("temperature_schedule", "linear:2->1", "a float, 'constant:T'"),
+    ("temperature_schedule", "linear:1.0->-1.0@10", "a schedule whose temperatures stay > 0"),
+    ("temperature_schedule", 2.0, "None or a string"),
+])
+def test_invalid_values_get_one_line_error(key, value, allowed):
+    with pytest.raises(ValueError) as err:
+        NTLConfig(**{key: value})
+    message = _own_message(err.value)
+    assert message.startswith(f"NTLConfig.{key}={value!r} is invalid; allowed: ")
+    assert allowed in message
+
+
+def test_exact_method_error_message():
+    with pytest.raises(ValueError) as err:
+        NTLConfig(method="foo")
+    assert _own_message(err.value) == "NTLConfig.method='foo' is invalid; allowed: 'mse', 'wasserstein', 'number'"
+
+
+def test_tau_at():
+    assert NTLConfig(temperature=1.5).tau_at(10_000) == 1.5
+    scheduled = NTLConfig(temperature=9.0, temperature_schedule="linear:2.0->0.5@100")
+    assert scheduled.tau_at(0) == pytest.approx(2.0)
+    assert scheduled.tau_at(50) == pytest.approx(1.25)
+    assert scheduled.tau_at(1000) == pytest.approx(0.5)
+    adaptive = NTLConfig(temperature=2.0, adaptive_temperature=True)
+    assert adaptive.tau_at(0) == 2.0  # no running mean yet
+    assert adaptive.tau_at(0, mean_ntl_loss=0.5) == pytest.approx(1.0)
+    assert NTLConfig(temperature=2.0).tau_at(0, mean_ntl_loss=0.5) == 2.0  # adaptive off ignores the mean
+
+
+def test_gin_binding():
+    try:
+        gin.parse_config("""
+            NTLConfig.enabled = True
+            ntl_jax.NTLConfig.method = 'number'
+            NTLConfig.reward_mode = 'hybrid'
+            NTLConfig.hybrid_weight = 0.25
+            NTLConfig.temperature_schedule = 'cosine:2.0->0.5@10'
+        """)
+        config = NTLConfig()
+    finally:
+        gin.clear_config()
+    assert (config.enabled, config.method, config.reward_mode, config.hybrid_weight) == (True, "number", "hybrid", 0.25)
+    assert config.tau_at(10) == pytest.approx(0.5)
+    try:
+        gin.parse_config("NTLConfig.method = 'l2'")
+        with pytest.raises(ValueError, match="NTLConfig.method='l2' is invalid"):
+            NTLConfig()
+    finally:
+        gin.clear_config()

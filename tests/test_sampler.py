@@ -1,0 +1,220 @@
+"""Sampler: greedy parity with transformers `generate`, masks, keys, n samples, early stop, compile counts, mesh."""
+import numpy as np
+import pytest
+import torch
+import transformers
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from ntl_jax.models.hf_io import from_pretrained
+from ntl_jax.models.logprobs import sequence_logprobs
+from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams, sample_tokens, warp_logits
+
+PAD, UNLIKELY_EOS, VOCAB = 0, 127, 128
+DIGIT_IDS = np.arange(30, 40, dtype=np.int32)
+BUCKETS = (16, 32)
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20, 21, 22, 23, 24, 25, 26, 27, 28], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51]]
+
+
+@pytest.fixture(scope="module")
+def hf_model_dir(tmp_path_factory):
+    """A tiny random Qwen2 (fixed seed; initializer_range 0.2 so greedy choices are not near-ties)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2, tie_word_embeddings=False,
+    )
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("tiny_qwen2")
+    model.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def model(hf_model_dir):
+    return from_pretrained(hf_model_dir[0])
+
+
+@pytest.fixture(scope="module")
+def split(model):
+    return nnx.split(model)
+
+
+@pytest.fixture(scope="module")
+def sampler(split, model):
+    return Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, digit_ids=DIGIT_IDS,
+                   prompt_buckets=BUCKETS)
+
+
+def _hf_greedy(hf_model, prompts, max_new_tokens, eos):
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), PAD, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    with torch.no_grad():
+        out = hf_model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                pad_token_id=PAD, eos_token_id=eos, output_scores=True, return_dict_in_generate=True)
+    top2 = torch.stack(out.scores, 1).topk(2, dim=-1).values
+    assert float((top2[..., 0] - top2[..., 1]).min()) > 1e-3, "fixture premise: greedy choices are not near-ties"
+    return out.sequences[:, width:].numpy()
+
+
+def _expected_mask(tokens, eos_ids):
+    """1 up to and including the first EOS of each row."""
+    is_eos = np.isin(tokens, eos_ids)
+    after_eos = np.cumsum(is_eos, axis=1) - is_eos > 0
+    return (~after_eos).astype(np.int32)
+
+
+def test_greedy_matches_transformers_to_max_length(hf_model_dir, split, sampler):
+    hf_tokens = _hf_greedy(hf_model_dir[1], PROMPTS, 16, UNLIKELY_EOS)
+    assert hf_tokens.shape == (4, 16) and not np.isin(hf_tokens, UNLIKELY_EOS).any()
+    out = sampler.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=16, greedy=True), jax.random.key(0))
+    assert isinstance(out, GenerationOutput)
+    np.testing.assert_array_equal(out.response_ids, hf_tokens)
+    np.testing.assert_array_equal(out.response_mask, np.ones((4, 16), np.int32))
+    assert sampler.last_num_steps == 16
+    # Left padding to the bucket.
+    assert out.prompt_ids.shape == (4, 16)
+    np.testing.assert_array_equal(out.prompt_ids[1, -7:], PROMPTS[1])
+    np.testing.assert_array_equal(out.prompt_mask.sum(1), [len(p) for p in PROMPTS])
+    assert (out.prompt_ids[out.prompt_mask == 0] == PAD).all()
+
+
+def test_greedy_matches_transformers_with_early_eos(hf_model_dir, split, model):
+    """EOS chosen as the token row 0 emits at step 4: some rows stop early, the rest continue; pads/mask like HF."""
+    free_run = _hf_greedy(hf_model_dir[1], PROMPTS, 16, UNLIKELY_EOS)
+    eos = int(free_run[0, 4])
+    hf_tokens = _hf_greedy(hf_model_dir[1], PROMPTS, 16, eos)
+    early = Sampler(split[0], model.config, eos_token_ids=[eos], pad_token_id=PAD, prompt_buckets=BUCKETS)
+    out = early.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=16, greedy=True), jax.random.key(0))
+    hf_len = hf_tokens.shape[1]
+    np.testing.assert_array_equal(out.response_ids[:, :hf_len], hf_tokens)
+    assert (out.response_ids[:, hf_len:] == PAD).all()
+    expected_mask = _expected_mask(out.response_ids, [eos])
+    np.testing.assert_array_equal(out.response_mask, expected_mask)
+    assert out.response_mask[0].sum() <= 5 and out.response_mask.sum(1).max() > out.response_mask[0].sum()
+    assert (out.response_ids[out.response_mask == 0] == PAD).all()
+    assert (out.response_logprobs[out.response_mask == 0] == 0).all()
+
+
+def test_logprobs_and_digit_logits_match_full_recompute(split, model, sampler):
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, n=2)
+    out = sampler.generate(split[1], PROMPTS, params, jax.random.key(3), return_digit_logits=True)
+    assert out.response_ids.shape == (8, 16) and out.digit_logits.shape == (8, 16, 10)
+    recompute = jax.jit(lambda state, *a: sequence_logprobs(nnx.merge(split[0], state), *a, digit_ids=DIGIT_IDS,
+                                                             chunk_size=8))
+    ref = recompute(split[1], out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
+    valid = out.response_mask == 1
+    np.testing.assert_allclose(out.response_logprobs[valid], np.asarray(ref.logprobs)[valid], atol=1e-4)
+    np.testing.assert_allclose(out.digit_logits[valid], np.asarray(ref.digit_logits)[valid], atol=1e-4)
+    assert (out.response_logprobs[valid] < 0).all()
+
+
+def test_top_k_one_equals_greedy(split, sampler):
+    greedy = sampler.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=16, greedy=True), jax.random.key(0))
+    top1 = sampler.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=16, top_k=1, temperature=0.7),
+                            jax.random.key(9))
+    np.testing.assert_array_equal(top1.response_ids, greedy.response_ids)
+
+
+def test_sampling_reproducible_and_key_dependent(split, sampler):
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, top_k=50)
+    first = sampler.generate(split[1], PROMPTS, params, jax.random.key(1))
+    again = sampler.generate(split[1], PROMPTS, params, jax.random.key(1))
+    other = sampler.generate(split[1], PROMPTS, params, jax.random.key(2))
+    np.testing.assert_array_equal(first.response_ids, again.response_ids)
+    np.testing.assert_array_equal(first.response_logprobs, again.response_logprobs)
+    assert (first.response_ids != other.response_ids).any()
+
+
+def test_prompt_samples_do_not_depend_on_batch(split, sampler):
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, n=2)
+    alone = sampler.generate(split[1], [PROMPTS[1]], params, jax.random.key(4), prompt_indices=[5])
+    batch = sampler.generate(split[1], [PROMPTS[0], PROMPTS[1], PROMPTS[3]], params, jax.random.key(4),
+                             prompt_indices=[3, 5, 7])
+    np.testing.assert_array_equal(batch.response_ids[2:4], alone.response_ids)
+    np.testing.assert_allclose(batch.response_logprobs[2:4], alone.response_logprobs, atol=1e-5)
+    # n samples: row i*n + j holds sample j of prompt i, and the two samples differ.
+    np.testing.assert_array_equal(batch.prompt_ids[0], batch.prompt_ids[1])
+    np.testing.assert_array_equal(batch.prompt_ids[2], alone.prompt_ids[0])
+    assert (alone.response_ids[0] != alone.response_ids[1]).any()
+
+
+def test_compiles_once_per_bucket(split, model):
+    fresh = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    for length in (3, 9, 16):
+        fresh.generate(split[1], [list(range(2, 2 + length))] * 4, params, jax.random.key(length))
+    assert fresh.num_compilations == 1 and fresh.trace_counts == {"prefill": 1, "decode": 1}
+    fresh.generate(split[1], [list(range(2, 19))] * 4, params, jax.random.key(0))  # length 17 -> bucket 32
+    assert fresh.num_compilations == 2
+
+
+def test_while_loop_stops_when_all_rows_emit_eos(split, model, sampler):
+    params = SamplingParams(max_new_tokens=12, greedy=True)
+    free_run = sampler.generate(split[1], PROMPTS, params, jax.random.key(0))
+    eos_ids = sorted(set(free_run.response_ids[:, 2].tolist()))  # every row emits one of these by step 2
+    stopping = Sampler(split[0], model.config, eos_token_ids=eos_ids, pad_token_id=PAD, prompt_buckets=BUCKETS)
+    out = stopping.generate(split[1], PROMPTS, params, jax.random.key(0))
+    assert stopping.last_num_steps == out.response_mask.sum(1).max() <= 3 < params.max_new_tokens
+    np.testing.assert_array_equal(out.response_mask, _expected_mask(free_run.response_ids, eos_ids))
+    np.testing.assert_array_equal(np.where(out.response_mask == 1, free_run.response_ids, PAD), out.response_ids)
+
+
+def test_warp_logits_top_k_and_top_p():
+    logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
+    kept = lambda **kw: np.isfinite(np.asarray(warp_logits(logits, SamplingParams(**kw))))[0].tolist()
+    assert kept(top_k=2) == [False, True, False, True]
+    assert kept(top_p=0.7) == [False, True, False, True]  # mass before: 0, .5, .8 -> two tokens
+    assert kept(top_p=0.85) == [False, True, True, True]
+    assert kept(top_p=0.01) == [False, True, False, False]  # at least one token
+    np.testing.assert_allclose(warp_logits(logits, SamplingParams(temperature=2.0)), logits / 2.0)
+
+
+def test_sample_tokens_follow_warped_distribution():
+    probs = np.array([0.05, 0.5, 0.15, 0.3])
+    rows = 20000
+    logits = jnp.tile(jnp.log(jnp.asarray(probs, jnp.float32)), (rows, 1))
+    keys = jax.random.split(jax.random.key(0), rows)
+    for params, expected in [(SamplingParams(temperature=1.0), probs),
+                             (SamplingParams(temperature=1.0, top_p=0.7), np.array([0, 0.5, 0, 0.3]) / 0.8)]:
+        counts = np.bincount(np.asarray(sample_tokens(logits, keys, params)), minlength=4) / rows
+        np.testing.assert_allclose(counts, expected, atol=0.015)
+
+
+def test_mesh_generation_matches_single_device(split, model, sampler):
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    sharded = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, mesh=mesh,
+                      prompt_buckets=BUCKETS)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=2)  # 3 prompts x 2 = 6 rows, padded to 8
+    prompts = PROMPTS[:3]
+    want = sampler.generate(split[1], prompts, params, jax.random.key(6))
+    got = sharded.generate(split[1], prompts, params, jax.random.key(6))
+    np.testing.assert_array_equal(got.response_ids, want.response_ids[:, :8])
+    np.testing.assert_allclose(got.response_logprobs, want.response_logprobs[:, :8], atol=1e-4)
+
+
+def test_bad_inputs_raise(split, model, sampler):
+    greedy = SamplingParams(max_new_tokens=4, greedy=True)
+    with pytest.raises(ValueError, match="prompt length 33"):
+        sampler.generate(split[1], [list(range(2, 35))], greedy, jax.random.key(0))
+    with pytest.raises(ValueError, match="prompts"):
+        sampler.generate(split[1], [[]], greedy, jax.random.key(0))
+    with pytest.raises(ValueError, match="prompt_indices"):
+        sampler.generate(split[1], PROMPTS, greedy, jax.random.key(0), prompt_indices=[0])
+    with pytest.raises(ValueError, match="outside"):
+        sampler.generate(split[1], [[VOCAB]], greedy, jax.random.key(0))
+    no_digits = Sampler(split[0], model.config, eos_token_ids=1, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="digit_ids"):
+        no_digits.generate(split[1], PROMPTS, greedy, jax.random.key(0), return_digit_logits=True)
+    for bad in (dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1), dict(n=0), dict(max_new_tokens=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SamplingParams(**bad)
+    with pytest.raises(ValueError, match="eos_token_ids"):
+        Sampler(split[0], model.config, eos_token_ids=VOCAB, pad_token_id=PAD)

@@ -1,0 +1,218 @@
+"""End-to-end tests of the PPO loop on a tiny random policy (real sampler, real rewards, real orbax)."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from ntl_jax.ppo import factory
+from ntl_jax.ppo.metrics import read_metrics_jsonl
+from ntl_jax.ppo.ntl_trainer import NTLError, NTLPPOTrainer
+from ntl_jax.ppo.trainer import PPOTrainer
+from ntl_jax.rewards.registry import RewardFnSpec
+from trainer_fixtures import load_tiny_tokenizer, make_tiny_policy, tiny_experiment, tiny_rows, with_trainer
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    return make_tiny_policy(str(tmp_path_factory.mktemp("policy")))
+
+
+def _trainer(config, policy_dir, **kwargs):
+    tokenizer = load_tiny_tokenizer(policy_dir)
+    return factory.create_ppo_trainer(config, tokenizer, policy_path=policy_dir, train_rows=tiny_rows(),
+                                      val_rows=tiny_rows(8, seed=1, split="test"), **kwargs)
+
+
+def _run(config, policy_dir, **kwargs):
+    trainer = _trainer(config, policy_dir, **kwargs)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    return trainer, result
+
+
+def test_standard_run_logs_verl_metrics(tmp_path, policy_dir):
+    trainer, result = _run(tiny_experiment(str(tmp_path)), policy_dir)
+    assert type(trainer) is PPOTrainer
+    assert result["end_step"] == 2
+    rows = read_metrics_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy", "actor/grad_norm",
+                "critic/score/mean", "response_length/mean", "timing_s/gen", "perf/throughput", "actor/kl_loss"):
+        assert key in rows[-1] and np.isfinite(rows[-1][key]), key
+    assert not any(k.startswith("ntl/loss") for k in rows[-1])
+
+
+@pytest.mark.parametrize("reward_mode", ["final_answer", "all_tokens", "hybrid"])
+def test_ntl_modes_run_end_to_end(tmp_path, policy_dir, reward_mode):
+    trainer, result = _run(tiny_experiment(str(tmp_path), use_ntl=True, reward_mode=reward_mode), policy_dir)
+    assert isinstance(trainer, NTLPPOTrainer)
+    assert result["end_step"] == 2
+    last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
+    for key in ("ntl/loss", "ntl/digit_accuracy", "ntl/total_digits", "ntl/reward", "ntl/temperature",
+                "ntl/train_loss"):
+        assert key in last, key
+    assert last["ntl/temperature"] == pytest.approx(2.0)
+    if reward_mode == "all_tokens":
+        # A random policy emits digits somewhere in 8 x 12 tokens; all of them are targets in this mode.
+        assert last["ntl/total_digits"] > 0
+
+
+def test_gae_with_critic_runs(tmp_path, policy_dir):
+    config = tiny_experiment(str(tmp_path), adv_estimator="gae", rollout_n=1, ppo_micro_batch_size=2)
+    trainer, result = _run(config, policy_dir)
+    last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert trainer.models.critic is not None
+    for key in ("critic/vf_loss", "critic/vf_clipfrac", "critic/values/mean", "critic/vf_explained_var"):
+        assert key in last and np.isfinite(last[key]), key
+
+
+def test_rewards_see_ntl_info_and_tau(tmp_path, policy_dir):
+    """The NTL pass runs before rewards: every compute_score call receives ntl_info and tau."""
+    log_path = tmp_path / "calls.jsonl"
+    reward_file = tmp_path / "my_reward.py"
+    reward_file.write_text(textwrap.dedent(f"""
+        import json
+        def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+            info = kwargs.get("ntl_info")
+            with open({str(log_path)!r}, "a") as f:
+                f.write(json.dumps({{"has_info": info is not None, "tau": kwargs.get("tau"),
+                                    "keys": sorted(info) if info else []}}) + "\\n")
+            return {{"score": 0.5, "seen": float(info is not None)}}
+    """))
+    config = tiny_experiment(str(tmp_path), use_ntl=True, steps=1)
+    config = with_trainer(config, reward_fn_path=str(reward_file), reward_fn_name="compute_score")
+    _run(config, policy_dir)
+    calls = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(calls) == 8  # 4 prompts x 2 samples
+    assert all(c["has_info"] and c["tau"] == pytest.approx(2.0) for c in calls)
+    assert {"ntl_loss", "digit_accuracy", "total_digits", "has_digits"} <= set(calls[0]["keys"])
+    last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert last["reward_extra/seen/mean"] == 1.0
+
+
+def test_standard_mode_passes_no_ntl_info(tmp_path, policy_dir):
+    reward_file = tmp_path / "r.py"
+    reward_file.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
+                           "    return {'score': 0.0, 'seen': float('ntl_info' in kw)}\n")
+    config = with_trainer(tiny_experiment(str(tmp_path), steps=1), reward_fn_path=str(reward_file))
+    _run(config, policy_dir)
+    assert read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]["reward_extra/seen/mean"] == 0.0
+
+
+def test_one_binding_switches_mode(tmp_path):
+    import gin
+
+    from ntl_jax.train import build_experiment, parse_gin
+
+    gin.clear_config()
+    try:
+        parse_gin(["configs/standard.gin"], [])
+        assert build_experiment().use_ntl_trainer is False
+        gin.clear_config()
+        parse_gin(["configs/standard.gin"], ["use_ntl_trainer = True"])
+        config = build_experiment()
+        assert config.use_ntl_trainer is True and config.ntl.enabled is True
+    finally:
+        gin.clear_config()
+
+
+def test_factory_functions(tmp_path, policy_dir):
+    config = tiny_experiment(str(tmp_path))
+    tokenizer = load_tiny_tokenizer(policy_dir)
+    kwargs = dict(policy_path=policy_dir, train_rows=tiny_rows())
+    made = [
+        factory.create_standard_trainer(config, tokenizer, **kwargs),
+        factory.create_ntl_trainer(config, tokenizer, method="mse", reward_mode="all_tokens", temperature=0.5,
+                                   weight=0.2, extract_during_generation=True, debug_mode=True, **kwargs),
+        factory.create_final_answer_ntl_trainer(config, tokenizer, **kwargs),
+        factory.create_all_tokens_ntl_trainer(config, tokenizer, **kwargs),
+        factory.create_ppo_trainer(config, tokenizer, use_ntl=True, **kwargs),
+        factory.create_ppo_trainer(config, tokenizer, **kwargs),
+    ]
+    try:
+        assert [type(t).__name__ for t in made] == ["PPOTrainer", "NTLPPOTrainer", "NTLPPOTrainer",
+                                                      "NTLPPOTrainer", "NTLPPOTrainer", "PPOTrainer"]
+        ntl = made[1].config.ntl
+        assert (ntl.method, ntl.reward_mode, ntl.temperature, ntl.weight, ntl.extract_during_generation,
+                ntl.debug_mode) == ("mse", "all_tokens", 0.5, 0.2, True, True)
+        assert made[2].config.ntl.reward_mode == "final_answer"
+        assert made[3].config.ntl.reward_mode == "all_tokens"
+        assert set(factory.EXAMPLE_CONFIGS) >= {"final_answer_mode", "all_tokens_mode", "aggressive_ntl",
+                                                "forgiving_ntl", "debug_mode"}
+        assert factory.EXAMPLE_CONFIGS["aggressive_ntl"]["temperature"] == 0.5
+        assert factory.EXAMPLE_CONFIGS["forgiving_ntl"]["temperature"] == 2.0
+        with pytest.raises(ValueError, match="method='bogus'"):
+            factory.create_ntl_trainer(config, tokenizer, method="bogus", **kwargs)
+    finally:
+        for t in made:
+            t.close()
+
+
+def test_resume_continues_with_identical_metrics(tmp_path, policy_dir):
+    full_dir, cut_dir = str(tmp_path / "full"), str(tmp_path / "cut")
+    _run(tiny_experiment(full_dir, use_ntl=True, steps=4), policy_dir)
+    _run(tiny_experiment(cut_dir, use_ntl=True, steps=2), policy_dir)
+    trainer, result = _run(tiny_experiment(cut_dir, use_ntl=True, steps=4), policy_dir)
+    assert result["resumed"] and result["start_step"] == 2 and result["end_step"] == 4
+    full = {r["step"]: r for r in read_metrics_jsonl(os.path.join(full_dir, "metrics.jsonl"))}
+    cut = {r["step"]: r for r in read_metrics_jsonl(os.path.join(cut_dir, "metrics.jsonl"))}
+    assert sorted(cut) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("actor/pg_loss", "actor/entropy", "critic/score/mean", "ntl/loss", "response_length/mean"):
+            assert cut[step][key] == pytest.approx(full[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_ntl_failure_raises_or_falls_back(tmp_path, policy_dir, monkeypatch):
+    import ntl_jax.ppo.ntl_trainer as ntl_trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("target extraction exploded")
+
+    monkeypatch.setattr(ntl_trainer, "build_batch_targets", broken)
+    with pytest.raises(NTLError, match="target extraction exploded"):
+        _run(tiny_experiment(str(tmp_path / "strict"), use_ntl=True, steps=1), policy_dir)
+    config = tiny_experiment(str(tmp_path / "fallback"), use_ntl=True, steps=2)
+    config = config.replace(ntl=config.ntl.__class__(**{**config.ntl.__dict__, "fallback_on_error": True}))
+    _, result = _run(config, policy_dir)
+    assert result["end_step"] == 2
+    last = read_metrics_jsonl(tmp_path / "fallback" / "metrics.jsonl")[-1]
+    assert last["ntl/extraction_failures"] == 2
+    assert "ntl/loss" not in last
+
+
+def test_reward_errors_are_counted_not_fatal(tmp_path, policy_dir):
+    reward_file = tmp_path / "flaky.py"
+    reward_file.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw):\n"
+                           "    if extra_info['index'] % 2:\n"
+                           "        raise ValueError('flaky')\n"
+                           "    return 1.0\n")
+    config = with_trainer(tiny_experiment(str(tmp_path), steps=1), reward_fn_path=str(reward_file),
+                          reward_fallback_score=-1.0)
+    _run(config, policy_dir)
+    last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert last["reward/errors"] > 0
+    assert last["critic/score/min"] == -1.0 and last["critic/score/max"] == 1.0
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path, policy_dir):
+    import jax
+
+    from ntl_jax.distributed.mesh import make_mesh
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 simulated devices")
+    config = tiny_experiment(str(tmp_path), ppo_micro_batch_size=2)
+    with pytest.raises(ValueError, match="ppo_micro_batch_size=2 is invalid"):
+        _trainer(config, policy_dir, mesh=make_mesh(data=8))
+
+
+def test_reward_spec_object_accepted(tmp_path, policy_dir):
+    trainer = _trainer(tiny_experiment(str(tmp_path)), policy_dir, reward_fn=RewardFnSpec(name="compute_score"))
+    trainer.close()
