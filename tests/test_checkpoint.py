@@ -193,6 +193,15 @@ def test_tree_mismatch_names_the_paths(tmp_path):
         store.restore(None, target)
 
 
+def test_typed_prng_keys_round_trip(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(1, {"rng": jax.random.key(3), "count": jnp.int32(4)}, {})
+    target = {"rng": jax.eval_shape(lambda: jax.random.key(0)), "count": jax.ShapeDtypeStruct((), jnp.int32)}
+    restored, _, _ = store.restore(None, target)
+    assert jax.dtypes.issubdtype(restored["rng"].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(restored["rng"]), jax.random.key_data(jax.random.key(3)))
+
+
 def test_restore_onto_an_eight_device_mesh(tmp_path):
     assert jax.device_count() == 8
     tree = {"w": jnp.arange(64.0).reshape(16, 4), "b": jnp.arange(4.0)}

@@ -135,3 +135,16 @@ def test_config_round_trip_and_tokenizer_files(saved, tmp_path):
                            "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
     assert ModelConfig.from_hf_dict(rope3.to_hf_dict()) == rope3
     assert jax.tree.leaves(rope3.rope_scaling) == ["factor", 2.0, "rope_type", "linear"]
+
+
+def test_value_model_from_causal_checkpoint_gets_fresh_head(saved):
+    model, single = saved
+    critic = from_pretrained(single, value_model=True)
+    critic_params, policy_params = params_of(critic), params_of(model)
+    backbone = sorted(k for k in critic_params if k.startswith("model."))
+    assert backbone == sorted(k for k in policy_params if k.startswith("model."))
+    for key in backbone:
+        np.testing.assert_array_equal(critic_params[key], policy_params[key])
+    head = np.asarray(critic.score_kernel.get_value())
+    assert head.shape == (CONFIG.hidden_size, 1) and 0.005 < head.std() < 0.05
+    assert not np.asarray(critic.score_bias.get_value()).any()

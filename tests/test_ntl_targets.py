@@ -193,11 +193,11 @@ def metaspace_bpe() -> PreTrainedTokenizerFast:
     """SentencePiece-style BPE: a lone token decodes without its leading space, so lone pieces do not concatenate."""
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace()]
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
     )
     backend.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<unk>", "</s>"], show_progress=False)
-    backend.train_from_iterator(["the total is 12 + 30 = 42 apples"] * 10 + ["0123456789 .,#$"], trainer)
+    backend.train_from_iterator(["the total 日本 is 12 + 30 = 42 apples"] * 10 + ["0123456789 .,#$"], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
 
 
@@ -254,8 +254,8 @@ def test_batch_targets_respect_response_mask(char_tok):
     assert batch.weights.dtype == np.float32 and batch.missing_digits.dtype == np.int32
     assert np.all(batch.target_digits[response_mask == 0] == -1) and np.all(batch.weights[response_mask == 0] == 0)
     assert batch.target_digits[0, 5:7].tolist() == [1, 3]
-    assert batch.target_digits[1, [0, 4, 6, 14]].tolist() == [3, 4, 7, 7]
-    assert batch.is_self_target[1, [0, 4, 6, 14]].tolist() == [True, True, False, False]
+    assert batch.target_digits[1, [0, 4, 8, 15]].tolist() == [3, 4, 7, 7]
+    assert batch.is_self_target[1, [0, 4, 8, 15]].tolist() == [True, True, False, False]
     assert batch.missing_digits.tolist() == [0, 0, 3]
     single = build_targets(encoded[1], "7", char_tok, digit_ids, "all_tokens")
     np.testing.assert_array_equal(batch.target_digits[1, : len(encoded[1])], single.target_digits)

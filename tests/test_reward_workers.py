@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ntl_jax.rewards.registry import RewardFnSpec
+from ntl_jax.rewards.registry import RewardFnSpec, load_reward_function
 from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner, RewardResult, ensure_ray
 
 # Each sample's behaviour is chosen by its solution_str; a healthy sample returns a value unique to its index.
@@ -195,11 +195,15 @@ def test_ray_runner_actor_killed_mid_batch_loses_nothing(ray_session, reward_fil
 
 def test_ray_runner_gives_up_on_a_sample_that_kills_its_actor(ray_session, reward_file):
     behaviours = ["ok", "crash", "ok", "ok"]
-    with RayRewardRunner(RewardFnSpec(path=reward_file), num_workers=1, timeout_s=10.0, max_sample_retries=1) as runner:
+    # One sample in flight: a death is then always blamed on the sample that caused it (with pipelining, a reply
+    # the dying actor had not yet delivered is lost too, and that innocent sample is retried as well).
+    spec = RewardFnSpec(path=reward_file)
+    with RayRewardRunner(spec, num_workers=1, timeout_s=10.0, max_sample_retries=1, max_inflight_per_worker=1) as runner:
         result = runner.score(_items(behaviours))
-        assert result.num_errors == 1 and result.scores[1] == 0.0 and result.extras[1] == {}
+        state = (result, runner.num_restarts, runner.num_recomputed)
+        assert result.num_errors == 1 and result.scores[1] == 0.0 and result.extras[1] == {}, state
         _check_healthy(result, behaviours)
-        assert runner.num_restarts == 2  # the crashing sample was tried max_sample_retries + 1 times
+        assert runner.num_restarts == 2, state  # the crashing sample was tried max_sample_retries + 1 times
 
 
 def test_ray_runner_rejects_a_bad_spec_before_starting_actors(ray_session, tmp_path):
@@ -207,3 +211,13 @@ def test_ray_runner_rejects_a_bad_spec_before_starting_actors(ray_session, tmp_p
         RayRewardRunner(RewardFnSpec(path=str(tmp_path / "missing.py")), num_workers=1)
     with pytest.raises(ValueError, match="num_workers=0"):
         RayRewardRunner(RewardFnSpec(), num_workers=0)
+
+
+def test_ray_runner_reports_a_function_that_fails_to_load_in_the_actor(ray_session, tmp_path):
+    path = tmp_path / "edited_reward.py"
+    path.write_text("def compute_score(**kwargs):\n    return 1.0\n")
+    load_reward_function(RewardFnSpec(path=str(path)))  # the driver imports (and caches) it, then it breaks on disk
+    path.write_text("raise ImportError('module only importable on the driver')\n")
+    with RayRewardRunner(RewardFnSpec(path=str(path)), num_workers=1, timeout_s=10.0) as runner:
+        with pytest.raises(RuntimeError, match="reward actor failed to start"):
+            runner.score(_items(["ok"]))

@@ -22,10 +22,19 @@ def policy_dir(tmp_path_factory):
     return make_tiny_policy(str(tmp_path_factory.mktemp("policy")))
 
 
+def single_device_mesh():
+    import jax
+
+    from ntl_jax.distributed.mesh import make_mesh
+
+    return make_mesh(devices=jax.devices()[:1])
+
+
 def _trainer(config, policy_dir, **kwargs):
     tokenizer = load_tiny_tokenizer(policy_dir)
-    return factory.create_ppo_trainer(config, tokenizer, policy_path=policy_dir, train_rows=tiny_rows(),
-                                      val_rows=tiny_rows(8, seed=1, split="test"), **kwargs)
+    kwargs.setdefault("mesh", single_device_mesh())
+    kwargs.setdefault("val_rows", tiny_rows(8, seed=1, split="test"))
+    return factory.create_ppo_trainer(config, tokenizer, policy_path=policy_dir, train_rows=tiny_rows(), **kwargs)
 
 
 def _run(config, policy_dir, **kwargs):
@@ -88,7 +97,7 @@ def test_rewards_see_ntl_info_and_tau(tmp_path, policy_dir):
     """))
     config = tiny_experiment(str(tmp_path), use_ntl=True, steps=1)
     config = with_trainer(config, reward_fn_path=str(reward_file), reward_fn_name="compute_score")
-    _run(config, policy_dir)
+    _run(config, policy_dir, val_rows=[])
     calls = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(calls) == 8  # 4 prompts x 2 samples
     assert all(c["has_info"] and c["tau"] == pytest.approx(2.0) for c in calls)
@@ -126,7 +135,7 @@ def test_one_binding_switches_mode(tmp_path):
 def test_factory_functions(tmp_path, policy_dir):
     config = tiny_experiment(str(tmp_path))
     tokenizer = load_tiny_tokenizer(policy_dir)
-    kwargs = dict(policy_path=policy_dir, train_rows=tiny_rows())
+    kwargs = dict(policy_path=policy_dir, train_rows=tiny_rows(), mesh=single_device_mesh())
     made = [
         factory.create_standard_trainer(config, tokenizer, **kwargs),
         factory.create_ntl_trainer(config, tokenizer, method="mse", reward_mode="all_tokens", temperature=0.5,
@@ -211,6 +220,23 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path, policy_dir):
     config = tiny_experiment(str(tmp_path), ppo_micro_batch_size=2)
     with pytest.raises(ValueError, match="ppo_micro_batch_size=2 is invalid"):
         _trainer(config, policy_dir, mesh=make_mesh(data=8))
+
+
+def test_sharded_run_over_8_devices(tmp_path, policy_dir):
+    """The same loop on a (data=2, fsdp=2, tensor=2) mesh of simulated CPU devices."""
+    import jax
+
+    from ntl_jax.distributed.mesh import make_mesh
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 simulated devices")
+    config = tiny_experiment(str(tmp_path), use_ntl=True, ppo_mini_batch_size=4, ppo_micro_batch_size=8)
+    trainer, result = _run(config, policy_dir, mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    assert result["end_step"] == 2
+    shardings = {str(x.sharding.spec) for x in jax.tree.leaves(trainer.models.policy.params)}
+    assert any("tensor" in s for s in shardings), shardings
+    last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert np.isfinite(last["actor/pg_loss"]) and np.isfinite(last["ntl/loss"])
 
 
 def test_reward_spec_object_accepted(tmp_path, policy_dir):

@@ -126,19 +126,23 @@ class Attention(nnx.Module):
         return y if bias is None else y + bias[...].astype(self.dtype)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array,
-                 layer_cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int | None
+                 layer_cache: tuple[jax.Array, jax.Array, int] | None, cache_index: jax.Array | int | None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """x [B,T,D], attend bool [B,T,S]; layer_cache (k, v) [B,S,KVH,Dh] is updated at cache_index."""
+        """x [B,T,D], attend bool [B,T,S]; layer_cache = (cache_k, cache_v, layer) with the stacked
+        [L,B,S,KVH,Dh] caches, whose slot ``cache_index`` of ``layer`` receives this step's k/v."""
         q = apply_rope(self._project(x, self.q_kernel, self.q_bias), cos, sin)
         k = apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin)
         v = self._project(x, self.v_kernel, self.v_bias)
         new_cache = None
         if layer_cache is not None:
-            start = (0, cache_index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(layer_cache[0], k.astype(layer_cache[0].dtype), start)
-            v_all = jax.lax.dynamic_update_slice(layer_cache[1], v.astype(layer_cache[1].dtype), start)
-            new_cache = (k_all, v_all)
-            k, v = k_all.astype(self.dtype), v_all.astype(self.dtype)
+            # Write this layer's k/v straight into the stacked [L,B,S,KVH,Dh] cache: slicing a layer out and
+            # setting it back costs XLA full-cache copies in the decode loop; one in-place update does not.
+            cache_k, cache_v, layer = layer_cache
+            start = (layer, 0, cache_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], start)
+            new_cache = (cache_k, cache_v, layer)
+            k, v = cache_k[layer].astype(self.dtype), cache_v[layer].astype(self.dtype)
         b, t, h, hd = q.shape
         q = q.reshape(b, t, h // self.num_groups, self.num_groups, hd)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * self.scale
@@ -228,11 +232,10 @@ class DecoderBody(nnx.Module):
         apply_layer: Callable = nnx.remat(_apply_layer) if self.remat else _apply_layer
         cache_k, cache_v = (None, None) if cache is None else cache
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache_k[i], cache_v[i])
+            layer_cache = None if cache is None else (cache_k, cache_v, i)
             x, new_layer_cache = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index)
             if cache is not None:
-                cache_k = cache_k.at[i].set(new_layer_cache[0])
-                cache_v = cache_v.at[i].set(new_layer_cache[1])
+                cache_k, cache_v, _ = new_layer_cache
         new_cache = None if cache is None else KVCache(cache_k, cache_v)
         return self.norm(x), new_cache
 

@@ -27,10 +27,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import KVCache, init_kv_cache
 from ntl_jax.models.logprobs import response_positions
-from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
+from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, named_sharding, shard_state
 
 DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_MESH_AXES = ("data", "fsdp")
+CACHE_LOGICAL_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")  # KVCache.k / .v [L, B, S, KVH, Dh]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,13 +181,16 @@ class Sampler:
         eos_ids = jnp.asarray(self.eos_token_ids, jnp.int32)
         pad_id = self.pad_token_id
         digit_ids = None if self.digit_ids is None else jnp.asarray(self.digit_ids)
-        counts = self._trace_counts
+        counts, mesh = self._trace_counts, self.mesh
 
         def prefill(state, prompt_ids, prompt_mask):
             counts["prefill"] += 1  # runs once per trace, i.e. per compilation
             model = nnx.merge(graphdef, state)
             batch = prompt_ids.shape[0]
             cache = init_kv_cache(config, batch, cache_len, cache_dtype)
+            if mesh is not None:  # rows over (data, fsdp), kv heads over tensor where they divide
+                cache_sharding = named_sharding(CACHE_LOGICAL_AXES, cache.k.shape, mesh, LOGICAL_AXIS_RULES)
+                cache = jax.lax.with_sharding_constraint(cache, KVCache(cache_sharding, cache_sharding))
             # Generated slots are always attendable; causality hides the future ones.
             cache_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, max_new), jnp.int32)], axis=1)
             hidden, cache = model(prompt_ids, response_positions(prompt_mask), cache_mask, cache=cache, cache_index=0)

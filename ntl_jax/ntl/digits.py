@@ -42,8 +42,8 @@ def digit_cache_size() -> int:
         return len(_DIGIT_CACHE)
 
 
-def _cache_key(tokenizer: Any) -> _CacheKey:
-    return (id(tokenizer), str(getattr(tokenizer, "name_or_path", "")), len(tokenizer))
+def _cache_key(tokenizer: Any, vocab_size: int) -> _CacheKey:
+    return (id(tokenizer), str(getattr(tokenizer, "name_or_path", "")), vocab_size)
 
 
 def _lookup_digit_ids(tokenizer: Any) -> np.ndarray:
@@ -59,14 +59,9 @@ def _lookup_digit_ids(tokenizer: Any) -> np.ndarray:
 
 
 def _probe_pieces(tokenizer: Any, probe: str) -> list[tuple[int, str]]:
-    """(token id, the probe text it covers) for each token of `probe`; the text is the token string when the
-    tokenizer gives no offsets (slow tokenizers)."""
-    try:
-        encoding = tokenizer(probe, add_special_tokens=False, return_offsets_mapping=True)
-        return [(int(t), probe[s:e]) for t, (s, e) in zip(encoding["input_ids"], encoding["offset_mapping"])]
-    except (NotImplementedError, TypeError, KeyError, ValueError):
-        ids = tokenizer.encode(probe, add_special_tokens=False)
-        return list(zip((int(t) for t in ids), tokenizer.convert_ids_to_tokens(ids)))
+    """(token id, that token decoded alone) for each token of `probe`."""
+    ids = [int(t) for t in tokenizer.encode(probe, add_special_tokens=False)]
+    return [(token_id, tokenizer.decode([token_id])) for token_id in ids]
 
 
 def _check_digits_split(tokenizer: Any, digit_ids: np.ndarray, probe: str = DIGIT_PROBE) -> None:
@@ -76,14 +71,13 @@ def _check_digits_split(tokenizer: Any, digit_ids: np.ndarray, probe: str = DIGI
         decoded = tokenizer.decode([int(token_id)])
         if decoded != digit:
             raise DigitTokenError(
-                f"tokenizer {describe_tokenizer(tokenizer)}: token id {int(token_id)} for {digit!r} decodes to {decoded!r}"
+                f"tokenizer {describe_tokenizer(tokenizer)}: token {digit!r} (id {int(token_id)}) decodes to {decoded!r}"
             )
     digits_seen = []
     for token_id, piece in _probe_pieces(tokenizer, probe):
-        piece_digits = [c for c in piece if c in DIGITS]
         if token_id in digit_of_id:
             digits_seen.append(digit_of_id[token_id])
-        elif piece_digits:
+        elif any(c in DIGITS for c in piece):
             token = tokenizer.convert_ids_to_tokens(token_id)
             raise DigitTokenError(
                 f"tokenizer {describe_tokenizer(tokenizer)} does not split numbers into single digits: "
@@ -107,7 +101,7 @@ def digit_token_ids(tokenizer: Any, logits_dim: int | None = None, *, cache: boo
             f"logits_dim={logits_dim} is smaller than the vocabulary of {describe_tokenizer(tokenizer)} "
             f"({vocab_size} tokens); allowed: logits_dim >= {vocab_size}"
         )
-    key = _cache_key(tokenizer)
+    key = _cache_key(tokenizer, vocab_size)
     if cache:
         with _CACHE_LOCK:
             entry = _DIGIT_CACHE.get(key)

@@ -215,7 +215,9 @@ def fraction_digits(value: Fraction, max_fraction_digits: int = MAX_FRACTION_DIG
     return str(int_part), f"{frac_part:0{max_fraction_digits}d}".rstrip("0")
 
 
-def align_digits(number: NumberSpan, int_digits: str, frac_digits: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def align_digits(
+    number: NumberSpan, int_digits: str, frac_digits: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Place-value alignment of a response number with true digits.
 
     Returns (char positions, target digits, has_true_digit, unmatched): integer digit at place p (units p=0) targets
@@ -311,14 +313,16 @@ def _place_targets(
     char_digit: np.ndarray,
     token_digit: np.ndarray,
     target_digits: np.ndarray,
-    marked: np.ndarray,
+    marked: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Writes targets on the still-free digit tokens covering `positions`; marks them; returns which were placed."""
+    """Writes targets on the still-free digit tokens covering `positions` (and sets `marked` there); returns which
+    positions were placed."""
     tokens = char_token[positions]
     placeable = token_digit[tokens] == char_digit[positions]  # a single-digit token that is exactly this char
     placeable &= target_digits[tokens] < 0
     target_digits[tokens[placeable]] = targets[placeable]
-    marked[tokens[placeable]] = True
+    if marked is not None:
+        marked[tokens[placeable]] = True
     return placeable
 
 
@@ -372,10 +376,9 @@ def build_targets(
 
     is_self = np.zeros(num_tokens, dtype=bool)
     if reward_mode != "final_answer":
-        is_step = np.zeros(num_tokens, dtype=bool)
         for result, (int_digits, frac_digits) in arithmetic_steps(text):
             positions, targets, _, _ = align_digits(result, int_digits, frac_digits)
-            _place_targets(positions, targets, marked=is_step, **place)
+            _place_targets(positions, targets, **place)
         is_self = (token_digit >= 0) & (target_digits < 0)
         target_digits[is_self] = token_digit[is_self]
 

@@ -6,8 +6,8 @@ State, optax states, typed or raw PRNG keys) and `<directory>/<step>/meta` a JSO
 Restoring the newest checkpoint (`restore(None, abstract)`) tries steps newest first. A step whose files cannot be read
 (truncated, overwritten, missing) is logged as a warning and renamed to `<step>.corrupt` (kept for inspection,
 invisible to orbax) so that later saves of that step number work; the previous step is tried next. A checkpoint whose
-tree or array shapes differ from the abstract target is a configuration error, found from the orbax metadata before reading any array,
-and raises ValueError instead of falling back.
+tree or array shapes differ from the abstract target is a configuration error, found from the orbax metadata before
+reading any array, and raises ValueError instead of falling back.
 
 Preemption: `PreemptionGuard` turns SIGTERM (and optionally SIGINT) into a flag the training loop polls between steps:
     with PreemptionGuard() as guard:
@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 CORRUPT_SUFFIX = ".corrupt"
 _STATE, _META = "state", "meta"
+_SETTLE_S = 0.25
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -131,15 +133,22 @@ class _DropUnretrievedTaskErrors(logging.Filter):
 @contextlib.contextmanager
 def _quiet_failed_async_reads() -> Iterator[None]:
     """Silence the echo of a failed read: orbax's sibling read tasks of the failing array end with the same error and
-    asyncio would print each one ('Task exception was never retrieved'); the first error is reported by `restore`."""
+    asyncio would print each one ('Task exception was never retrieved', 'Event loop is closed' from reads finishing
+    after orbax closed its loop); the first error is reported by `restore`."""
     asyncio_logger = logging.getLogger("asyncio")
     log_filter = _DropUnretrievedTaskErrors()
     previous_hook = sys.unraisablehook
     asyncio_logger.addFilter(log_filter)
     sys.unraisablehook = lambda unraisable: None
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
+        if failed:
+            time.sleep(_SETTLE_S)  # in-flight sibling reads finish (and fail) while we are still filtering
         gc.collect()  # abandoned tasks report their errors when collected: do it while filtered
         sys.unraisablehook = previous_hook
         asyncio_logger.removeFilter(log_filter)
@@ -194,12 +203,14 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def latest_good_step(self) -> int | None:
-        """Newest step whose metadata reads back; array data corruption is only found by `restore`."""
+        """Newest step whose metadata (tree + each array's header) reads back; damage inside array chunks is only
+        found by `restore`, which then falls back."""
         self.wait()
         self._manager.reload()
         for step in reversed(self.all_steps()):
             try:
-                self._read_state_metadata(step)
+                with _quiet_failed_async_reads():
+                    self._read_state_metadata(step)
                 return step
             except Exception:  # noqa: BLE001 - any read failure means "not good"
                 continue
@@ -219,18 +230,18 @@ class CheckpointStore:
 
     def _try_step(self, step: int, abstract_pytree: Any) -> tuple[Any, dict[str, Any]] | Exception:
         """The restored step, or the read error; tree/shape mismatches raise ValueError (config error, not data)."""
-        with _quiet_failed_async_reads():
-            try:
+        try:
+            with _quiet_failed_async_reads():
                 stored_tree = self._read_state_metadata(step)
-            except Exception as error:  # noqa: BLE001 - unreadable metadata = corrupted step
-                return error
+        except Exception as error:  # noqa: BLE001 - unreadable metadata = corrupted step
+            return error
         if abstract_pytree is not None:
             check_against_metadata(abstract_pytree, stored_tree, self.step_dir(step))
-        with _quiet_failed_async_reads():
-            try:
+        try:
+            with _quiet_failed_async_reads():
                 return self._restore_step(step, abstract_pytree)
-            except Exception as error:  # noqa: BLE001 - truncated/overwritten files raise many error types
-                return error
+        except Exception as error:  # noqa: BLE001 - truncated/overwritten files raise many error types
+            return error
 
     def restore(self, step: int | None = None, abstract_pytree: Any = None) -> tuple[Any, dict[str, Any], int] | None:
         """(pytree, meta, step) of `step`, or of the newest readable step when `step` is None (None if there is none).

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import CausalLM, ValueModel
@@ -26,6 +26,13 @@ from ntl_jax.ppo.steps import make_optimizer, tree_shardings
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _on_mesh(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Keep a leaf that already lives on ``mesh``; replicate the rest (e.g. optimiser step counters)."""
+    if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
 @dataclasses.dataclass
@@ -48,7 +55,7 @@ class ModuleState:
         state = cls(graphdef, params, shardings, tx)
         if tx is not None:
             # Optimiser moments inherit their parameter's sharding through jit's propagation.
-            state.opt_state = jax.jit(tx.init)(params)
+            state.opt_state = jax.tree.map(lambda x: _on_mesh(x, mesh), jax.jit(tx.init)(params))
             state.opt_shardings = tree_shardings(state.opt_state)
         return state
 

@@ -215,7 +215,7 @@ def make_update_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, l
         zeros = jax.tree.map(jnp.zeros_like, params)
         grad_sum, (losses, metrics) = jax.lax.scan(micro_grad, zeros, micro)
         grads = jax.tree.map(lambda g: g / num_micro_batches, grad_sum)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         loss = jnp.mean(losses)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, opt_state, params)

@@ -15,7 +15,10 @@ or exceeds ``timeout_s`` gets ``fallback_score``, empty extras, a warning naming
   when the previous one finished (or when the actor became ready: start-up never counts). A head sample past
   ``timeout_s`` -> that actor is killed (``ray.kill``) and replaced, the sample is a timeout, the samples queued
   behind it are handed out again. An actor that dies (``RayActorError``) is replaced and all its unfinished samples
-  are recomputed; a sample whose call was running in ``max_sample_retries + 1`` actor deaths is an error.
+  are recomputed; a sample whose call was running in ``max_sample_retries + 1`` actor deaths is an error. (A death
+  is blamed on the oldest unfinished sample. With more than one sample in flight, a result the actor computed but
+  had not delivered when it died is lost too; that sample is blamed and recomputed, so a healthy sample is only
+  failed if that happens ``max_sample_retries + 1`` times. ``max_inflight_per_worker=1`` makes blame exact.)
   Results are stored by index and each index is recorded once, so no sample is lost or counted twice.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_ITEM_KEYS = ("data_source", "solution_str", "ground_truth")
 MAX_LOGGED_FAILURES = 10  # per batch; the rest are summarised in one line
+_DEATH_GRACE_S = 10.0  # after an actor death, how long its remaining refs may take to resolve
 
 
 class RewardResult(NamedTuple):
@@ -333,42 +337,62 @@ class RayRewardRunner:
                 deadlines.append(worker.head_since + self.timeout_s)
         return None if not deadlines else max(0.0, min(deadlines) - now)
 
-    def _advance(self, slot: int, ready: set, outcomes: _Outcomes, pending: deque, retries: Counter) -> None:
-        """Consume finished work of worker ``slot``; replace it if it died or its head sample overran."""
+    def _check_started(self, worker: _Worker, ready: set, now: float) -> bool:
+        """Confirm a starting actor is up; return True if it died (it may have died after starting)."""
         import ray
 
-        worker = self._workers[slot]
-        now = time.monotonic()
-        if worker.ready_ref is not None:
-            if worker.ready_ref not in ready:
-                if now - worker.started_at > self.startup_timeout_s:
-                    raise RuntimeError(f"reward actor did not start within {self.startup_timeout_s} s "
-                                       f"(num_cpus_per_worker={self.num_cpus_per_worker}: are CPUs free in Ray?)")
-                return
-            try:
-                ray.get(worker.ready_ref)
-            except ray.exceptions.RayError as exc:
-                raise RuntimeError(f"reward actor failed to start: {type(exc).__name__}: {exc}") from exc
-            worker.ready_ref, worker.head_since = None, now
-        while worker.inflight and worker.inflight[0][1] in ready:
+        if worker.ready_ref is None:
+            return False
+        if worker.ready_ref not in ready:
+            if now - worker.started_at > self.startup_timeout_s:
+                raise RuntimeError(f"reward actor did not start within {self.startup_timeout_s} s "
+                                   f"(num_cpus_per_worker={self.num_cpus_per_worker}: are CPUs free in Ray?)")
+            return False
+        try:
+            ray.get(worker.ready_ref)
+        except ray.exceptions.RayActorError as exc:
+            if exc.actor_init_failed:  # the function does not load in the worker: restarting cannot help
+                raise RuntimeError(f"reward actor failed to start: {exc}") from exc
+            return True
+        worker.ready_ref, worker.head_since = None, now
+        return False
+
+    def _harvest(self, worker: _Worker, ready: set, outcomes: _Outcomes, died: bool) -> bool:
+        """Record finished samples in queue order; return True if the actor died (its head is then unfinished).
+
+        After a death every queued ref resolves promptly (a result sent before the death, or RayActorError),
+        so they are all read, not only those in this round's ``ready``.
+        """
+        import ray
+
+        while worker.inflight and (died or worker.inflight[0][1] in ready):
             index, ref = worker.inflight[0]
             try:
-                status, score, extras, message = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                logger.warning("reward actor died while scoring sample %d (%s); restarting it", index,
-                               type(exc).__name__)
-                for given_up in self._replace(slot, pending, index, retries):
-                    outcomes.failed(given_up, "error", f"actor died {retries[given_up]} times while scoring it")
-                return
+                status, score, extras, message = ray.get(ref, timeout=_DEATH_GRACE_S if died else None)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                return True
             except ray.exceptions.RayError as exc:
                 status, message = "error", f"{type(exc).__name__}: {exc}"
             worker.inflight.popleft()
-            worker.head_since = time.monotonic()
+            worker.ready_ref, worker.head_since = None, time.monotonic()
             if status == "ok":
                 outcomes.ok(index, score, extras)
             else:
                 outcomes.failed(index, status, message)
-        if worker.inflight and self.timeout_s is not None and now - worker.head_since > self.timeout_s:
+        return died
+
+    def _advance(self, slot: int, ready: set, outcomes: _Outcomes, pending: deque, retries: Counter) -> None:
+        """Consume finished work of worker ``slot``; replace it if it died or its head sample overran."""
+        worker = self._workers[slot]
+        now = time.monotonic()
+        died = self._harvest(worker, ready, outcomes, self._check_started(worker, ready, now))
+        if died:
+            crashed = worker.inflight[0][0] if worker.inflight else None
+            logger.warning("reward actor died (while scoring sample %s); restarting it", crashed)
+            for given_up in self._replace(slot, pending, crashed, retries):
+                outcomes.failed(given_up, "error", f"actor died {retries[given_up]} times while scoring it")
+        elif (worker.ready_ref is None and worker.inflight and self.timeout_s is not None
+              and now - worker.head_since > self.timeout_s):
             index, _ = worker.inflight.popleft()
             outcomes.failed(index, "timeout", f"no result after {self.timeout_s} s; actor killed and replaced")
             self._replace(slot, pending, None, retries)
