@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from typing import Any, Iterator
 
@@ -48,6 +49,8 @@ from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner
 
 log = logging.getLogger(__name__)
 
+RAY_TEMP_DIR_MAX_CHARS = 43  # 107-byte AF_UNIX limit minus Ray's "/session_<time>_<pid>/sockets/plasma_store"
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many consecutive non-finite updates)."""
@@ -60,6 +63,12 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[f"timing_s/{name}"] = timings.get(f"timing_s/{name}", 0.0) + time.perf_counter() - start
 
 
+@jax.jit
+def _take_rows(tree: Any, rows: jax.Array) -> Any:
+    """One compiled gather of a mini-batch's rows from every array of the rollout."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), tree)
+
+
 def _eos_ids(tokenizer: Any, model_eos: Any) -> list[int]:
     ids = set()
     for value in (tokenizer.eos_token_id, model_eos):
@@ -70,6 +79,22 @@ def _eos_ids(tokenizer: Any, model_eos: Any) -> list[int]:
     if not ids:
         raise ValueError("the tokenizer and model config define no eos_token_id; set one in the tokenizer")
     return sorted(ids)
+
+
+def ray_temp_dir(output_dir: str) -> str:
+    """``<output_dir>/ray`` when it is short enough for Ray's unix-socket paths (AF_UNIX allows 107 bytes and Ray
+    appends ~64), else a short folder under /tmp that ``<output_dir>/ray`` links to, so the files stay findable."""
+    preferred = os.path.join(os.path.abspath(output_dir), "ray")
+    if len(preferred) <= RAY_TEMP_DIR_MAX_CHARS:
+        return preferred
+    short = tempfile.mkdtemp(prefix="ntl_ray_", dir="/tmp" if os.path.isdir("/tmp") else None)
+    if len(short) > RAY_TEMP_DIR_MAX_CHARS:
+        raise ValueError(f"no Ray temp dir of at most {RAY_TEMP_DIR_MAX_CHARS} characters: {preferred!r} and "
+                         f"{short!r} are too long; allowed: a shorter TrainerConfig.output_dir")
+    if not os.path.lexists(preferred):
+        os.symlink(short, preferred)
+    log.info("Ray temp dir %s (linked from %s; the output path is too long for Ray's sockets)", short, preferred)
+    return short
 
 
 class PPOTrainer:
@@ -157,9 +182,7 @@ class PPOTrainer:
     def _build_rollout(self):
         if self.run.rollout_mode == "colocated":
             return ColocatedRollout(self.sampler)
-        from ntl_jax.rewards.workers import ensure_ray
-
-        ensure_ray(temp_dir=os.path.join(os.path.abspath(self.output_dir), "ray"))
+        self._start_ray()
         kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
                       digit_ids=None if self.digit_ids is None else np.asarray(self.digit_ids))
         return RayRollout(self.models.model_config, kwargs, self.run.rollout_num_workers)
@@ -168,11 +191,18 @@ class PPOTrainer:
         if self.run.reward_runner == "local":
             return LocalRewardRunner(spec, timeout_s=self.run.reward_timeout_s,
                                      fallback_score=self.run.reward_fallback_score)
-        from ntl_jax.rewards.workers import ensure_ray
-
-        ensure_ray(temp_dir=os.path.join(os.path.abspath(self.output_dir), "ray"))
+        self._start_ray()
         return RayRewardRunner(spec, num_workers=self.run.reward_num_workers, timeout_s=self.run.reward_timeout_s,
                                fallback_score=self.run.reward_fallback_score)
+
+    def _start_ray(self) -> None:
+        """Start Ray (once per process) with its temp files beside the run; see :func:`ray_temp_dir`."""
+        import ray
+
+        from ntl_jax.rewards.workers import ensure_ray
+
+        if not ray.is_initialized():
+            ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
 
     # ----------------------------------------------------------------- NTL hooks (no-ops here)
     def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -295,7 +325,7 @@ class PPOTrainer:
             order = rng.permutation(rollout.size)
             for start in range(0, rollout.size, mini_size):
                 idx = self._device(np.sort(order[start:start + mini_size]))
-                mini = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), rollout)
+                mini = _take_rows(rollout, idx)
                 if models.critic is not None:
                     with timed(timings, "update_critic"):
                         models.critic.params, models.critic.opt_state, cm = self.critic_update(
@@ -311,9 +341,7 @@ class PPOTrainer:
         for m in host:
             for k, v in m.items():
                 merged.setdefault(k, []).append(float(v))
-        skipped = int(sum(merged.get("actor/update_skipped", [])) + sum(merged.get("critic/update_skipped", [])))
-        self.counters["update_skipped_total"] += skipped
-        self.consecutive_skips = self.consecutive_skips + skipped if skipped else 0
+            self._count_skip(m)
         if self.consecutive_skips >= ppo.max_consecutive_skipped_updates:
             raise TrainingError(f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient "
                                 f"(max_consecutive_skipped_updates={ppo.max_consecutive_skipped_updates}); stopping")
@@ -321,6 +349,14 @@ class PPOTrainer:
         out["training/update_skipped_total"] = float(self.counters["update_skipped_total"])
         out["actor/lr"] = float(ppo.actor_lr)
         return out
+
+    def _count_skip(self, update_metrics: dict[str, Any]) -> None:
+        """Count one (critic or actor) update, in order: a finite one resets the consecutive-skip streak."""
+        for key in ("critic/update_skipped", "actor/update_skipped"):
+            if key in update_metrics:
+                skipped = bool(update_metrics[key])
+                self.counters["update_skipped_total"] += int(skipped)
+                self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
 
     # ----------------------------------------------------------------- validation, state
     def validate(self) -> dict[str, float]:
@@ -341,16 +377,21 @@ class PPOTrainer:
         pass
 
     def save_checkpoint(self) -> None:
-        self.checkpoints.save(self.global_step, state_lib.train_state_tree(self.models), self._meta(), force=True)
+        tree = {**state_lib.train_state_tree(self.models), "rng": jax.random.key_data(self.base_rng)}
+        self.checkpoints.save(self.global_step, tree, self._meta(), force=True)
 
     def maybe_resume(self) -> bool:
         if self.run.resume_mode == "disable":
             return False
-        restored = self.checkpoints.restore(None, state_lib.abstract_train_state(self.models))
+        key_data = jax.random.key_data(self.base_rng)
+        abstract = {**state_lib.abstract_train_state(self.models),
+                    "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype)}
+        restored = self.checkpoints.restore(None, abstract)
         if restored is None:
             return False
         tree, meta, step = restored
         state_lib.load_train_state(self.models, tree)
+        self.base_rng = jax.random.wrap_key_data(tree["rng"])
         self.global_step = int(meta["global_step"])
         self.loader.load_state_dict(meta["loader"])
         self.kl_state = KLControllerState(value=float(meta["kl_coef"]))
@@ -376,27 +417,30 @@ class PPOTrainer:
                 self.log_metrics(val)
         bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not self.run.progress_bar,
                    desc="ppo", dynamic_ncols=True)
-        with PreemptionGuard() as guard:
-            while self.global_step < self.total_steps:
-                metrics = self.train_step(self.loader.next_batch())
-                self.global_step += 1
-                last = self.global_step == self.total_steps
-                if self.val_rows and (self.global_step % self.run.test_freq == 0 or last):
-                    with timed(metrics, "testing"):
-                        metrics.update(self.validate())
-                if self.global_step % self.run.save_freq == 0 or last or guard.should_stop:
-                    with timed(metrics, "save_checkpoint"):
-                        self.save_checkpoint()
-                self.log_metrics(metrics)
-                bar.update(1)
-                bar.set_postfix(score=f"{metrics.get('critic/score/mean', 0.0):.3f}")
-                if guard.should_stop:
-                    log.warning("termination signal received: checkpoint written at step %d; exiting",
-                                self.global_step)
-                    result["preempted"] = True
-                    break
-        bar.close()
-        self.checkpoints.wait()
+        try:
+            with PreemptionGuard() as guard:
+                while self.global_step < self.total_steps:
+                    metrics = self.train_step(self.loader.next_batch())
+                    self.global_step += 1
+                    last = self.global_step == self.total_steps
+                    if self.val_rows and (self.global_step % self.run.test_freq == 0 or last):
+                        with timed(metrics, "testing"):
+                            metrics.update(self.validate())
+                    stop = guard.stop_agreed()  # every process sees the same answer, so all save and stop together
+                    if self.global_step % self.run.save_freq == 0 or last or stop:
+                        with timed(metrics, "save_checkpoint"):
+                            self.save_checkpoint()
+                    self.log_metrics(metrics)
+                    bar.update(1)
+                    bar.set_postfix(score=f"{metrics.get('critic/score/mean', 0.0):.3f}")
+                    if stop:
+                        log.warning("termination signal received: checkpoint written at step %d; exiting",
+                                    self.global_step)
+                        result["preempted"] = True
+                        break
+        finally:  # also on an error: a checkpoint still being written must reach the disk whole
+            bar.close()
+            self.checkpoints.wait()
         result["end_step"] = self.global_step
         result["val_after"] = {k: v for k, v in (self.history[-1] if self.history else {}).items()
                                if k.startswith("val-")}
@@ -405,5 +449,6 @@ class PPOTrainer:
         return result
 
     def close(self) -> None:
+        self.checkpoints.close()
         self.logger.close()
         self.rollout.close()
