@@ -117,7 +117,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]!r}; use --gin_file / --gin_bindings / --output_dir")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("jax._src.xla_bridge", "absl", "jax._src.distributed", "orbax", "jax._src.compiler"):
+    for noisy in ("jax._src.xla_bridge", "absl", "jax._src.distributed", "orbax", "jax._src.compiler",
+                  "tensorboardX.summary"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ntl_jax.distributed.multihost import initialize
 

@@ -151,6 +151,8 @@ def supervised_warm_start(model: nnx.Module, tokenizer: Any, train_rows: list[di
             record = {"step": step, "loss": float(metrics["loss"]), "ce": float(metrics["ce"]),
                       "ntl": float(metrics["ntl"]), **result, "elapsed_s": time.perf_counter() - start_time}
             history.append(record)
+            log.info("warm start step %d: loss %.4f (ce %.4f, ntl %.4f), held-out acc %.3f, answer MAE %.2f",
+                     step, record["loss"], record["ce"], record["ntl"], result["acc"], result["abs_error"])
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{result['acc']:.2f}")
             if on_eval is not None:
                 on_eval(step, record)

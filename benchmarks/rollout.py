@@ -1,0 +1,147 @@
+"""Benchmark 2 (rollout): ntl-jax `Sampler.generate` vs transformers PyTorch `generate` on the same weights.
+
+Both sides load one random Qwen2 checkpoint written by ntl-jax `save_pretrained`: ntl-jax with `from_pretrained`,
+PyTorch with `AutoModelForCausalLM.from_pretrained`. Same 32 left-padded prompts (8..16 tokens), greedy, 64 new
+tokens. The EOS token's LM-head column is zeroed so its logit is exactly 0 and greedy decoding never picks it: both
+sides generate all 64 tokens (checked). Throughput = 32 * 64 / median generate time; the first ntl-jax call
+(tracing + XLA compilation) is excluded from the median and reported as `compile_s`.
+
+PyTorch runs every thread setting / cache combination of `TORCH_CONFIGS` in its own process; the fastest one is the
+baseline (all are reported).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (JAX_THREADS_NOTE, MID, TINY, TORCH_THREAD_ENVS, ModelSpec, Result, jax_device_note,
+                               median, run_worker, save_random_checkpoint, spread, timed_call, torch_thread_note,
+                               worker_main)
+
+BATCH = 32
+NEW_TOKENS = 64
+PAD_ID, EOS_ID = 0, 1
+TARGETS = {"tiny": 5.0, "mid": 3.0}
+# (threads, cache implementation); quick mode runs the first entry only.
+TORCH_CONFIGS: tuple[tuple[int, str], ...] = ((1, "dynamic"), (2, "dynamic"), (1, "static"), (2, "static"))
+
+
+def make_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
+    """BATCH prompts of 8..16 random ids (never pad / EOS); the longest has 16 so both sides pad to 16."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(8, 17, BATCH)
+    lengths[0] = 16
+    return [rng.integers(2, vocab, n).tolist() for n in lengths]
+
+
+def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), PAD_ID, np.int64)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def _check_full_length(response: np.ndarray) -> None:
+    if response.shape[1] != NEW_TOKENS or np.any(response == EOS_ID):
+        raise RuntimeError(f"generation stopped early or emitted EOS (shape {response.shape}); the benchmark needs "
+                           f"{NEW_TOKENS} tokens per row on both sides")
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
+    import jax
+    from flax import nnx
+
+    from ntl_jax.models.hf_io import from_pretrained
+    from ntl_jax.models.sampler import Sampler, SamplingParams
+
+    model = from_pretrained(args["path"])
+    graphdef, state = nnx.split(model)
+    sampler = Sampler(graphdef, model.config, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, greedy=True)
+    prompts = args["prompts"]
+
+    def generate():
+        return sampler.generate(state, prompts, params, jax.random.key(0))
+
+    first_s, out = timed_call(generate)
+    times = [timed_call(generate)[0] for _ in range(args["reps"])]
+    _check_full_length(out.response_ids)
+    if sampler.last_num_steps != NEW_TOKENS or not out.response_mask.all():
+        raise RuntimeError(f"ntl-jax ran {sampler.last_num_steps} decode steps; expected {NEW_TOKENS}")
+    return {"times": times, "first_call_s": first_s, "compile_s": first_s - median(times),
+            "device": jax_device_note(), "first_row": out.response_ids[0, :8].tolist()}
+
+
+def torch_generate(args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(args["threads"])
+    device = args.get("device", "cpu")
+    model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32).to(device).eval()
+    ids, mask = _left_pad(args["prompts"])
+    ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=EOS_ID,
+                  pad_token_id=PAD_ID)
+    if args["cache"] == "static":
+        kwargs["cache_implementation"] = "static"
+
+    def generate():
+        with torch.inference_mode():
+            out = model.generate(ids, **kwargs)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return out
+
+    first_s, out = timed_call(generate)
+    times = [timed_call(generate)[0] for _ in range(args["reps"])]
+    _check_full_length(out[:, ids.shape[1]:].cpu().numpy())
+    return {"times": times, "first_call_s": first_s, "threads": torch.get_num_threads(),
+            "first_row": out[0, ids.shape[1]:ids.shape[1] + 8].tolist()}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
+    path = save_random_checkpoint(spec, os.path.join(workdir, spec.name), eos_id=EOS_ID, pad_id=PAD_ID,
+                                  silence_token=EOS_ID)
+    prompts = make_prompts(spec.vocab)
+    tokens = BATCH * NEW_TOKENS
+    ours = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 3 if quick else 7})
+    ours_tps = tokens / median(ours["times"])
+    baselines = {}
+    for threads, cache in TORCH_CONFIGS[:1] if quick else TORCH_CONFIGS:
+        reps = 2 if quick else (3 if spec is MID else 5)
+        run = run_worker("rollout", "torch_generate", {"path": path, "prompts": prompts, "reps": reps,
+                                                       "threads": threads, "cache": cache},
+                         env=TORCH_THREAD_ENVS[threads])
+        baselines[f"{threads}thr-{cache}"] = {"tokens_per_s": tokens / median(run["times"]),
+                                             "times_s": spread(run["times"]), "first_call_s": run["first_call_s"]}
+    best = max(baselines, key=lambda k: baselines[k]["tokens_per_s"])
+    base_tps = baselines[best]["tokens_per_s"]
+    threads = int(best.split("thr")[0])
+    return Result(
+        benchmark="rollout", case=f"{spec.name} ({spec.hidden}w/{spec.layers}L)",
+        ours=f"{ours_tps:,.0f} tok/s", baseline=f"{base_tps:,.0f} tok/s ({best})",
+        ratio=ours_tps / base_tps, ratio_desc="tokens/s ntl-jax / transformers generate", target_op=">=",
+        target=TARGETS[spec.name],
+        details={"model": spec.describe(), "batch": BATCH, "new_tokens": NEW_TOKENS, "greedy": True,
+                 "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
+                             "compile_s": ours["compile_s"], "device": ours["device"], "threads": JAX_THREADS_NOTE},
+                 "torch": baselines, "torch_best": best, "torch_threads": torch_thread_note(threads),
+                 "same_first_tokens": ours["first_row"] == run["first_row"]})
+
+
+def run(quick: bool) -> list[Result]:
+    with tempfile.TemporaryDirectory(prefix="bench_rollout_") as workdir:
+        return [_case(spec, workdir, quick) for spec in (TINY, MID)]
+
+
+if __name__ == "__main__":
+    worker_main({"jax_generate": jax_generate, "torch_generate": torch_generate})

@@ -1,0 +1,191 @@
+"""Benchmark 5 (train_step_efficiency): jitted train step vs PyTorch, and achieved FLOP/s vs a large matmul.
+
+One training step = forward, backward and AdamW (lr 1e-4, weight decay 0.01, no clipping) of the mid-size random
+Qwen2 decoder (`common.MID`: width 512, 8 layers) on batch 8 x sequence 256, next-token cross-entropy (token mean).
+
+- ntl-jax: `CausalLM` + `token_logprobs` (the product's chunked, rematerialised log-prob path, chunk 128) inside
+  one `jax.jit` with params and optimiser state donated; variant `full_logits` uses `token_logprobs_naive`.
+- PyTorch: transformers `Qwen2ForCausalLM` loaded from the same checkpoint, `model(ids, labels=ids).loss`,
+  `backward()`, `torch.optim.AdamW.step()`; 1 and 2 threads (each its own process), the faster is the baseline.
+
+Model FLOPs per step (rematerialisation not counted):
+    6 * N_matmul * B * T  +  12 * L * B * T^2 * (H * Dh)
+N_matmul = every weight multiplying activations (attention, MLP, LM head; not the embedding lookup); the second
+term is QK^T and PV over the full T x T score matrix (3x the forward for forward + backward).
+Peak reference: a 2048^3 float32 matmul in the same framework and process, timed interleaved with the steps.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (JAX_THREADS_NOTE, MID, TORCH_THREAD_ENVS, Result, jax_device_note, median,
+                               param_count, run_worker, save_random_checkpoint, spread, timed_call, torch_thread_note,
+                               worker_main)
+
+BATCH, SEQ = 8, 256
+MATMUL_N = 2048
+LR, WEIGHT_DECAY = 1e-4, 0.01
+TARGET_SPEED, TARGET_EFFICIENCY = 1.0, 0.8
+
+
+def step_flops(spec=MID, batch: int = BATCH, seq: int = SEQ) -> float:
+    n_matmul = param_count(spec)["matmul"]
+    attention = 12 * spec.layers * batch * seq**2 * spec.hidden
+    return 6.0 * n_matmul * batch * seq + attention
+
+
+def _tokens(vocab: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, vocab, (BATCH, SEQ)).astype(np.int32)
+
+
+def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from ntl_jax.models.hf_io import from_pretrained
+    from ntl_jax.models.logprobs import token_logprobs, token_logprobs_naive
+
+    model = from_pretrained(args["path"])
+    graphdef, params = nnx.split(model, nnx.Param)
+    logprob_fn = token_logprobs if args["variant"] == "chunked" else token_logprobs_naive
+    tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+    opt_state = tx.init(params)
+    ids = jnp.asarray(_tokens(model.config.vocab_size))
+    positions = jnp.broadcast_to(jnp.arange(SEQ, dtype=jnp.int32), ids.shape)
+    mask = jnp.ones_like(ids)
+
+    def loss_fn(p):
+        m = nnx.merge(graphdef, p)
+        hidden, _ = m(ids, positions, mask)
+        out = logprob_fn(hidden[:, :-1], m.lm_head_kernel(), ids[:, 1:], chunk_size=128, compute_entropy=False)
+        return -jnp.mean(out.logprobs)
+
+    @jax.jit
+    def matmul(a, b):
+        return a @ b
+
+    def train_step(p, s):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    step = jax.jit(train_step, donate_argnums=(0, 1))
+    a = jnp.ones((MATMUL_N, MATMUL_N), jnp.float32) / MATMUL_N
+    b = jnp.ones((MATMUL_N, MATMUL_N), jnp.float32)
+    state = {"p": params, "s": opt_state}
+
+    def run_step():
+        state["p"], state["s"], loss = step(state["p"], state["s"])
+        return jax.block_until_ready(loss)
+
+    compile_s, loss0 = timed_call(run_step)
+    matmul(a, b).block_until_ready()
+    step_times, matmul_times = [], []
+    for _ in range(args["reps"]):
+        step_times.append(timed_call(run_step)[0])
+        for _ in range(3):
+            matmul_times.append(timed_call(lambda: matmul(a, b).block_until_ready())[0])
+    loss1 = float(run_step())
+    if not np.isfinite(loss1) or loss1 >= float(loss0):
+        raise RuntimeError(f"ntl-jax training loss did not decrease ({float(loss0):.4f} -> {loss1:.4f})")
+    return {"step_times": step_times, "matmul_times": matmul_times, "compile_s": compile_s - median(step_times),
+            "loss_first": float(loss0), "loss_last": loss1, "device": jax_device_note()}
+
+
+def torch_train_step(args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(args["threads"])
+    device = args.get("device", "cpu")
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    ids = torch.from_numpy(_tokens(model.config.vocab_size).astype(np.int64)).to(device)
+    a = torch.ones(MATMUL_N, MATMUL_N, device=device) / MATMUL_N
+    b = torch.ones(MATMUL_N, MATMUL_N, device=device)
+
+    def run_step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        return float(loss)
+
+    def run_matmul():
+        out = a @ b
+        sync()
+        return out
+
+    first_s, loss0 = timed_call(run_step)
+    run_matmul()
+    step_times, matmul_times = [], []
+    for _ in range(args["reps"]):
+        step_times.append(timed_call(run_step)[0])
+        for _ in range(3):
+            matmul_times.append(timed_call(run_matmul)[0])
+    loss1 = run_step()
+    return {"step_times": step_times, "matmul_times": matmul_times, "first_call_s": first_s, "loss_first": loss0,
+            "loss_last": loss1, "threads": torch.get_num_threads()}
+
+
+def summarize(out: dict[str, Any], flops: float) -> dict[str, Any]:
+    step_s, matmul_s = median(out["step_times"]), median(out["matmul_times"])
+    achieved, peak = flops / step_s / 1e9, 2.0 * MATMUL_N**3 / matmul_s / 1e9
+    return {"step_s": spread(out["step_times"]), "tokens_per_s": BATCH * SEQ / step_s, "gflops": achieved,
+            "matmul_gflops": peak, "efficiency": achieved / peak}
+
+
+def run(quick: bool) -> list[Result]:
+    flops = step_flops()
+    reps = 3 if quick else 8
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
+        path = save_random_checkpoint(MID, os.path.join(workdir, "mid"))
+        variants = ("chunked",) if quick else ("chunked", "full_logits")
+        ours = {v: run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": v, "reps": reps})
+                for v in variants}
+        torch_runs = {}
+        for threads in ((1,) if quick else (1, 2)):
+            torch_runs[threads] = run_worker("train_step_efficiency", "torch_train_step",
+                                             {"path": path, "threads": threads, "reps": reps},
+                                             env=TORCH_THREAD_ENVS[threads])
+    jax_stats = {v: {**summarize(out, flops), "compile_s": out["compile_s"], "loss": [out["loss_first"],
+                                                                                      out["loss_last"]]}
+                 for v, out in ours.items()}
+    torch_stats = {t: {**summarize(out, flops), "first_call_s": out["first_call_s"]} for t, out in torch_runs.items()}
+    best_t = max(torch_stats, key=lambda t: torch_stats[t]["tokens_per_s"])
+    ours_main, base = jax_stats["chunked"], torch_stats[best_t]
+    common_details = {"model": MID.describe(), "batch": BATCH, "seq": SEQ, "model_gflop_per_step": flops / 1e9,
+                      "flop_formula": "6*N_matmul*B*T + 12*L*B*T^2*(H*Dh)", "ntl_jax": jax_stats,
+                      "torch": {f"{t}thr": s for t, s in torch_stats.items()}, "jax_threads": JAX_THREADS_NOTE,
+                      "torch_threads": torch_thread_note(best_t), "device": ours["chunked"]["device"]}
+    return [
+        Result(benchmark="train_step_efficiency", case="tokens/s vs PyTorch",
+               ours=f"{ours_main['step_s']['median']:.2f} s/step", baseline=f"{base['step_s']['median']:.2f} s/step "
+               f"({best_t}thr)", ratio=ours_main["tokens_per_s"] / base["tokens_per_s"],
+               ratio_desc="tokens/s ntl-jax / PyTorch", target_op=">=", target=TARGET_SPEED, details=common_details),
+        Result(benchmark="train_step_efficiency", case="FLOP/s vs matmul",
+               ours=f"{ours_main['gflops']:.0f} GFLOP/s", baseline=f"matmul {ours_main['matmul_gflops']:.0f} GFLOP/s",
+               ratio=ours_main["efficiency"], ratio_desc="model FLOP/s of the step / 2048^3 matmul FLOP/s (same run)",
+               target_op=">=", target=TARGET_EFFICIENCY,
+               details={"torch_efficiency_vs_own_matmul": {f"{t}thr": s["efficiency"] for t, s in torch_stats.items()},
+                        **({"full_logits_efficiency": jax_stats["full_logits"]["efficiency"]}
+                           if "full_logits" in jax_stats else {})}),
+    ]
+
+
+if __name__ == "__main__":
+    worker_main({"jax_train_step": jax_train_step, "torch_train_step": torch_train_step})

@@ -1,0 +1,179 @@
+"""Benchmark 3 (trl_grpo): one ntl-jax GRPO iteration vs one TRL `GRPOTrainer` step, CPU, same model and data.
+
+Both sides train the same random tiny Qwen2 (`common.TINY` shape: width 128, 4 layers; vocabulary = the built-in
+character tokenizer, saved beside the weights) on the same arithmetic prompts ("12+34"), 32 prompts x 8 generations
+per iteration, at most 8 completion tokens, temperature 1, learning rate 1e-6, no KL term, group-normalised
+advantages, token-mean loss, one optimiser step per iteration, the same reward (`ntl_jax.rewards` arithmetic
+exact match) and no evaluation.
+
+- ntl-jax: the real `PPOTrainer` built by `ntl_jax.ppo.factory.create_ppo_trainer` with `adv_estimator='grpo'`
+  (no critic, no reference), local reward runner, no validation; `fit()` writes one checkpoint, at the last
+  step (the fewest the config allows). It also runs verl's separate old-log-prob pass, which TRL skips when
+  `num_iterations=1`.
+- TRL: `GRPOTrainer(use_cpu=True, gradient_checkpointing=False, save_strategy='no', beta=0.0)`; PyTorch with 1
+  thread (and 2 threads with a passive wait policy in full mode; the faster is the baseline).
+
+Steady state: median wall time between consecutive iteration ends, skipping the first `skip` iterations
+(compilation / warm-up). End to end: wall time of the whole process (interpreter start, imports, model load,
+trainer construction, N iterations, final checkpoint, exit), measured by the parent.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (JAX_THREADS_NOTE, TINY, TORCH_THREAD_ENVS, ModelSpec, Result, median, run_worker,
+                               spread, torch_thread_note, worker_main)
+
+PROMPTS_PER_ITER, GENERATIONS, COMPLETION_TOKENS = 32, 8, 8
+LEARNING_RATE = 1e-6
+TARGET_STEADY, TARGET_END_TO_END = 10.0, 5.0
+
+
+def _rows(iterations: int) -> list[dict]:
+    from ntl_jax.data.arithmetic import make_arithmetic_examples
+
+    return make_arithmetic_examples(PROMPTS_PER_ITER * iterations, seed=0, ops="+-", min_digits=1, max_digits=2)
+
+
+def make_checkpoint(directory: str) -> str:
+    """Random TINY-shaped Qwen2 over the character tokenizer; tokenizer files saved beside the weights."""
+    from benchmarks.common import save_random_checkpoint
+    from ntl_jax.models.tokenizers import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    spec = ModelSpec("tiny_char", TINY.hidden, TINY.layers, TINY.heads, TINY.kv_heads, TINY.intermediate,
+                     len(tokenizer))
+    return save_random_checkpoint(spec, directory, tokenizer=tokenizer, eos_id=tokenizer.eos_token_id,
+                                  pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id)
+
+
+def _arithmetic_reward(completions: list[str], ground_truth: list[str], **_: Any) -> list[float]:
+    from ntl_jax.rewards.registry import default_compute_score, normalize_reward_output
+
+    return [normalize_reward_output(default_compute_score("arithmetic", text, truth))[0]
+            for text, truth in zip(completions, ground_truth)]
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def ntl_jax_grpo(args: dict[str, Any]) -> dict[str, Any]:
+    from ntl_jax.models.tokenizers import load_tokenizer
+    from ntl_jax.ppo.config import ExperimentConfig, PPOConfig, TrainerConfig
+    from ntl_jax.ppo.factory import create_ppo_trainer
+
+    iterations = args["iterations"]
+    ppo = PPOConfig(train_batch_size=PROMPTS_PER_ITER, rollout_n=GENERATIONS, ppo_mini_batch_size=PROMPTS_PER_ITER,
+                    ppo_micro_batch_size=PROMPTS_PER_ITER * GENERATIONS, ppo_epochs=1, max_prompt_length=16,
+                    max_response_length=COMPLETION_TOKENS, adv_estimator="grpo", use_kl_loss=False,
+                    actor_lr=LEARNING_RATE, temperature=1.0)
+    run = TrainerConfig(output_dir=args["output_dir"], seed=0, total_training_steps=iterations,
+                        test_freq=10**9, save_freq=10**9, max_to_keep=1, resume_mode="disable",
+                        val_before_train=False, use_tensorboard=False, progress_bar=False, reward_runner="local")
+    config = ExperimentConfig(ppo=ppo, trainer=run)
+    tokenizer = load_tokenizer(args["path"])
+    trainer = create_ppo_trainer(config, tokenizer, policy_path=args["path"], train_rows=_rows(iterations),
+                                 val_rows=None)
+    stamps = []
+    log_metrics = trainer.log_metrics
+
+    def stamped(metrics: dict[str, float]) -> None:
+        stamps.append(time.perf_counter())
+        log_metrics(metrics)
+
+    trainer.log_metrics = stamped
+    start = time.perf_counter()
+    trainer.fit()
+    trainer.close()
+    history = trainer.history
+    return {"iteration_s": np.diff([start] + stamps).tolist(),
+            "mean_completion_tokens": float(np.mean([h["response_length/mean"] for h in history])),
+            "score_mean": float(np.mean([h["critic/score/mean"] for h in history])),
+            "phase_s": {k.split("/")[1]: median([h[k] for h in history[args["skip"]:] if k in h])
+                        for k in history[-1] if k.startswith("timing_s/")}}
+
+
+def trl_grpo(args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(args["threads"])
+    rows = _rows(args["iterations"])
+    dataset = Dataset.from_list([{"prompt": r["prompt"][-1]["content"],
+                                  "ground_truth": str(r["reward_model"]["ground_truth"])} for r in rows])
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args["path"])
+    model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32)
+    config = GRPOConfig(output_dir=args["output_dir"], use_cpu=True, report_to="none", bf16=False,
+                        per_device_train_batch_size=PROMPTS_PER_ITER * GENERATIONS, num_generations=GENERATIONS,
+                        max_completion_length=COMPLETION_TOKENS, gradient_checkpointing=False,
+                        max_steps=args["iterations"], logging_steps=1, save_strategy="no",
+                        learning_rate=LEARNING_RATE, beta=0.0, temperature=1.0, seed=0, disable_tqdm=True,
+                        dataloader_num_workers=0)
+    stamps, logged = [], []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(logs or {}))
+
+    trainer = GRPOTrainer(model=model, reward_funcs=_arithmetic_reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[Stamp()])
+    start = time.perf_counter()
+    trainer.train()
+    lengths = [log["completions/mean_length"] for log in logged if "completions/mean_length" in log]
+    rewards = [log["reward"] for log in logged if "reward" in log]
+    return {"iteration_s": np.diff([start] + stamps).tolist(), "threads": torch.get_num_threads(),
+            "mean_completion_tokens": float(np.mean(lengths)) if lengths else None,
+            "score_mean": float(np.mean(rewards)) if rewards else None}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _side_stats(out: dict[str, Any], skip: int) -> dict[str, Any]:
+    steady = out["iteration_s"][skip:]
+    return {"steady_s": spread(steady), "end_to_end_s": out["process_wall_s"],
+            "startup_s": out["process_wall_s"] - sum(out["iteration_s"]), "first_iteration_s": out["iteration_s"][0],
+            "iterations": len(out["iteration_s"]), "mean_completion_tokens": out["mean_completion_tokens"],
+            "score_mean": out["score_mean"], **({"phase_s": out["phase_s"]} if "phase_s" in out else {})}
+
+
+def run(quick: bool) -> list[Result]:
+    iterations, skip = (12, 3) if quick else (100, 5)
+    with tempfile.TemporaryDirectory(prefix="bench_grpo_") as workdir:
+        path = make_checkpoint(os.path.join(workdir, "policy"))
+        common = {"path": path, "iterations": iterations, "skip": skip}
+        ours = _side_stats(run_worker("trl_grpo", "ntl_jax_grpo",
+                                      {**common, "output_dir": os.path.join(workdir, "ntl_jax")}), skip)
+        trl = {}
+        for threads in ((1,) if quick else (1, 2)):
+            out = run_worker("trl_grpo", "trl_grpo", {**common, "threads": threads,
+                                                      "output_dir": os.path.join(workdir, f"trl{threads}")},
+                             env=TORCH_THREAD_ENVS[threads])
+            trl[threads] = _side_stats(out, skip)
+    best = min(trl, key=lambda t: trl[t]["end_to_end_s"])
+    base = trl[best]
+    details = {"model": "TINY shape (width 128, 4 layers) over the character tokenizer (83 tokens)",
+               "per_iteration": f"{PROMPTS_PER_ITER} prompts x {GENERATIONS} generations, <= {COMPLETION_TOKENS} "
+                                "completion tokens", "iterations": iterations, "steady_skip": skip,
+               "ntl_jax": ours, "trl": {f"{t}thr": s for t, s in trl.items()}, "trl_best": f"{best}thr",
+               "jax_threads": JAX_THREADS_NOTE, "torch_threads": torch_thread_note(best)}
+    steady_ours, steady_base = ours["steady_s"]["median"], base["steady_s"]["median"]
+    return [
+        Result(benchmark="trl_grpo", case="steady s/iter", ours=f"{steady_ours:.3f} s", baseline=f"{steady_base:.3f} s"
+               f" ({best}thr)", ratio=steady_base / steady_ours, ratio_desc="TRL s/iter / ntl-jax s/iter",
+               target_op=">=", target=TARGET_STEADY, details=details),
+        Result(benchmark="trl_grpo", case=f"end-to-end {iterations} iters", ours=f"{ours['end_to_end_s']:.1f} s",
+               baseline=f"{base['end_to_end_s']:.1f} s ({best}thr)", ratio=base["end_to_end_s"] / ours["end_to_end_s"],
+               ratio_desc="TRL process wall / ntl-jax process wall", target_op=">=", target=TARGET_END_TO_END,
+               details={"startup_s": {"ntl_jax": ours["startup_s"], "trl": base["startup_s"]}}),
+    ]
+
+
+if __name__ == "__main__":
+    worker_main({"ntl_jax_grpo": ntl_jax_grpo, "trl_grpo": trl_grpo})

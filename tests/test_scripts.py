@@ -1,0 +1,445 @@
+"""Launch / training scripts (dry runs, shellcheck), the GSM8K Qwen configs, and scripts/compare_modes.py."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO_ROOT, "scripts")
+# Tools the scripts call for real; under --dry_run none of them may run.
+STUBBED_TOOLS = ("gcloud", "ray", "ssh", "scp", "python", "python3", "tar", "curl", "uv", "git", "huggingface-cli",
+                 "mkdir", "cp")
+SHELL_SCRIPTS = sorted(name for name in os.listdir(SCRIPTS) if name.endswith(".sh"))
+RUNNABLE = {  # script -> minimal arguments of a dry run
+    "train_gsm8k_qwen_ppo.sh": ["--mode", "standard"],
+    "train_gsm8k_qwen_ppo_standard.sh": [],
+    "train_gsm8k_qwen_ppo_ntl_final_answer.sh": [],
+    "train_gsm8k_qwen_ppo_ntl_all.sh": [],
+    "quick_test_ntl.sh": [],
+    "launch_tpu_pod.sh": ["--tpu_name", "ntl-pod", "--zone", "us-central2-b"],
+    "launch_gpu.sh": [],
+    "start_ray_cluster.sh": ["--head"],
+}
+
+
+def _load_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def stub_env(tmp_path):
+    """PATH with every tool the scripts call replaced by a stub that logs the call and fails."""
+    bin_dir = tmp_path / "stub_bin"
+    bin_dir.mkdir()
+    log = tmp_path / "invoked.log"
+    for tool in STUBBED_TOOLS:
+        stub = bin_dir / tool
+        stub.write_text(f'#!/bin/bash\necho "{tool} $*" >> "{log}"\nexit 97\n')
+        stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    for name in ("MODEL_PATH", "DATA_DIR", "GSM8K_RAW_DIR", "OUTPUT_DIR", "PPO_MICRO_BATCH_SIZE", "PYTHON", "RAY",
+                 "TPU_NAME", "ZONE", "PROJECT", "NTL_JAX_GIT_URL", "RAY_AUTH_MODE"):
+        env.pop(name, None)
+    return env, log
+
+
+def run_script(name: str, args: list[str], env: dict, cwd: str | None = None) -> tuple[int, list[list[str]], str]:
+    """(exit code, printed commands as argv lists, stderr) of ``bash scripts/<name> args``."""
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, name), *args], env=env, cwd=cwd or REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    commands = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("+ "):
+            words = shlex.split(line[2:])
+            commands.append(words[:-1] if words and words[-1] == "&" else words)
+    return proc.returncode, commands, proc.stderr
+
+
+def flag(words: list[str], name: str) -> list[str]:
+    """Values of ``--name=value`` words."""
+    return [w.split("=", 1)[1] for w in words if w.startswith(f"--{name}=")]
+
+
+# ------------------------------------------------------------------------------------------------ every script
+@pytest.mark.parametrize("name", sorted(RUNNABLE))
+def test_dry_run_prints_commands_and_runs_nothing(name, stub_env):
+    env, log = stub_env
+    rc, commands, err = run_script(name, [*RUNNABLE[name], "--dry_run"], env)
+    assert rc == 0, err
+    assert commands, f"{name} --dry_run printed no commands"
+    assert not log.exists(), f"{name} --dry_run ran: {log.read_text()}"
+
+
+@pytest.mark.parametrize("name", sorted(RUNNABLE))
+def test_help_and_bad_arguments(name, stub_env):
+    env, _ = stub_env
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, name), "--help"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "--dry_run" in proc.stdout
+    rc, _, err = run_script(name, [*RUNNABLE[name], "--no_such_flag", "--dry_run"], env)
+    assert rc == 2 and "unknown argument --no_such_flag" in err
+
+
+def test_all_scripts_pass_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    assert set(RUNNABLE) | {"common.sh"} == set(SHELL_SCRIPTS), "new script: add it to RUNNABLE"
+    proc = subprocess.run([shellcheck, "-x", *SHELL_SCRIPTS], cwd=SCRIPTS, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ GSM8K training
+@pytest.mark.parametrize("script, mode", [("train_gsm8k_qwen_ppo_standard.sh", "standard"),
+                                          ("train_gsm8k_qwen_ppo_ntl_final_answer.sh", "ntl_final"),
+                                          ("train_gsm8k_qwen_ppo_ntl_all.sh", "ntl_all")])
+def test_gsm8k_training_prepares_missing_data_then_trains(script, mode, stub_env, tmp_path):
+    env, _ = stub_env
+    raw = tmp_path / "raw"
+    rc, commands, err = run_script(script, ["--dry_run", "--model_path", "models/qwen", "--data_dir",
+                                            str(tmp_path / "data"), "--raw_gsm8k_dir", str(raw),
+                                            "--micro_batch_size", "32", "--output_dir", str(tmp_path / "run"),
+                                            "--", "--gin_bindings=ntl_jax.TrainerConfig.use_wandb=True"], env,
+                                   cwd=str(tmp_path))
+    assert rc == 0, err
+    prepare, train = commands
+    assert prepare == ["python", "scripts/prepare_gsm8k.py", "--input_dir", str(raw), "--output_dir",
+                       str(tmp_path / "data")]
+    assert train[:3] == ["python", "-m", "ntl_jax.train"]
+    assert flag(train, "gin_file") == [os.path.join(REPO_ROOT, "configs", f"gsm8k_qwen2_5_0_5b_{mode}.gin")]
+    assert flag(train, "gin_bindings") == [
+        f"MODEL_PATH='{tmp_path}/models/qwen'",  # relative to the caller's directory
+        f"TRAIN_FILES=('{tmp_path}/data/train.parquet',)", f"VAL_FILES=('{tmp_path}/data/test.parquet',)",
+        "PPO_MICRO_BATCH_SIZE=32", "ntl_jax.TrainerConfig.use_wandb=True"]
+    assert flag(train, "output_dir") == [str(tmp_path / "run")]
+
+
+def test_gsm8k_training_skips_prepared_data_and_checks_the_model(stub_env, tmp_path):
+    env, log = stub_env
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.parquet").write_bytes(b"")
+    (data / "test.parquet").write_bytes(b"")
+    rc, commands, _ = run_script("train_gsm8k_qwen_ppo_standard.sh", ["--dry_run", "--data_dir", str(data)], env)
+    assert rc == 0 and len(commands) == 1 and commands[0][1:3] == ["-m", "ntl_jax.train"]
+    # A real run stops before training when the model folder is missing.
+    rc, _, err = run_script("train_gsm8k_qwen_ppo_standard.sh", ["--data_dir", str(data), "--model_path",
+                                                                  str(tmp_path / "nope")], env)
+    assert rc == 2 and "no config.json" in err and "huggingface-cli download" in err
+    assert not log.exists()
+    rc, _, err = run_script("train_gsm8k_qwen_ppo.sh", ["--mode", "ntl_some", "--dry_run"], env)
+    assert rc == 2 and "--mode=ntl_some is invalid" in err
+    rc, _, err = run_script("train_gsm8k_qwen_ppo_ntl_all.sh", ["--model_path", "/a'b", "--dry_run"], env)
+    assert rc == 2 and "quote" in err
+
+
+def test_quick_test_runs_both_ntl_modes_sharing_the_warm_start(stub_env, tmp_path):
+    env, _ = stub_env
+    out = tmp_path / "quick"
+    rc, commands, err = run_script("quick_test_ntl.sh", ["--dry_run", "--output_dir", str(out), "--steps", "3"], env)
+    assert rc == 0, err
+    final, mkdir, copy, all_tokens = commands
+    for train, mode in ((final, "ntl_final"), (all_tokens, "ntl_all")):
+        assert flag(train, "gin_file") == [f"configs/{mode}.gin"]
+        assert flag(train, "output_dir") == [str(out / mode)]
+        bindings = flag(train, "gin_bindings")
+        assert "ntl_jax.TrainerConfig.total_training_steps=3" in bindings
+        assert any(b.startswith("ntl_jax.WarmStartConfig.max_steps=") for b in bindings)
+    assert mkdir == ["mkdir", "-p", str(out / "ntl_all")]
+    assert copy == ["cp", "-r", str(out / "ntl_final" / "warm_start"), str(out / "ntl_all" / "warm_start")]
+    rc, _, err = run_script("quick_test_ntl.sh", ["--dry_run", "--steps", "0"], env)
+    assert rc == 2 and "--steps=0 is invalid" in err
+
+
+# ------------------------------------------------------------------------------------------------ TPU / GPU / Ray
+def test_tpu_pod_creates_installs_and_trains_on_all_workers(stub_env):
+    env, _ = stub_env
+    rc, commands, err = run_script("launch_tpu_pod.sh", [
+        "--dry_run", "--tpu_name", "ntl-pod", "--zone", "us-central2-b", "--project", "proj", "--spot",
+        "--accelerator_type", "v4-32", "--gin_bindings", "ntl_jax.TrainerConfig.use_wandb=True", "--background"], env)
+    assert rc == 0, err
+    describe, create, tar, scp, install, train = commands
+    tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
+    scope = ["--zone=us-central2-b", "--project=proj"]
+    assert describe == tpu + ["describe", "ntl-pod"] + scope
+    assert create == tpu + ["create", "ntl-pod"] + scope + ["--accelerator-type=v4-32",
+                                                             "--version=tpu-ubuntu2204-base", "--spot"]
+    assert tar[0] == "tar" and tar[-1] == "."
+    assert scp[:5] == tpu + ["scp"] and "--worker=all" in scp
+    for ssh in (install, train):
+        assert ssh[:6] == tpu + ["ssh", "ntl-pod"] and "--worker=all" in ssh
+    install_script = flag(install, "command")[0]
+    for step in ("uv venv", "jax[tpu]", "prepare_gsm8k.py --hf_dataset openai/gsm8k", "snapshot_download"):
+        assert step in install_script
+    remote = shlex.split(flag(train, "command")[0])
+    assert remote[:4] == ["cd", "$HOME/ntl-jax", "&&", "nohup"]
+    assert remote[4:7] == ["../ntl-jax-venv/bin/python", "-m", "ntl_jax.train"]
+    assert flag(remote, "gin_file") == ["configs/gsm8k_qwen2_5_0_5b_ntl_final.gin"]
+    assert flag(remote, "gin_bindings") == [
+        "MODEL_PATH='models/Qwen2.5-0.5B-Instruct'", "TRAIN_FILES=('data/gsm8k/train.parquet',)",
+        "VAL_FILES=('data/gsm8k/test.parquet',)", "ntl_jax.TrainerConfig.use_wandb=True"]
+    assert remote[-4:] == [">", "../ntl-jax-train.log", "2>&1", "&"]
+
+
+def test_tpu_pod_options(stub_env):
+    env, _ = stub_env
+    base = ["--dry_run", "--tpu_name", "p", "--zone", "z"]
+    rc, commands, _ = run_script("launch_tpu_pod.sh", base + ["--skip_create", "--skip_install"], env)
+    assert rc == 0 and len(commands) == 1 and "ntl_jax.train" in flag(commands[0], "command")[0]
+    rc, commands, _ = run_script("launch_tpu_pod.sh", base + ["--skip_create", "--source", "git", "--git_url",
+                                                              "https://example.com/ntl-jax.git"], env)
+    assert rc == 0 and "git clone --depth 1 https://example.com/ntl-jax.git" in flag(commands[0], "command")[0]
+    for args, message in ((["--source", "git"], "needs --git_url"), (["--config", "configs/nope.gin"], "not found"),
+                          (["--source", "svn"], "--source=svn is invalid")):
+        rc, _, err = run_script("launch_tpu_pod.sh", base + args, env)
+        assert rc == 2 and message in err
+    rc, _, err = run_script("launch_tpu_pod.sh", ["--dry_run", "--tpu_name", "p"], env)
+    assert rc == 2 and "--zone is required" in err
+
+
+def test_gpu_single_node_and_multi_node(stub_env, tmp_path):
+    env, _ = stub_env
+    rc, commands, _ = run_script("launch_gpu.sh", ["--dry_run", "--model_path", "/m/qwen"], env)
+    assert rc == 0 and commands == [["python", "-m", "ntl_jax.train",
+                                     "--gin_file=configs/gsm8k_qwen2_5_0_5b_ntl_final.gin",
+                                     "--gin_bindings=MODEL_PATH='/m/qwen'"]]
+    # One node of several, settings as environment variables or as flags.
+    common = ["--dry_run", "--num_nodes", "2", "--node_rank", "1", "--coordinator_address", "node0:1234"]
+    rc, commands, _ = run_script("launch_gpu.sh", common, env)
+    assert rc == 0 and commands[0][:4] == ["env", "NTL_JAX_COORDINATOR_ADDRESS=node0:1234",
+                                           "NTL_JAX_NUM_PROCESSES=2", "NTL_JAX_PROCESS_ID=1"]
+    rc, commands, _ = run_script("launch_gpu.sh", common + ["--use_flags"], env)
+    assert rc == 0 and commands[0][-3:] == ["--coordinator_address=node0:1234", "--num_processes=2", "--process_id=1"]
+    # Every node by ssh, rank i on host i.
+    rc, commands, _ = run_script("launch_gpu.sh", ["--dry_run", "--nodes", "h0,h1,h2", "--output_dir",
+                                                   str(tmp_path / "shared")], env)
+    assert rc == 0 and [c[:2] for c in commands] == [["ssh", "h0"], ["ssh", "h1"], ["ssh", "h2"]]
+    for rank, command in enumerate(commands):
+        remote = shlex.split(command[2])
+        assert remote[:3] == ["cd", REPO_ROOT, "&&"]
+        assert remote[3:7] == ["env", "NTL_JAX_COORDINATOR_ADDRESS=h0:12355", "NTL_JAX_NUM_PROCESSES=3",
+                               f"NTL_JAX_PROCESS_ID={rank}"]
+        assert flag(remote, "output_dir") == [str(tmp_path / "shared")]
+    for args, message in ((["--num_nodes", "2"], "needs --coordinator_address"),
+                          (["--num_nodes", "2", "--node_rank", "2", "--coordinator_address", "a:1"], "0..1"),
+                          (["--num_nodes", "x"], "--num_nodes=x is invalid")):
+        rc, _, err = run_script("launch_gpu.sh", ["--dry_run", *args], env)
+        assert rc == 2 and message in err
+
+
+def test_ray_cluster_head_workers_and_stop(stub_env):
+    env, _ = stub_env
+    ray_env = ["env", "RAY_USAGE_STATS_ENABLED=0", "RAY_AUTH_MODE=disabled", "ray"]
+    rc, commands, err = run_script("start_ray_cluster.sh", ["--dry_run", "--head", "--num_cpus", "8"], env)
+    assert rc == 0 and commands == [ray_env + ["start", "--head", "--port=6379", "--num-cpus=8",
+                                               "--disable-usage-stats"]]
+    assert "RAY_ADDRESS=" in err and "reward_runner='ray'" in err
+    rc, commands, _ = run_script("start_ray_cluster.sh", ["--dry_run", "--address", "head:6379"], env)
+    assert rc == 0 and commands == [ray_env + ["start", "--address=head:6379", "--disable-usage-stats"]]
+    rc, commands, _ = run_script("start_ray_cluster.sh", ["--dry_run", "--hosts", "h0,h1,h2", "--port", "7000"], env)
+    assert rc == 0 and [c[:2] for c in commands] == [["ssh", "h0"], ["ssh", "h1"], ["ssh", "h2"]]
+    assert shlex.split(commands[0][2])[4:7] == ["start", "--head", "--port=7000"]
+    assert all(shlex.split(c[2])[4:6] == ["start", "--address=h0:7000"] for c in commands[1:])
+    rc, commands, _ = run_script("start_ray_cluster.sh", ["--dry_run", "--stop", "--hosts", "h0,h1"], env)
+    assert rc == 0 and all(shlex.split(c[2])[-1] == "stop" for c in commands)
+    for args, message in ((["--head", "--address", "h:1"], "exclude each other"), ([], "is required"),
+                          (["--address", "nohost"], "host:port")):
+        rc, _, err = run_script("start_ray_cluster.sh", ["--dry_run", *args], env)
+        assert rc == 2 and message in err
+
+
+# ------------------------------------------------------------------------------------------------ GSM8K configs
+@pytest.fixture
+def parse_config():
+    import gin
+
+    from ntl_jax.train import build_experiment, parse_gin
+
+    def parse(name: str, bindings: list[str]):
+        gin.clear_config()
+        parse_gin([os.path.join(REPO_ROOT, "configs", f"gsm8k_qwen2_5_0_5b_{name}.gin")], bindings)
+        return build_experiment()
+
+    yield parse
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("name, reward_fn, reward_mode", [("standard", "compute_score", None),
+                                                          ("ntl_final", "custom_ntl_final", "final_answer"),
+                                                          ("ntl_all", "custom_ntl_all", "all_tokens")])
+def test_gsm8k_configs_mirror_the_verl_ntl_recipe(parse_config, name, reward_fn, reward_mode):
+    config = parse_config(name, ["ntl_jax.TrainerConfig.model_path = '/models/qwen'"])
+    ppo, run, ntl = config.ppo, config.trainer, config.ntl
+    assert (ppo.train_batch_size, ppo.rollout_n, ppo.ppo_mini_batch_size, ppo.ppo_micro_batch_size) == (256, 1, 64, 4)
+    assert (ppo.adv_estimator, ppo.gamma, ppo.lam, ppo.ppo_epochs) == ("gae", 1.0, 1.0, 1)
+    assert (ppo.entropy_coeff, ppo.use_kl_loss, ppo.use_kl_in_reward, ppo.kl_ctrl_type, ppo.kl_coef) == (
+        0.001, False, True, "fixed", 0.001)
+    assert (ppo.actor_lr, ppo.critic_lr, ppo.max_prompt_length, ppo.max_response_length) == (1e-6, 1e-5, 512, 512)
+    assert (run.total_epochs, run.total_training_steps, run.test_freq, run.dtype, run.remat) == (
+        15, 0, 10, "bfloat16", True)
+    assert run.model_path == "/models/qwen"
+    assert run.train_files == ("data/gsm8k/train.parquet",) and run.val_files == ("data/gsm8k/test.parquet",)
+    assert run.reward_fn_name == reward_fn and run.output_dir == f"outputs/gsm8k_qwen2_5_0_5b_{name}"
+    assert config.use_ntl_trainer == (reward_mode is not None) == ntl.enabled
+    if reward_mode:
+        assert (ntl.reward_mode, ntl.temperature, ntl.method) == (reward_mode, 2.0, "wasserstein")
+
+
+def test_gsm8k_config_macros_override(parse_config):
+    config = parse_config("ntl_final", ["MODEL_PATH = '/ckpt/q'", "PPO_MICRO_BATCH_SIZE = 32",
+                                        "MAX_RESPONSE_LENGTH = 256", "TRAIN_FILES = ('/d/train.parquet',)"])
+    assert config.trainer.model_path == "/ckpt/q" and config.trainer.train_files == ("/d/train.parquet",)
+    assert (config.ppo.ppo_micro_batch_size, config.ppo.num_micro_batches, config.ppo.max_response_length) == (
+        32, 2, 256)
+    with pytest.raises(ValueError, match="ppo_micro_batch_size"):
+        parse_config("standard", ["PPO_MICRO_BATCH_SIZE = 48"])  # does not divide the mini-batch of 64
+
+
+# ------------------------------------------------------------------------------------------------ compare_modes
+compare = _load_module("compare_modes")
+
+
+@pytest.mark.parametrize("response, truth, expected", [
+    ("12+34=46\n#### 46", "46", 1.0),
+    ("#### 936", "946", 2 / 3),
+    ("#### 1936", "936", 3 / 4),  # an extra leading digit is wrong
+    ("#### 36", "936", 2 / 3),  # a missing digit is wrong
+    ("#### 2.50", "2.5", 1.0),  # trailing fraction zero is fine
+    ("#### 2.45", "2.5", 1 / 3),
+    ("I do not know", "5", 0.0),
+    ("so the answer is 72", "72", 1.0),  # no '####': the last number
+])
+def test_answer_digit_accuracy(response, truth, expected):
+    assert compare.answer_digit_accuracy(response, truth) == pytest.approx(expected)
+
+
+def test_answer_abs_error_and_the_reward_wrapper():
+    assert compare.answer_abs_error("#### 1,234", "1234") == 0.0
+    assert compare.answer_abs_error("#### -5", "5") == 10.0
+    assert compare.answer_abs_error("#### $12.50", "12.5") == 0.0
+    assert compare.answer_abs_error("nothing", "5") == compare.ABS_ERROR_CAP
+    # Standard reward on the arithmetic task: score and the scorer's own abs_error unchanged, digit_acc added.
+    out = compare.score_with_digit_accuracy("arithmetic", "37+48=95", "85", None, base_reward="compute_score")
+    assert out["score"] == 0.0 and out["abs_error"] == 10.0 and out["digit_acc"] == pytest.approx(0.5)
+    # GSM8K's scorer returns a bare float: abs_error comes from the wrapper.
+    out = compare.score_with_digit_accuracy("openai/gsm8k", "so #### 18", "18", None, base_reward="compute_score")
+    assert out == {"score": 1.0, "abs_error": 0.0, "digit_acc": 1.0}
+    # NTL rewards get ntl_info / tau through the wrapper.
+    info = {"ntl_loss": 0.0, "has_digits": True, "digit_accuracy": 1.0, "total_digits": 2, "correct_digits": 2,
+            "digit_positions": [6, 7], "digit_ground_truth": [8, 5], "digit_predictions": [8, 5],
+            "method": "wasserstein"}
+    out = compare.score_with_digit_accuracy("arithmetic", "37+48=85", "85", None, base_reward="custom_ntl_final",
+                                            ntl_info=info, tau=2.0)
+    assert out["score"] == pytest.approx(1.0) and out["digit_acc"] == 1.0
+    # A ground truth that is no number leaves the reward alone and marks the metrics wrong.
+    out = compare.score_with_digit_accuracy("openai/gsm8k", "#### 3", "three", None)
+    assert out["score"] == 0.0 and out["digit_acc"] == 0.0 and out["abs_error"] == compare.ABS_ERROR_CAP
+
+
+def test_run_bindings_select_mode_seed_and_the_wrapper():
+    bindings = compare.run_bindings("ntl_all", 3, steps=5)
+    assert "ntl_jax.NTLConfig.reward_mode = 'all_tokens'" in bindings
+    assert "ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', 'custom_ntl_all'),)" in bindings
+    assert {"ntl_jax.TrainerConfig.seed = 3", "ntl_jax.WarmStartConfig.seed = 3",
+            "ntl_jax.TrainerConfig.total_training_steps = 5"} <= set(bindings)
+    assert "ntl_jax.ExperimentConfig.use_ntl_trainer = False" in compare.run_bindings("standard", 0, None)
+
+
+def _write_run(output_dir, mode: str, seed: int, accs: list[float], mae: float, digit: float) -> None:
+    from ntl_jax.ppo.metrics import MetricsLogger
+
+    with MetricsLogger(os.path.join(output_dir, mode, f"seed_{seed}"), use_tensorboard=False) as logger:
+        for step, acc in enumerate(accs):
+            record = {"val-core/arithmetic/acc/mean@1": acc, "val-aux/arithmetic/abs_error/mean@1": mae + step,
+                      "val-aux/arithmetic/digit_acc/mean@1": digit}
+            if step:
+                record["reward_extra/acc/mean"] = acc / 2
+            logger.log(step, record)
+
+
+def test_report_aggregates_seeds_into_markdown_csv_and_plot(tmp_path):
+    out = str(tmp_path)
+    _write_run(out, "standard", 0, [0.1, 0.3], 5.0, 0.5)
+    _write_run(out, "standard", 1, [0.1, 0.5], 7.0, 0.7)
+    _write_run(out, "ntl_final", 0, [0.1, 0.6], 1.0, 0.9)
+    paths = compare.report(out, ["standard", "ntl_final", "ntl_all"], [0, 1],
+                           plot=importlib.util.find_spec("matplotlib") is not None)
+    with open(paths["csv"]) as f:
+        rows = {row["mode"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"standard", "ntl_final"}  # no ntl_all runs
+    standard = rows["standard"]
+    assert int(standard["seeds"]) == 2
+    assert float(standard["acc_mean"]) == pytest.approx(0.4) and float(standard["acc_std"]) == pytest.approx(
+        math.sqrt(0.02))
+    assert float(standard["abs_error_mean"]) == pytest.approx(7.0)  # last validation: 6 and 8
+    assert float(standard["digit_acc_min"]) == pytest.approx(0.5) and float(standard["acc_before_mean"]) == 0.1
+    assert float(rows["ntl_final"]["acc_std"]) == 0.0
+    markdown = open(paths["markdown"]).read()
+    assert "| standard | 2 | 0.1 ± 0 (0.1–0.1) | 0.4 ± 0.14 (0.3–0.5) |" in markdown
+    with open(paths["runs"]) as f:
+        assert len(list(csv.DictReader(f))) == 3
+    if "plot" in paths:
+        assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--output_dir", str(tmp_path), "--modes", "standard,ppo"])
+    assert "--modes=standard,ppo is invalid" in capsys.readouterr().err
+    assert compare.main(["--output_dir", str(tmp_path), "--report_only", "--no_plot"]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # three short trainings on the embedded default: ~2 min on 2 CPU cores
+def test_compare_modes_smoke_two_steps_one_seed(tmp_path):
+    pytest.importorskip("matplotlib", reason="compare_modes.py draws its learning curves with matplotlib")
+    tiny = ["ntl_jax.EmbeddedTaskConfig.num_train = 500", "ntl_jax.EmbeddedTaskConfig.num_val = 32",
+            "ntl_jax.WarmStartConfig.max_steps = 40", "ntl_jax.WarmStartConfig.eval_every = 40",
+            "ntl_jax.WarmStartConfig.eval_samples = 32", "ntl_jax.PPOConfig.train_batch_size = 8",
+            "ntl_jax.PPOConfig.rollout_n = 4", "ntl_jax.PPOConfig.ppo_mini_batch_size = 8",
+            "ntl_jax.PPOConfig.ppo_micro_batch_size = 32", "ntl_jax.TrainerConfig.test_freq = 1",
+            "ntl_jax.TrainerConfig.use_tensorboard = False", "ntl_jax.TrainerConfig.progress_bar = False"]
+    args = ["--output_dir", str(tmp_path), "--seeds", "1", "--steps", "2"]
+    for binding in tiny:
+        args += ["--gin_bindings", binding]
+    assert compare.main(args) == 0
+    with open(tmp_path / "summary.csv") as f:
+        rows = {row["mode"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(compare.MODES)
+    for mode, row in rows.items():
+        for key in ("acc_mean", "abs_error_mean", "digit_acc_mean"):
+            assert math.isfinite(float(row[key])), (mode, key)
+        records = [json.loads(line) for line in open(tmp_path / mode / "seed_0" / "metrics.jsonl")]
+        assert max(r["step"] for r in records) == 2
+        assert ("ntl/loss" in records[-1]) == (mode != "standard")
+    # Every mode of the seed started from the same warm start (trained once).
+    stats = [json.load(open(tmp_path / m / "seed_0" / "warm_start" / "warm_start.json")) for m in compare.MODES]
+    assert all(s == stats[0] for s in stats)
+    assert (tmp_path / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| ntl_all | 1 |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow  # the real quick test: both NTL modes on the embedded default, ~2 min on 2 CPU cores
+def test_quick_test_ntl_script_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHON"] = sys.executable
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, "quick_test_ntl.sh"), "--output_dir", str(tmp_path),
+                           "--steps", "2"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "both NTL modes ran" in proc.stderr
+    assert "reusing the cached warm start" in proc.stderr  # ntl_all reused ntl_final's warm start
+    for mode in ("ntl_final", "ntl_all"):
+        assert (tmp_path / mode / "result.json").is_file()
