@@ -46,11 +46,18 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
     gin.add_config_file_search_path(CONFIG_DIR)
     gin.add_config_file_search_path(os.path.dirname(CONFIG_DIR))
+    from absl import logging as absl_logging
+
+    # gin probes each search path for an ``include`` and logs an ERROR for every miss before it finds the file.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         # gin's messages are long and multi-line; keep the first line, which names the bad parameter.
         raise ValueError(f"bad gin config: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def build_experiment(output_dir: str | None = None):
@@ -127,7 +134,8 @@ def main(argv: Sequence[str]) -> None:
         parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
         config = build_experiment(FLAGS.output_dir)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines; the first line names the key, value and what is allowed.
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     mode = (f"NTL ({config.ntl.method}, reward_mode={config.ntl.reward_mode})" if config.use_ntl_trainer
             else "standard PPO")

@@ -116,6 +116,11 @@ def read_tensorboard_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[
     return scalars
 
 
+def tensorboard_tag(name: str) -> str:
+    """verl's ``val-core/<source>/acc/mean@1`` as a legal TensorBoard tag (``mean_at_1``); jsonl keeps the name."""
+    return name.replace("@", "_at_")
+
+
 class MetricsLogger:
     """Writes each `log(step, metrics)` to metrics.jsonl, TensorBoard and (optionally) W&B; no-op off the main process."""
 
@@ -172,7 +177,7 @@ class MetricsLogger:
         self._jsonl.flush()
         if self._tensorboard is not None:
             for name, value in values.items():
-                self._tensorboard.add_scalar(name, value, global_step=int(step))
+                self._tensorboard.add_scalar(tensorboard_tag(name), value, global_step=int(step))
             self._tensorboard.flush()
         if self._wandb_run is not None:
             self._wandb_run.log(values, step=int(step))
