@@ -33,6 +33,11 @@ log = logging.getLogger("ntl_jax.train")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
+class _GinProbeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Path not found", "system_path_file_exists"))
+
+
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     """Parse gin files (``include`` resolved against each file's folder and ``configs/``) and bindings."""
     import ntl_jax.embedded  # noqa: F401 - registers EmbeddedTaskConfig
@@ -46,18 +51,16 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
     gin.add_config_file_search_path(CONFIG_DIR)
     gin.add_config_file_search_path(os.path.dirname(CONFIG_DIR))
-    from absl import logging as absl_logging
-
     # gin probes each search path for an ``include`` and logs an ERROR for every miss before it finds the file.
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.FATAL)
+    probe_filter = _GinProbeFilter()
+    logging.getLogger().addFilter(probe_filter)
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         # gin's messages are long and multi-line; keep the first line, which names the bad parameter.
         raise ValueError(f"bad gin config: {str(err).strip().splitlines()[0]}") from None
     finally:
-        absl_logging.set_verbosity(verbosity)
+        logging.getLogger().removeFilter(probe_filter)
 
 
 def build_experiment(output_dir: str | None = None):
