@@ -30,6 +30,10 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 log = logging.getLogger("ntl_jax.train")
+class SetupError(ValueError):
+    """Bad configuration or input found while setting the run up (data, model, tokenizer, reward file)."""
+
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -88,6 +92,10 @@ def _load_data(config) -> tuple[Any, str, list[dict], list[dict], dict | None]:
         return embedded.tokenizer, embedded.policy_path, embedded.train_rows, embedded.val_rows, embedded.warm_start
     if not run.train_files:
         raise ValueError("TrainerConfig.train_files=() is invalid with a model_path; allowed: verl parquet file paths")
+    for key in ("model_path", "tokenizer_path"):
+        path = getattr(run, key)
+        if path is not None and not os.path.isdir(path):
+            raise ValueError(f"TrainerConfig.{key}={path!r} is not a folder; allowed: a Hugging Face model directory")
     tokenizer = load_tokenizer(run.tokenizer_path or run.model_path)
     train_rows = [row for path in run.train_files for row in load_verl_parquet(path)]
     val_rows = [row for path in run.val_files for row in load_verl_parquet(path)]
@@ -109,9 +117,12 @@ def run_experiment(config) -> dict[str, Any]:
     from ntl_jax.ppo.factory import create_ppo_trainer
 
     os.makedirs(config.trainer.output_dir, exist_ok=True)
-    tokenizer, policy_path, train_rows, val_rows, warm = _load_data(config)
-    trainer = create_ppo_trainer(config, tokenizer, policy_path=policy_path, train_rows=train_rows,
-                                 val_rows=val_rows)
+    try:
+        tokenizer, policy_path, train_rows, val_rows, warm = _load_data(config)
+        trainer = create_ppo_trainer(config, tokenizer, policy_path=policy_path, train_rows=train_rows,
+                                     val_rows=val_rows)
+    except ValueError as err:  # bad input found while setting up: one line, no traceback (see main)
+        raise SetupError(str(err).strip().splitlines()[0]) from err
     with open(os.path.join(config.trainer.output_dir, "operative_config.gin"), "w") as f:
         f.write(gin.operative_config_str())
     try:
@@ -143,7 +154,11 @@ def main(argv: Sequence[str]) -> None:
     mode = (f"NTL ({config.ntl.method}, reward_mode={config.ntl.reward_mode})" if config.use_ntl_trainer
             else "standard PPO")
     print(f"ntl-jax: {mode}; output in {config.trainer.output_dir}", flush=True)
-    result = run_experiment(config)
+    try:
+        result = run_experiment(config)
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(_summary(result), flush=True)
     print(json.dumps({k: result[k] for k in ("start_step", "end_step", "resumed") if k in result}), flush=True)
 

@@ -1,10 +1,11 @@
-"""Reward runners under real faults: raising, hanging and crashing reward functions, and a Ray actor killed mid-batch."""
+"""Reward runners under real faults: raising, hanging and crashing reward functions; a Ray actor killed mid-batch."""
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def ray_session():
     start = time.perf_counter()
     ensure_ray(num_cpus=2, temp_dir=temp_dir)
     print(f"\nray init: {time.perf_counter() - start:.1f} s")
-    yield ray
+    yield SimpleNamespace(ray=ray, temp_dir=None if was_running else temp_dir)
     if not was_running:
         ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -144,7 +145,8 @@ def test_ray_runner_raising_and_hanging_rewards(ray_session, reward_file):
         pids = {extras["pid"] for extras in result.extras if extras}
         assert os.getpid() not in pids  # scored in actor processes, loaded there from the file path
         without_hang = [item for item in _items(behaviours) if item["solution_str"] != "hang"]
-        local = LocalRewardRunner(spec, timeout_s=None, fallback_score=-1.0).score(without_hang)  # same samples, no fault, in-process
+        # the same samples without the hang, scored in-process: the healthy rewards must be identical
+        local = LocalRewardRunner(spec, timeout_s=None, fallback_score=-1.0).score(without_hang)
         for item, score, extras in zip(without_hang, local.scores, local.extras):
             index = item["extra_info"]["index"]
             assert result.scores[index] == score
@@ -159,7 +161,7 @@ def test_ray_runner_actor_killed_mid_batch_loses_nothing(ray_session, reward_fil
     num_items = 24
     spec = RewardFnSpec(path=reward_file, kwargs={"log_path": str(log_path), "delay_s": 0.15})
     with RayRewardRunner(spec, num_workers=2, timeout_s=30.0, max_inflight_per_worker=3) as runner:
-        victim_pid = ray_session.get(runner.actors[0].ready.remote())
+        victim_pid = ray_session.ray.get(runner.actors[0].ready.remote())
         victim = runner.actors[0]
 
         def kill_when_busy():  # kill the actor while it is inside a call (a 'start' without an 'end')
@@ -168,7 +170,7 @@ def test_ray_runner_actor_killed_mid_batch_loses_nothing(ray_session, reward_fil
                 lines = log_path.read_text().splitlines() if log_path.exists() else []
                 started = [line for line in lines if line.startswith("start") and line.endswith(f" {victim_pid}")]
                 if len(started) >= 3:
-                    ray_session.kill(victim)
+                    ray_session.ray.kill(victim)
                     return
                 time.sleep(0.02)
 
@@ -198,12 +200,28 @@ def test_ray_runner_gives_up_on_a_sample_that_kills_its_actor(ray_session, rewar
     # One sample in flight: a death is then always blamed on the sample that caused it (with pipelining, a reply
     # the dying actor had not yet delivered is lost too, and that innocent sample is retried as well).
     spec = RewardFnSpec(path=reward_file)
-    with RayRewardRunner(spec, num_workers=1, timeout_s=10.0, max_sample_retries=1, max_inflight_per_worker=1) as runner:
+    runner_kw = dict(num_workers=1, timeout_s=10.0, max_sample_retries=1, max_inflight_per_worker=1)
+    with RayRewardRunner(spec, **runner_kw) as runner:
         result = runner.score(_items(behaviours))
         state = (result, runner.num_restarts, runner.num_recomputed)
         assert result.num_errors == 1 and result.scores[1] == 0.0 and result.extras[1] == {}, state
         _check_healthy(result, behaviours)
         assert runner.num_restarts == 2, state  # the crashing sample was tried max_sample_retries + 1 times
+
+
+def test_ensure_ray_settings(ray_session):
+    if ray_session.temp_dir is None:
+        pytest.skip("Ray was started by someone else in this session")
+    assert "session_latest" in os.listdir(ray_session.temp_dir)  # Ray's files went to the temp_dir we gave
+    assert ray_session.ray.cluster_resources()["CPU"] == 2.0
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["RAY_AUTH_MODE"] == "disabled"
+    ensure_ray(num_cpus=2)  # already running: a no-op, not a second init
+
+
+def test_ensure_ray_rejects_a_temp_dir_too_long_for_ray_sockets(ray_session):
+    too_long = "/tmp/" + "output_dir_of_a_run/" * 3 + "ray"
+    with pytest.raises(ValueError, match=r"temp_dir='/tmp/output_dir.*' is 68 characters;.*at most 43"):
+        ensure_ray(temp_dir=too_long)
 
 
 def test_ray_runner_rejects_a_bad_spec_before_starting_actors(ray_session, tmp_path):

@@ -97,7 +97,8 @@ def test_arithmetic_extracts_hash_answer_first_else_last_number(response, expect
 
 
 def test_arithmetic_scores_numerically_and_reports_abs_error():
-    assert arithmetic.compute_score("#### 936", "936") == {"score": 1.0, "acc": 1.0, "abs_error": 0.0, "has_answer": True}
+    right = arithmetic.compute_score("#### 936", "936")
+    assert right == {"score": 1.0, "acc": 1.0, "abs_error": 0.0, "has_answer": True}
     assert arithmetic.compute_score("#### 012.0", 12)["acc"] == 1.0
     assert arithmetic.compute_score("#### 1,234", "1234")["acc"] == 1.0
     wrong = arithmetic.compute_score("5-8=-3", "3", format_score=0.1)

@@ -42,7 +42,7 @@ def _check_range(cls: str, key: str, value: float, lo: float | None = None, hi: 
     if not ok:
         lo_txt = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
         hi_txt = "" if hi is None else f"<= {hi}"
-        _fail(cls, key, value, "a finite number " + " and ".join(t for t in (lo_txt, hi_txt) if t))
+        _fail(cls, key, value, " ".join(["a finite number", " and ".join(t for t in (lo_txt, hi_txt) if t)]).strip())
 
 
 def _check_positive_int(cls: str, key: str, value: Any, allow_zero: bool = False) -> None:
@@ -104,7 +104,8 @@ class PPOConfig:
     val_temperature: float = 0.0  # 0 = greedy validation, verl's default
     # Robustness.
     max_consecutive_skipped_updates: int = 10
-    logprob_chunk_size: int = 128
+    logprob_chunk_size: int = 128  # sequence chunk of the log-prob/entropy/digit-slice scan (never [B,T,V] logits)
+    log_prob_micro_batch_size: int = 0  # responses per forward in the old/ref log-prob and value passes; 0 = all
 
     def __post_init__(self) -> None:
         n = "PPOConfig"
@@ -112,7 +113,7 @@ class PPOConfig:
                     "max_prompt_length", "max_response_length", "kl_horizon", "max_consecutive_skipped_updates",
                     "logprob_chunk_size"):
             _check_positive_int(n, key, getattr(self, key))
-        for key in ("critic_warmup", "lr_warmup_steps", "top_k"):
+        for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size"):
             _check_positive_int(n, key, getattr(self, key), allow_zero=True)
         _check_choice(n, "adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
         _check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
@@ -134,6 +135,9 @@ class PPOConfig:
         if mini_responses % self.ppo_micro_batch_size:
             _fail(n, "ppo_micro_batch_size", self.ppo_micro_batch_size,
                   f"a divisor of ppo_mini_batch_size*rollout_n={mini_responses}")
+        if self.log_prob_micro_batch_size and self.responses_per_iteration % self.log_prob_micro_batch_size:
+            _fail(n, "log_prob_micro_batch_size", self.log_prob_micro_batch_size,
+                  f"0 or a divisor of train_batch_size*rollout_n={self.responses_per_iteration}")
         if self.adv_estimator in ("grpo", "rloo") and self.rollout_n < 2:
             _fail(n, "rollout_n", self.rollout_n, f"an integer >= 2 with adv_estimator={self.adv_estimator!r}")
 
@@ -180,8 +184,9 @@ class TrainerConfig:
     model_path: str | None = None
     tokenizer_path: str | None = None
     critic_path: str | None = None
-    dtype: str = "float32"
-    remat: bool = False
+    dtype: str = "float32"  # compute dtype of the forward/backward passes
+    param_dtype: str = "float32"  # storage dtype of parameters and optimiser moments (keep float32 for small lrs)
+    remat: bool = False  # rematerialise each decoder layer in the backward pass (less memory, ~1/3 more compute)
     # Data.
     train_files: tuple[str, ...] = ()
     val_files: tuple[str, ...] = ()
@@ -223,7 +228,21 @@ class TrainerConfig:
         _check_choice(n, "reward_runner", self.reward_runner, REWARD_RUNNERS)
         _check_choice(n, "rollout_mode", self.rollout_mode, ROLLOUT_MODES)
         _check_choice(n, "dtype", self.dtype, ("float32", "bfloat16"))
+        _check_choice(n, "param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _check_range(n, "reward_timeout_s", self.reward_timeout_s, 0.0, lo_open=True)
+        _check_range(n, "reward_fallback_score", self.reward_fallback_score)
+        for key in ("train_files", "val_files"):  # verl accepts one path or a list; a bare str must not be iterated
+            value = (getattr(self, key),) if isinstance(getattr(self, key), str) else getattr(self, key)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(p, str) and p for p in value):
+                _fail(n, key, getattr(self, key), "a parquet file path or a tuple of them")
+            object.__setattr__(self, key, tuple(value))
+        try:
+            kwargs = dict(self.reward_fn_kwargs)
+        except (TypeError, ValueError):
+            _fail(n, "reward_fn_kwargs", self.reward_fn_kwargs, "a dict or a tuple of (name, value) pairs")
+        if not all(isinstance(k, str) for k in kwargs):
+            _fail(n, "reward_fn_kwargs", self.reward_fn_kwargs, "string keyword names")
+        object.__setattr__(self, "reward_fn_kwargs", tuple(kwargs.items()))
         for key in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
             value = getattr(self, key)
             if not isinstance(value, int) or (value < 1 and value != -1):

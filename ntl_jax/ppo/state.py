@@ -76,19 +76,23 @@ class PPOModels:
 
 
 def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",
-                 critic_path: str | None = None, seed: int = 0, total_steps: int = 0) -> PPOModels:
+                 param_dtype: str = "float32", remat: bool = False, critic_path: str | None = None,
+                 seed: int = 0) -> PPOModels:
     """Load the policy from an HF-format folder, derive the critic (verl: from the policy checkpoint) and the
-    reference (a frozen copy of the initial policy)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
-    policy_module = from_pretrained(policy_path, dtype=DTYPES[dtype])
+    reference (a frozen copy of the initial policy). ``dtype`` is the compute dtype, ``param_dtype`` the storage
+    dtype of parameters (and so of the optimiser moments)."""
+    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"{name}={value!r} is invalid; allowed: {', '.join(DTYPES)}")
+    load = dict(dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], remat=remat)
+    policy_module = from_pretrained(policy_path, **load)
     model_config = policy_module.config
     actor_tx = make_optimizer(ppo.actor_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
                               warmup_steps=ppo.lr_warmup_steps)
     critic = None
     if ppo.uses_critic:
         if critic_path:
-            critic_module = from_pretrained(critic_path, dtype=DTYPES[dtype], value_model=True)
+            critic_module = from_pretrained(critic_path, value_model=True, **load)
         else:
             critic_module = ValueModel.from_policy(policy_module, rngs=nnx.Rngs(seed))
         critic_tx = make_optimizer(ppo.critic_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
@@ -96,7 +100,6 @@ def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "
         critic = ModuleState.from_module(critic_module, mesh, critic_tx)
     policy = ModuleState.from_module(policy_module, mesh, actor_tx)
     reference = policy.copy_params() if ppo.uses_reference else None
-    del total_steps
     return PPOModels(policy=policy, reference=reference, critic=critic, model_config=model_config)
 
 

@@ -114,6 +114,7 @@ class PPOTrainer:
                                                              self.run.mesh_tensor)
         self._check_divisibility()
         self.models = state_lib.build_models(policy_path, self.ppo, self.mesh, dtype=self.run.dtype,
+                                             param_dtype=self.run.param_dtype, remat=self.run.remat,
                                              critic_path=self.run.critic_path, seed=self.run.seed)
         self.digit_ids = self.setup_digits()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -257,16 +258,16 @@ class PPOTrainer:
         with timed(timings, "ntl_targets"):
             ntl_targets, ntl_weights = self.prepare_ntl(gen, rows)
         with timed(timings, "old_log_prob"):
-            old = self.logprob_step(models.policy.params, *arrays)
+            old = self._forward_in_chunks(self.logprob_step, models.policy.params, arrays)
             metrics = self.ntl_after_logprobs(gen, old.digit_logits, ntl_targets, ntl_weights, texts)
         ref_logprobs = old.logprobs
         if models.reference is not None:
             with timed(timings, "ref"):
-                ref_logprobs = self.ref_logprob_step(models.reference, *arrays).logprobs
+                ref_logprobs = self._forward_in_chunks(self.ref_logprob_step, models.reference, arrays).logprobs
         values = jnp.zeros_like(old.logprobs)
         if models.critic is not None:
             with timed(timings, "values"):
-                values = self.value_step(models.critic.params, *arrays)
+                values = self._forward_in_chunks(self.value_step, models.critic.params, arrays)
         with timed(timings, "reward"):
             items = [{"data_source": row.get("data_source", ""), "solution_str": text,
                       "ground_truth": str(row["reward_model"]["ground_truth"]), "extra_info": row.get("extra_info"),
@@ -304,6 +305,14 @@ class PPOTrainer:
         metrics["perf/time_per_step"] = timings["timing_s/step"]
         metrics["perf/throughput"] = num_tokens / max(timings["timing_s/step"], 1e-9) / len(jax.devices())
         return metrics
+
+    def _forward_in_chunks(self, step: Any, params: Any, arrays: tuple[jax.Array, ...]) -> Any:
+        """Run a jitted forward over ``log_prob_micro_batch_size`` responses at a time (bounded activation memory)."""
+        size, total = self.ppo.log_prob_micro_batch_size, arrays[0].shape[0]
+        if not size or size >= total:
+            return step(params, *arrays)
+        parts = [step(params, *(x[start:start + size] for x in arrays)) for start in range(0, total, size)]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
     def _reward_extras(self, rewards: Any) -> dict[str, float]:
         out = {"reward/errors": float(rewards.num_errors), "reward/timeouts": float(rewards.num_timeouts)}

@@ -66,7 +66,8 @@ def compute_score(
     format_score: float = 0.0,
     score: float = 1.0,
 ) -> float:
-    """verl's GSM8K score: ``score`` if extract == ground_truth, ``format_score`` if extracted but different, else 0.0."""
+    """verl's GSM8K score: ``score`` if extracted == ground_truth, ``format_score`` if extracted but different,
+    0.0 if nothing was extracted."""
     _check_str("ground_truth", ground_truth)
     answer = extract_solution(solution_str, method=method)
     if answer is None:

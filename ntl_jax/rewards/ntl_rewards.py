@@ -1,13 +1,13 @@
 """Reward functions that combine answer correctness with a Number Token Loss bonus.
 
-    correctness = default_compute_score(data_source, solution_str, ground_truth)['score']   (gsm8k: 1/0, arithmetic: 1/0)
+    correctness = score of default_compute_score(data_source, solution_str, ground_truth)   (gsm8k, arithmetic: 1/0)
     ntl_bonus   = exp(-ntl_loss / tau)          in (0, 1]; 1 when the model put all digit mass on the target digits
 
 combination (keyword argument, default 'add'):
     'add':      score = correct_weight * correctness + ntl_weight * ntl_bonus
                 (defaults 0.5 / 0.5: the public verl NTL fork's ``0.5*exact_match + 0.5*exp(-ntl_loss/tau)``)
-    'multiply': score = correctness * ntl_bonus   (a wrong answer gets nothing; a right one is scaled by confidence;
-                with a base scorer's ``format_score`` > 0 a formatted-but-wrong answer gets ``format_score * ntl_bonus``)
+    'multiply': score = correctness * ntl_bonus   (a wrong answer gets nothing; a right one is scaled by
+                confidence; with a ``format_score`` > 0 a formatted-but-wrong answer gets ``format_score * ntl_bonus``)
     'replace':  score = ntl_bonus                  (correctness is still computed and logged as ``acc``)
 
 Without NTL (``ntl_info`` absent, or ``ntl_info['has_digits']`` False: no digit targets for this sample) the score is

@@ -4,7 +4,8 @@ Each item is a dict with ``data_source``, ``solution_str``, ``ground_truth``, op
 keyword arguments (``ntl_info``, ``tau``); the function is called with keywords exactly as verl calls
 ``compute_score``. A call that raises, returns something ``normalize_reward_output`` rejects (wrong type, NaN/Inf),
 or exceeds ``timeout_s`` gets ``fallback_score``, empty extras, a warning naming the sample index, and is counted in
-``RewardResult.num_errors`` / ``num_timeouts`` (``RewardResult.to_metrics()`` -> ``reward/errors``, ``reward/timeouts``).
+``RewardResult.num_errors`` / ``num_timeouts`` (``RewardResult.to_metrics()``: ``reward/errors``,
+``reward/timeouts``).
 
 - ``LocalRewardRunner``: in-process, one sample after another. With a timeout each call runs on a daemon worker
   thread; a call that overruns is abandoned (Python cannot kill a thread: it keeps running in the background, but
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 REQUIRED_ITEM_KEYS = ("data_source", "solution_str", "ground_truth")
 MAX_LOGGED_FAILURES = 10  # per batch; the rest are summarised in one line
 _DEATH_GRACE_S = 10.0  # after an actor death, how long its remaining refs may take to resolve
+# AF_UNIX paths are limited to 107 bytes; Ray appends "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store".
+_RAY_MAX_TEMP_DIR_CHARS = 107 - len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
 
 
 class RewardResult(NamedTuple):
@@ -110,7 +113,8 @@ class _Outcomes:
 
     def result(self) -> RewardResult:
         if not self.recorded.all():
-            raise RuntimeError(f"reward samples {np.flatnonzero(~self.recorded).tolist()} never scored (internal error)")
+            missing = np.flatnonzero(~self.recorded).tolist()
+            raise RuntimeError(f"reward samples {missing} never scored (internal error)")
         failures = sum(self.counts.values())
         if failures > MAX_LOGGED_FAILURES:
             logger.warning("reward batch: %d errors, %d timeouts in total (first %d logged)",
@@ -197,19 +201,25 @@ class LocalRewardRunner:
 
 def ensure_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     """Start Ray in this process if it is not running: dashboard off, usage stats off, no token auth, temp files in
-    ``temp_dir``. ``RAY_USAGE_STATS_ENABLED=0`` and ``RAY_AUTH_MODE=disabled`` are set unless already set."""
+    ``temp_dir`` (at most 43 characters: Ray's socket paths live under it). ``RAY_USAGE_STATS_ENABLED=0`` and
+    ``RAY_AUTH_MODE=disabled`` are set unless already set in the environment."""
+    init_kwargs: dict[str, Any] = dict(
+        num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, configure_logging=False
+    )
+    if temp_dir is not None:
+        temp_dir = os.path.abspath(temp_dir)
+        if len(temp_dir) > _RAY_MAX_TEMP_DIR_CHARS:
+            raise ValueError(f"temp_dir={temp_dir!r} is {len(temp_dir)} characters; Ray's socket paths under it "
+                             f"allow at most {_RAY_MAX_TEMP_DIR_CHARS} (use a short path such as /tmp/ray_<run>)")
+        init_kwargs["_temp_dir"] = temp_dir
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
         return
-    init_kwargs: dict[str, Any] = dict(
-        num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, configure_logging=False
-    )
     if temp_dir is not None:
-        init_kwargs["_temp_dir"] = os.path.abspath(temp_dir)
-        os.makedirs(init_kwargs["_temp_dir"], exist_ok=True)
+        os.makedirs(temp_dir, exist_ok=True)
     ray.init(**init_kwargs)
 
 
@@ -265,7 +275,7 @@ class RayRewardRunner:
         timeout_s: float | None = 60.0,
         fallback_score: float = 0.0,
         *,
-        max_inflight_per_worker: int = 2,
+        max_inflight_per_worker: int = 4,
         max_sample_retries: int = 2,
         num_cpus_per_worker: float = 1.0,
         startup_timeout_s: float = 120.0,
