@@ -41,11 +41,15 @@ from typing import Any
 MODES = ("standard", "ntl_final", "ntl_all")
 MODE_BINDINGS = {
     "standard": ("ntl_jax.ExperimentConfig.use_ntl_trainer = False", "ntl_jax.NTLConfig.enabled = False"),
+    # The NTL modes use the shipped configs' settings (configs/ntl_final.gin, ntl_all.gin): weight 0.05 and the
+    # multiplicative reward correct * exp(-ntl / tau).
     "ntl_final": ("ntl_jax.ExperimentConfig.use_ntl_trainer = True", "ntl_jax.NTLConfig.enabled = True",
-                  "ntl_jax.NTLConfig.reward_mode = 'final_answer'"),
+                  "ntl_jax.NTLConfig.reward_mode = 'final_answer'", "ntl_jax.NTLConfig.weight = 0.05"),
     "ntl_all": ("ntl_jax.ExperimentConfig.use_ntl_trainer = True", "ntl_jax.NTLConfig.enabled = True",
-                "ntl_jax.NTLConfig.reward_mode = 'all_tokens'"),
+                "ntl_jax.NTLConfig.reward_mode = 'all_tokens'", "ntl_jax.NTLConfig.weight = 0.05"),
 }
+REWARD_KWARGS = {"standard": "", "ntl_final": ", ('combination', 'multiply')",
+                 "ntl_all": ", ('combination', 'multiply')"}
 BASE_REWARD = {"standard": "compute_score", "ntl_final": "custom_ntl_final", "ntl_all": "custom_ntl_all"}
 METRICS = {"acc": "held-out accuracy", "abs_error": "held-out answer MAE", "digit_acc": "held-out digit accuracy"}
 # Held-out curves by validation key, then a training curve by metric name (the sampled responses' accuracy: the
@@ -117,7 +121,7 @@ def run_bindings(mode: str, seed: int, steps: int | None) -> list[str]:
     bindings = list(MODE_BINDINGS[mode]) + [
         f"ntl_jax.TrainerConfig.reward_fn_path = '{os.path.abspath(__file__)}'",
         "ntl_jax.TrainerConfig.reward_fn_name = 'score_with_digit_accuracy'",
-        f"ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', '{BASE_REWARD[mode]}'),)",
+        f"ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', '{BASE_REWARD[mode]}'){REWARD_KWARGS[mode]},)",
         f"ntl_jax.TrainerConfig.seed = {seed}",
         f"ntl_jax.WarmStartConfig.seed = {seed}",
     ]
