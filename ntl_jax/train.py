@@ -131,6 +131,11 @@ def run_experiment(config) -> dict[str, Any]:
         trainer.close()
     if warm is not None:
         result["warm_start"] = {k: warm[k] for k in ("steps", "final", "reached_target", "elapsed_s") if k in warm}
+        if not result.get("val_before") and "final" in warm:
+            # A resumed run skips the pre-PPO validation; the warm start measured the same greedy held-out score.
+            final = warm["final"]
+            result["val_before"] = {"val-core/arithmetic/acc/mean@1": final["acc"],
+                                    "val-aux/arithmetic/abs_error/mean@1": final["abs_error"]}
     return result
 
 
