@@ -24,7 +24,11 @@ CASES: dict[str, dict[str, Any]] = {
                  "response": 48, "digit_ids": list(range(4, 14))},
     "qwen_vocab": {"spec": ModelSpec("qwen_vocab", 128, 2, 4, 2, 512, 151936, tie=True), "batch": 4, "prompt": 16,
                    "response": 64, "digit_ids": list(range(15, 25))},
+    # Qwen2.5-0.5B's shape with 4 of its 24 layers; GPU runs only (`benchmarks.gpu_suite`).
+    "qwen05b_shape": {"spec": ModelSpec("qwen05b_shape", 896, 4, 14, 2, 4864, 151936, tie=True), "batch": 16,
+                      "prompt": 64, "response": 256, "digit_ids": list(range(15, 25))},
 }
+CPU_CASES = ("embedded", "qwen_vocab")
 
 
 def _rollout_batch(case: dict[str, Any], seed: int = 0):
@@ -106,22 +110,27 @@ def actor_updates(args: dict[str, Any]) -> dict[str, Any]:
             "device": jax_device_note()}
 
 
+def result_row(name: str, out: dict[str, Any]) -> Result:
+    case = CASES[name]
+    std, ntl = median(out["times"]["standard"]), median(out["times"]["ntl"])
+    spec = case["spec"]
+    return Result(
+        benchmark="ntl_overhead", case=name, ours=f"NTL {ntl * 1e3:.1f} ms", baseline=f"standard {std * 1e3:.1f} ms",
+        ratio=ntl / std, ratio_desc="median actor-update time NTL / standard", target_op="<=", target=TARGET,
+        details={"model": spec.describe(), "responses": case["batch"], "prompt_len": case["prompt"],
+                 "response_len": case["response"], "ntl_method": "wasserstein",
+                 "standard_s": spread(out["times"]["standard"]), "ntl_s": spread(out["times"]["ntl"]),
+                 "median_of_pair_ratios": out["pair_ratio_median"],
+                 "first_call_s (compile)": out["first_call_s"], "device": out["device"],
+                 "threads": JAX_THREADS_NOTE if out["device"].startswith("cpu") else "n/a (accelerator)"})
+
+
 def run(quick: bool) -> list[Result]:
     results = []
-    for name, case in CASES.items():
+    for name in CPU_CASES:
         reps = (10 if name == "embedded" else 6) if quick else (40 if name == "embedded" else 16)
         out = run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": reps, "warmup": 2})
-        std, ntl = median(out["times"]["standard"]), median(out["times"]["ntl"])
-        spec = case["spec"]
-        results.append(Result(
-            benchmark="ntl_overhead", case=name, ours=f"NTL {ntl * 1e3:.1f} ms", baseline=f"standard {std * 1e3:.1f} ms",
-            ratio=ntl / std, ratio_desc="median actor-update time NTL / standard", target_op="<=", target=TARGET,
-            details={"model": spec.describe(), "responses": case["batch"], "prompt_len": case["prompt"],
-                     "response_len": case["response"], "ntl_method": "wasserstein",
-                     "standard_s": spread(out["times"]["standard"]), "ntl_s": spread(out["times"]["ntl"]),
-                     "median_of_pair_ratios": out["pair_ratio_median"],
-                     "first_call_s (compile)": out["first_call_s"], "device": out["device"],
-                     "threads": JAX_THREADS_NOTE}))
+        results.append(result_row(name, out))
     return results
 
 

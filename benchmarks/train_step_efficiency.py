@@ -76,8 +76,9 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
         return optax.apply_updates(p, updates), s, loss
 
     step = jax.jit(train_step, donate_argnums=(0, 1))
-    a = jnp.ones((MATMUL_N, MATMUL_N), jnp.float32) / MATMUL_N
-    b = jnp.ones((MATMUL_N, MATMUL_N), jnp.float32)
+    n = args.get("matmul_n", MATMUL_N)
+    a = jnp.ones((n, n), jnp.float32) / n
+    b = jnp.ones((n, n), jnp.float32)
     state = {"p": params, "s": opt_state}
 
     def run_step():
@@ -95,7 +96,7 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
     if not np.isfinite(loss1) or loss1 >= float(loss0):
         raise RuntimeError(f"ntl-jax training loss did not decrease ({float(loss0):.4f} -> {loss1:.4f})")
     return {"step_times": step_times, "matmul_times": matmul_times, "compile_s": compile_s - median(step_times),
-            "loss_first": float(loss0), "loss_last": loss1, "device": jax_device_note()}
+            "loss_first": float(loss0), "loss_last": loss1, "device": jax_device_note(), "matmul_n": n}
 
 
 def torch_train_step(args: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +115,9 @@ def torch_train_step(args: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     ids = torch.from_numpy(_tokens(model.config.vocab_size).astype(np.int64)).to(device)
-    a = torch.ones(MATMUL_N, MATMUL_N, device=device) / MATMUL_N
-    b = torch.ones(MATMUL_N, MATMUL_N, device=device)
+    n = args.get("matmul_n", MATMUL_N)
+    a = torch.ones(n, n, device=device) / n
+    b = torch.ones(n, n, device=device)
 
     def run_step():
         loss = model(input_ids=ids, labels=ids).loss
@@ -139,12 +141,12 @@ def torch_train_step(args: dict[str, Any]) -> dict[str, Any]:
             matmul_times.append(timed_call(run_matmul)[0])
     loss1 = run_step()
     return {"step_times": step_times, "matmul_times": matmul_times, "first_call_s": first_s, "loss_first": loss0,
-            "loss_last": loss1, "threads": torch.get_num_threads()}
+            "loss_last": loss1, "threads": torch.get_num_threads(), "matmul_n": n}
 
 
 def summarize(out: dict[str, Any], flops: float) -> dict[str, Any]:
     step_s, matmul_s = median(out["step_times"]), median(out["matmul_times"])
-    achieved, peak = flops / step_s / 1e9, 2.0 * MATMUL_N**3 / matmul_s / 1e9
+    achieved, peak = flops / step_s / 1e9, 2.0 * out.get("matmul_n", MATMUL_N) ** 3 / matmul_s / 1e9
     return {"step_s": spread(out["step_times"]), "tokens_per_s": BATCH * SEQ / step_s, "gflops": achieved,
             "matmul_gflops": peak, "efficiency": achieved / peak}
 

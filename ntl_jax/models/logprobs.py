@@ -19,6 +19,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from ntl_jax.models.decoder import dense
+
 
 class TokenLogProbs(NamedTuple):
     """Per-token outputs; `entropy` / `digit_logits` are None when not requested."""
@@ -30,7 +32,7 @@ class TokenLogProbs(NamedTuple):
 
 def _logits_f32(hidden: jax.Array, lm_head_kernel: jax.Array) -> jax.Array:
     """hidden [..., D] @ kernel [D, V] accumulated in float32 without up-casting the (possibly bf16) kernel."""
-    return jnp.einsum("...d,dv->...v", hidden, lm_head_kernel, preferred_element_type=jnp.float32)
+    return dense(hidden, lm_head_kernel, preferred_element_type=jnp.float32)
 
 
 def _stats_from_logits(

@@ -104,7 +104,7 @@ class PPOConfig:
     val_temperature: float = 0.0  # 0 = greedy validation, verl's default
     # Robustness.
     max_consecutive_skipped_updates: int = 10
-    logprob_chunk_size: int = 128  # sequence chunk of the log-prob/entropy/digit-slice scan (never [B,T,V] logits)
+    logprob_chunk_size: int = 32  # sequence chunk of the log-prob/entropy/digit-slice scan (never [B,T,V] logits)
     log_prob_micro_batch_size: int = 0  # responses per forward in the old/ref log-prob and value passes; 0 = all
 
     def __post_init__(self) -> None:
