@@ -74,15 +74,20 @@ def tiny_model_config(tokenizer: Any, task: EmbeddedTaskConfig) -> ModelConfig:
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-def embedded_rows(task: EmbeddedTaskConfig) -> tuple[list[dict], list[dict]]:
+def embedded_rows(task: EmbeddedTaskConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, validation, selection) rows; validation and selection are disjoint held-out problems.
+
+    The warm start stops on the *selection* set's accuracy: stopping on the validation set would pick an upward
+    fluctuation of it and make "accuracy before PPO" look better than the policy is.
+    """
     common = dict(ops=task.ops, min_digits=task.min_digits, max_digits=task.max_digits)
     train = make_arithmetic_examples(task.num_train, task.data_seed, split="train", **common)
-    val = make_arithmetic_examples(task.num_val, task.data_seed + 1, split="test", **common)
-    return train, val
+    held_out = make_arithmetic_examples(2 * task.num_val, task.data_seed + 1, split="test", **common)
+    return train, held_out[: task.num_val], held_out[task.num_val:]
 
 
 def _cache_key(task: EmbeddedTaskConfig, warm: WarmStartConfig, max_new_tokens: int) -> str:
-    blob = json.dumps({"task": dataclasses.asdict(task), "warm": dataclasses.asdict(warm),
+    blob = json.dumps({"task": dataclasses.asdict(task), "warm": dataclasses.asdict(warm), "selection": "disjoint",
                        "max_new_tokens": max_new_tokens}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -93,7 +98,7 @@ def prepare_embedded_default(output_dir: str, *, task: EmbeddedTaskConfig | None
     """Build (or reuse) the warm-started tiny policy in ``<output_dir>/warm_start``."""
     task = task or EmbeddedTaskConfig()
     warm = warm or WarmStartConfig()
-    train_rows, val_rows = embedded_rows(task)
+    train_rows, val_rows, select_rows = embedded_rows(task)
     model_dir = os.path.join(output_dir, "warm_start")
     stats_path = os.path.join(model_dir, "warm_start.json")
     key = _cache_key(task, warm, max_new_tokens)
@@ -107,7 +112,7 @@ def prepare_embedded_default(output_dir: str, *, task: EmbeddedTaskConfig | None
     tokenizer = build_char_tokenizer()
     model = CausalLM(tiny_model_config(tokenizer, task), rngs=nnx.Rngs(warm.seed))
     digit_ids = digit_token_ids(tokenizer)
-    model, stats = supervised_warm_start(model, tokenizer, train_rows, val_rows, warm, digit_ids=digit_ids,
+    model, stats = supervised_warm_start(model, tokenizer, train_rows, select_rows, warm, digit_ids=digit_ids,
                                          max_new_tokens=max_new_tokens, progress=progress)
     stats["cache_key"] = key
     os.makedirs(model_dir, exist_ok=True)

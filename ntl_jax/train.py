@@ -112,6 +112,18 @@ def _summary(result: dict[str, Any]) -> str:
             f"held-out answer MAE: before PPO {pick(before, 'abs_error')} -> after PPO {pick(after, 'abs_error')}")
 
 
+def _logged_validation_before(output_dir: str) -> dict[str, float]:
+    from ntl_jax.ppo.metrics import read_metrics_jsonl
+
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    for record in read_metrics_jsonl(path):
+        if record.get("step") == 0 and any(k.startswith("val-") for k in record):
+            return {k: v for k, v in record.items() if k.startswith("val-")}
+    return {}
+
+
 def run_experiment(config) -> dict[str, Any]:
     """Build the trainer the config asks for and train; returns ``PPOTrainer.fit``'s result."""
     from ntl_jax.ppo.factory import create_ppo_trainer
@@ -131,11 +143,9 @@ def run_experiment(config) -> dict[str, Any]:
         trainer.close()
     if warm is not None:
         result["warm_start"] = {k: warm[k] for k in ("steps", "final", "reached_target", "elapsed_s") if k in warm}
-        if not result.get("val_before") and "final" in warm:
-            # A resumed run skips the pre-PPO validation; the warm start measured the same greedy held-out score.
-            final = warm["final"]
-            result["val_before"] = {"val-core/arithmetic/acc/mean@1": final["acc"],
-                                    "val-aux/arithmetic/abs_error/mean@1": final["abs_error"]}
+    if not result.get("val_before"):
+        # A resumed run skips the pre-PPO validation; the first run logged it at step 0.
+        result["val_before"] = _logged_validation_before(config.trainer.output_dir)
     return result
 
 
