@@ -352,7 +352,11 @@ def test_answer_abs_error_and_the_reward_wrapper():
 def test_run_bindings_select_mode_seed_and_the_wrapper():
     bindings = compare.run_bindings("ntl_all", 3, steps=5)
     assert "ntl_jax.NTLConfig.reward_mode = 'all_tokens'" in bindings
-    assert "ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', 'custom_ntl_all'),)" in bindings
+    assert ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', 'custom_ntl_all'), "
+            "('combination', 'multiply'),)") in bindings
+    assert "ntl_jax.NTLConfig.weight = 0.05" in bindings  # the shipped NTL configs' settings
+    assert ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', 'compute_score'),)"
+            in compare.run_bindings("standard", 0, None))
     assert {"ntl_jax.TrainerConfig.seed = 3", "ntl_jax.WarmStartConfig.seed = 3",
             "ntl_jax.TrainerConfig.total_training_steps = 5"} <= set(bindings)
     assert "ntl_jax.ExperimentConfig.use_ntl_trainer = False" in compare.run_bindings("standard", 0, None)
