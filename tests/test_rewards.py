@@ -18,7 +18,7 @@ from ntl_jax.rewards.registry import (
     normalize_reward_output,
 )
 
-GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
+GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"  # shared/ beside the repo
 SLOW_BOUND_S = 5.0  # generous: measured worst cases are printed (-s) and are milliseconds
 
 
