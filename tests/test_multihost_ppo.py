@@ -10,19 +10,15 @@ rows changes the parameters by ~0.2, far above the 1e-5 tolerance.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
+from multiprocess_harness import run_workers
 from ntl_jax.embedded import EmbeddedTaskConfig, tiny_model_config
 from ntl_jax.models.decoder import CausalLM
 from ntl_jax.models.tokenizers import build_char_tokenizer
@@ -150,45 +146,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker_env(port: int, process_id: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "NTL_JAX_", "XLA_"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
-               NTL_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", NTL_JAX_NUM_PROCESSES=str(NUM_PROCESSES),
-               NTL_JAX_PROCESS_ID=str(process_id), PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    return env
-
-
 def _run_workers(tmp_path) -> list[dict]:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    port = _free_port()
-    start = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), TESTS_DIR], env=_worker_env(port, i),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(NUM_PROCESSES)]
-    outputs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - start)))
-            outputs.append((proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    results = []
-    for rc, out, err in outputs:
-        assert rc == 0, f"worker failed (rc={rc}):\n{err[-4000:]}"
-        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-        assert len(lines) == 1, out
-        results.append(json.loads(lines[0][len("RESULT "):]))
-    return results
+    return run_workers(WORKER, tmp_path, num_processes=NUM_PROCESSES, devices_per_process=DEVICES_PER_PROCESS,
+                       timeout_s=TIMEOUT_S, args=(str(tmp_path), TESTS_DIR))
 
 
 @pytest.mark.slow  # ~45 s on 2 idle cores, 80+ s when they are shared: two JAX processes each compile the update
