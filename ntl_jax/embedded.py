@@ -23,7 +23,8 @@ from ntl_jax.models.decoder import CausalLM
 from ntl_jax.models.hf_io import save_pretrained
 from ntl_jax.models.tokenizers import build_char_tokenizer, load_tokenizer
 from ntl_jax.ntl.digits import digit_token_ids
-from ntl_jax.ppo.warm_start import WarmStartConfig, greedy_eval, supervised_warm_start
+from ntl_jax.ppo.config import check_positive_int
+from ntl_jax.ppo.warm_start import WarmStartConfig, supervised_warm_start
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ class EmbeddedTaskConfig:
     def __post_init__(self) -> None:
         for key in ("num_train", "num_val", "min_digits", "max_digits", "hidden_size", "num_layers", "num_heads",
                     "num_kv_heads", "intermediate_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"EmbeddedTaskConfig.{key}={value!r} is invalid; allowed: an integer >= 1")
+            check_positive_int("EmbeddedTaskConfig", key, getattr(self, key))
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"EmbeddedTaskConfig hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
                              f"num_kv_heads={self.num_kv_heads} is invalid; allowed: heads | hidden, kv_heads | heads")
@@ -122,4 +121,4 @@ def prepare_embedded_default(output_dir: str, *, task: EmbeddedTaskConfig | None
     return EmbeddedDefault(model_dir, load_tokenizer(model_dir), train_rows, val_rows, stats)
 
 
-__all__ = ["EmbeddedTaskConfig", "EmbeddedDefault", "prepare_embedded_default", "tiny_model_config", "greedy_eval"]
+__all__ = ["EmbeddedTaskConfig", "EmbeddedDefault", "prepare_embedded_default", "tiny_model_config"]

@@ -23,16 +23,16 @@ ROLLOUT_MODES = ("colocated", "ray")
 REWARD_RUNNERS = ("local", "ray")
 
 
-def _fail(cls: str, key: str, value: Any, allowed: str) -> None:
+def fail(cls: str, key: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{cls}.{key}={value!r} is invalid; allowed: {allowed}")
 
 
-def _check_choice(cls: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(cls: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        _fail(cls, key, value, ", ".join(repr(c) for c in choices))
+        fail(cls, key, value, ", ".join(repr(c) for c in choices))
 
 
-def _check_range(cls: str, key: str, value: float, lo: float | None = None, hi: float | None = None,
+def check_range(cls: str, key: str, value: float, lo: float | None = None, hi: float | None = None,
                  lo_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and lo is not None:
@@ -42,12 +42,12 @@ def _check_range(cls: str, key: str, value: float, lo: float | None = None, hi: 
     if not ok:
         lo_txt = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
         hi_txt = "" if hi is None else f"<= {hi}"
-        _fail(cls, key, value, " ".join(["a finite number", " and ".join(t for t in (lo_txt, hi_txt) if t)]).strip())
+        fail(cls, key, value, " ".join(["a finite number", " and ".join(t for t in (lo_txt, hi_txt) if t)]).strip())
 
 
-def _check_positive_int(cls: str, key: str, value: Any, allow_zero: bool = False) -> None:
+def check_positive_int(cls: str, key: str, value: Any, allow_zero: bool = False) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        _fail(cls, key, value, "an integer >= " + ("0" if allow_zero else "1"))
+        fail(cls, key, value, "an integer >= " + ("0" if allow_zero else "1"))
 
 
 @gin.configurable(module="ntl_jax")
@@ -112,34 +112,34 @@ class PPOConfig:
         for key in ("train_batch_size", "rollout_n", "ppo_mini_batch_size", "ppo_micro_batch_size", "ppo_epochs",
                     "max_prompt_length", "max_response_length", "kl_horizon", "max_consecutive_skipped_updates",
                     "logprob_chunk_size"):
-            _check_positive_int(n, key, getattr(self, key))
+            check_positive_int(n, key, getattr(self, key))
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size"):
-            _check_positive_int(n, key, getattr(self, key), allow_zero=True)
-        _check_choice(n, "adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
-        _check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
-        _check_choice(n, "kl_loss_type", self.kl_loss_type, KL_TYPES)
-        _check_choice(n, "kl_penalty", self.kl_penalty, KL_TYPES)
-        _check_choice(n, "kl_ctrl_type", self.kl_ctrl_type, KL_CTRL_TYPES)
+            check_positive_int(n, key, getattr(self, key), allow_zero=True)
+        check_choice(n, "adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
+        check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        check_choice(n, "kl_loss_type", self.kl_loss_type, KL_TYPES)
+        check_choice(n, "kl_penalty", self.kl_penalty, KL_TYPES)
+        check_choice(n, "kl_ctrl_type", self.kl_ctrl_type, KL_CTRL_TYPES)
         for key in ("gamma", "lam", "top_p"):
-            _check_range(n, key, getattr(self, key), 0.0, 1.0)
+            check_range(n, key, getattr(self, key), 0.0, 1.0)
         for key in ("clip_ratio_low", "clip_ratio_high", "entropy_coeff", "kl_loss_coef", "kl_coef", "weight_decay",
                     "val_temperature", "cliprange_value"):
-            _check_range(n, key, getattr(self, key), 0.0)
+            check_range(n, key, getattr(self, key), 0.0)
         for key in ("actor_lr", "critic_lr", "grad_clip", "kl_target", "temperature"):
-            _check_range(n, key, getattr(self, key), 0.0, lo_open=True)
-        _check_range(n, "clip_ratio_c", self.clip_ratio_c, 1.0, lo_open=True)
+            check_range(n, key, getattr(self, key), 0.0, lo_open=True)
+        check_range(n, "clip_ratio_c", self.clip_ratio_c, 1.0, lo_open=True)
         if self.train_batch_size % self.ppo_mini_batch_size:
-            _fail(n, "ppo_mini_batch_size", self.ppo_mini_batch_size,
+            fail(n, "ppo_mini_batch_size", self.ppo_mini_batch_size,
                   f"a divisor of train_batch_size={self.train_batch_size}")
         mini_responses = self.ppo_mini_batch_size * self.rollout_n
         if mini_responses % self.ppo_micro_batch_size:
-            _fail(n, "ppo_micro_batch_size", self.ppo_micro_batch_size,
+            fail(n, "ppo_micro_batch_size", self.ppo_micro_batch_size,
                   f"a divisor of ppo_mini_batch_size*rollout_n={mini_responses}")
         if self.log_prob_micro_batch_size and self.responses_per_iteration % self.log_prob_micro_batch_size:
-            _fail(n, "log_prob_micro_batch_size", self.log_prob_micro_batch_size,
+            fail(n, "log_prob_micro_batch_size", self.log_prob_micro_batch_size,
                   f"0 or a divisor of train_batch_size*rollout_n={self.responses_per_iteration}")
         if self.adv_estimator in ("grpo", "rloo") and self.rollout_n < 2:
-            _fail(n, "rollout_n", self.rollout_n, f"an integer >= 2 with adv_estimator={self.adv_estimator!r}")
+            fail(n, "rollout_n", self.rollout_n, f"an integer >= 2 with adv_estimator={self.adv_estimator!r}")
 
     @property
     def uses_critic(self) -> bool:
@@ -217,36 +217,36 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         n = "TrainerConfig"
-        _check_positive_int(n, "total_epochs", self.total_epochs)
+        check_positive_int(n, "total_epochs", self.total_epochs)
         for key in ("total_training_steps", "seed", "val_max_samples"):
-            _check_positive_int(n, key, getattr(self, key), allow_zero=True)
+            check_positive_int(n, key, getattr(self, key), allow_zero=True)
         for key in ("test_freq", "save_freq", "max_to_keep", "val_batch_size", "reward_num_workers",
                     "rollout_num_workers"):
-            _check_positive_int(n, key, getattr(self, key))
-        _check_choice(n, "resume_mode", self.resume_mode, RESUME_MODES)
-        _check_choice(n, "truncation", self.truncation, ("error", "left", "right"))
-        _check_choice(n, "reward_runner", self.reward_runner, REWARD_RUNNERS)
-        _check_choice(n, "rollout_mode", self.rollout_mode, ROLLOUT_MODES)
-        _check_choice(n, "dtype", self.dtype, ("float32", "bfloat16"))
-        _check_choice(n, "param_dtype", self.param_dtype, ("float32", "bfloat16"))
-        _check_range(n, "reward_timeout_s", self.reward_timeout_s, 0.0, lo_open=True)
-        _check_range(n, "reward_fallback_score", self.reward_fallback_score)
+            check_positive_int(n, key, getattr(self, key))
+        check_choice(n, "resume_mode", self.resume_mode, RESUME_MODES)
+        check_choice(n, "truncation", self.truncation, ("error", "left", "right"))
+        check_choice(n, "reward_runner", self.reward_runner, REWARD_RUNNERS)
+        check_choice(n, "rollout_mode", self.rollout_mode, ROLLOUT_MODES)
+        check_choice(n, "dtype", self.dtype, ("float32", "bfloat16"))
+        check_choice(n, "param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        check_range(n, "reward_timeout_s", self.reward_timeout_s, 0.0, lo_open=True)
+        check_range(n, "reward_fallback_score", self.reward_fallback_score)
         for key in ("train_files", "val_files"):  # verl accepts one path or a list; a bare str must not be iterated
             value = (getattr(self, key),) if isinstance(getattr(self, key), str) else getattr(self, key)
             if not isinstance(value, (tuple, list)) or not all(isinstance(p, str) and p for p in value):
-                _fail(n, key, getattr(self, key), "a parquet file path or a tuple of them")
+                fail(n, key, getattr(self, key), "a parquet file path or a tuple of them")
             object.__setattr__(self, key, tuple(value))
         try:
             kwargs = dict(self.reward_fn_kwargs)
         except (TypeError, ValueError):
-            _fail(n, "reward_fn_kwargs", self.reward_fn_kwargs, "a dict or a tuple of (name, value) pairs")
+            fail(n, "reward_fn_kwargs", self.reward_fn_kwargs, "a dict or a tuple of (name, value) pairs")
         if not all(isinstance(k, str) for k in kwargs):
-            _fail(n, "reward_fn_kwargs", self.reward_fn_kwargs, "string keyword names")
+            fail(n, "reward_fn_kwargs", self.reward_fn_kwargs, "string keyword names")
         object.__setattr__(self, "reward_fn_kwargs", tuple(kwargs.items()))
         for key in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
             value = getattr(self, key)
             if not isinstance(value, int) or (value < 1 and value != -1):
-                _fail(n, key, value, "a positive integer or -1 (all remaining devices)")
+                fail(n, key, value, "a positive integer or -1 (all remaining devices)")
 
 
 @gin.configurable(module="ntl_jax")
@@ -269,7 +269,7 @@ class ExperimentConfig:
         if self.ntl is None:
             object.__setattr__(self, "ntl", NTLConfig())
         if not isinstance(self.ntl, NTLConfig):
-            _fail("ExperimentConfig", "ntl", type(self.ntl).__name__, "an NTLConfig")
+            fail("ExperimentConfig", "ntl", type(self.ntl).__name__, "an NTLConfig")
         if self.use_ntl_trainer and not self.ntl.enabled:
             object.__setattr__(self, "ntl", dataclasses.replace(self.ntl, enabled=True))
 

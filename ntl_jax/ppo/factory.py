@@ -58,9 +58,3 @@ def create_ppo_trainer(config: ExperimentConfig, tokenizer: Any, use_ntl: bool |
     if use_ntl:
         return create_ntl_trainer(config, tokenizer, **trainer_kwargs)
     return create_standard_trainer(config, tokenizer, **trainer_kwargs)
-
-
-def example_config(name: str) -> dict[str, Any]:
-    if name not in EXAMPLE_CONFIGS:
-        raise ValueError(f"example config {name!r} is unknown; allowed: {', '.join(EXAMPLE_CONFIGS)}")
-    return dict(EXAMPLE_CONFIGS[name])

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.models.config import ModelConfig
-from ntl_jax.models.decoder import CausalLM, ValueModel
+from ntl_jax.models.decoder import ValueModel
 from ntl_jax.models.hf_io import from_pretrained
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
 from ntl_jax.ppo.config import PPOConfig

@@ -35,7 +35,7 @@ from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.distributed.multihost import is_main_process
 from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams
 from ntl_jax.ppo import state as state_lib
-from ntl_jax.ppo.advantages import compute_advantages, masked_mean, scores_to_token_rewards
+from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
 from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
 from ntl_jax.ppo.config import ExperimentConfig
 from ntl_jax.ppo.kl_control import KLControllerState, apply_kl_in_reward, kl_controller_update

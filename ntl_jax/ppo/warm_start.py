@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ntl_jax.models.logprobs import sequence_logprobs
 from ntl_jax.models.sampler import Sampler, SamplingParams
 from ntl_jax.ntl.digits import digit_value_of_tokens
-from ntl_jax.ntl.losses import ntl_loss
+from ntl_jax.ntl.losses import METHODS, ntl_loss
+from ntl_jax.ppo.config import check_choice, check_positive_int, check_range
 from ntl_jax.rewards.registry import default_compute_score, normalize_reward_output
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,14 @@ class WarmStartConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        n = "WarmStartConfig"
         for key in ("max_steps", "batch_size", "eval_every", "eval_samples"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"WarmStartConfig.{key}={value!r} is invalid; allowed: an integer >= 1")
-        if not 0.0 <= self.target_accuracy <= 1.0:
-            raise ValueError(f"WarmStartConfig.target_accuracy={self.target_accuracy!r} is invalid; allowed: [0, 1]")
-        if not self.learning_rate > 0 or not self.ntl_weight >= 0:
-            raise ValueError(f"WarmStartConfig learning_rate={self.learning_rate!r} / ntl_weight="
-                             f"{self.ntl_weight!r} is invalid; allowed: learning_rate > 0, ntl_weight >= 0")
+            check_positive_int(n, key, getattr(self, key))
+        check_positive_int(n, "warmup_steps", self.warmup_steps, allow_zero=True)
+        check_range(n, "target_accuracy", self.target_accuracy, 0.0, 1.0)
+        check_range(n, "learning_rate", self.learning_rate, 0.0, lo_open=True)
+        check_range(n, "ntl_weight", self.ntl_weight, 0.0)
+        check_choice(n, "ntl_method", self.ntl_method, METHODS)
 
 
 def pack_supervised(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
