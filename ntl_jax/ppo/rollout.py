@@ -42,14 +42,13 @@ class ColocatedRollout:
         pass
 
 
-def _concat_outputs(parts: list[GenerationOutput]) -> GenerationOutput:
+def _concat_outputs(parts: list[GenerationOutput], pad_id: int) -> GenerationOutput:
     """Stack worker outputs back into one batch, padding prompt columns on the left to the widest bucket."""
     width = max(p.prompt_ids.shape[1] for p in parts)
 
     def pad_left(x: np.ndarray, value: int) -> np.ndarray:
         return np.pad(x, ((0, 0), (width - x.shape[1], 0)), constant_values=value)
 
-    pad_id = int(parts[0].prompt_ids[0, 0]) if parts[0].prompt_mask[0, 0] == 0 else 0
     fields: dict[str, Any] = {
         "prompt_ids": np.concatenate([pad_left(p.prompt_ids, pad_id) for p in parts]),
         "prompt_mask": np.concatenate([pad_left(p.prompt_mask, 0) for p in parts]),
@@ -136,7 +135,8 @@ class RayRollout:
                 break
         else:
             raise RuntimeError("rollout workers kept dying; giving up after 3 attempts")
-        return _concat_outputs([results[w] for w, idx in enumerate(shards) if len(idx)])
+        return _concat_outputs([results[w] for w, idx in enumerate(shards) if len(idx)],
+                               pad_id=int(self._args[1]["pad_token_id"]))
 
     def close(self) -> None:
         for worker in self.workers:
