@@ -86,7 +86,10 @@ def _load_data(config) -> tuple[Any, str, list[dict], list[dict], dict | None]:
         from ntl_jax.embedded import EmbeddedTaskConfig, prepare_embedded_default
         from ntl_jax.ppo.warm_start import WarmStartConfig
 
-        embedded = prepare_embedded_default(run.output_dir, task=EmbeddedTaskConfig(), warm=WarmStartConfig(),
+        warm = WarmStartConfig()
+        if warm.seed is None:
+            warm = dataclasses.replace(warm, seed=run.seed)
+        embedded = prepare_embedded_default(run.output_dir, task=EmbeddedTaskConfig(), warm=warm,
                                             max_new_tokens=config.ppo.max_response_length,
                                             progress=run.progress_bar)
         return embedded.tokenizer, embedded.policy_path, embedded.train_rows, embedded.val_rows, embedded.warm_start

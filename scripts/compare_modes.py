@@ -1,130 +1,51 @@
 #!/usr/bin/env python
-"""Standard PPO vs PPO + NTL (final_answer, all_tokens) over K seeds on one config; table and learning curves.
+"""Standard PPO vs PPO + NTL (final_answer, all_tokens, hybrid) over seeds; table with 95% intervals and curves.
 
-    python scripts/compare_modes.py --gin_file configs/standard.gin --seeds 3 --output_dir outputs/compare
-    python scripts/compare_modes.py --output_dir outputs/compare --report_only     # re-aggregate finished runs
+    python scripts/compare_modes.py --seed_list 0,1,2,3,4 --output_dir outputs/compare
+    python scripts/compare_modes.py --output_dir outputs/compare --seed_list 0,1,2,3,4 --report_only
 
-Each (mode, seed) trains in ``<output_dir>/<mode>/seed_<seed>`` through ``ntl_jax.train`` (parse_gin,
-build_experiment, run_experiment); a run whose result.json exists is not trained again. Modes are gin bindings on
-top of the config: standard = no NTL and the plain scorer; ntl_final / ntl_all = NTL with reward_mode
-'final_answer' / 'all_tokens' and the matching ``custom_ntl_*`` reward. The seed sets ``TrainerConfig.seed`` and
-``WarmStartConfig.seed``; on the embedded default every mode of a seed starts from the same warm-started policy
-(trained once, copied). The held-out set is the same for all runs.
+Each mode is a shipped config (``MODES``: configs/standard.gin, ntl_final.gin, ntl_all.gin, ntl_hybrid.gin), each
+(mode, seed) trains in ``<output_dir>/<mode>/seed_<seed>`` through ``ntl_jax.train`` exactly as
+``python -m ntl_jax.train --gin_file=<config> --gin_bindings='ntl_jax.TrainerConfig.seed = <seed>'`` would; a run
+whose result.json exists is not trained again. On the embedded default every mode of a seed starts from the same
+warm-started policy (trained once, copied) and is validated on the same held-out set.
 
-Every reward goes through ``score_with_digit_accuracy`` (this file, loaded by path like a verl custom reward):
-it returns the mode's reward unchanged and adds two answer metrics, which validation logs as
-``val-aux/<source>/{digit_acc,abs_error}/mean@1``:
+Held-out metrics come from the embedded task's scorer (``ntl_jax.rewards.arithmetic``), logged by validation as
+``val-core/arithmetic/acc`` and ``val-aux/arithmetic/{abs_error,digit_acc}``: accuracy, mean absolute error of the
+answer (an unanswered problem counts as answering 0) and place-value digit accuracy of the answer.
 
-    digit_acc = (#answer digits equal to the true digit at the same place value) / (#true digits + #extra digits)
-                (final answer found as NTL finds it, 'strict_then_last'; extra = digits at places the truth
-                lacks, trailing fraction zeros excepted; no answer -> 0)
-    abs_error = |answer - truth| capped at 1e6 (1e6 when there is no answer); the scorer's own value when it has one
-
-Writes ``summary.md`` / ``summary.csv`` (held-out accuracy, answer MAE, digit accuracy at the last validation:
-mean, std and range over seeds, plus accuracy before PPO), ``runs.csv`` (one row per run) and
-``learning_curves.png`` (held-out accuracy, MAE, digit accuracy and training accuracy per PPO step: mean over
-seeds with a min-max band). Needs matplotlib for the plot.
+Writes ``summary.md`` / ``summary.csv`` (last validation of each run: mean and 95% t-interval over seeds, plus
+accuracy before PPO), ``runs.csv`` (one row per run) and ``learning_curves.png`` (held-out accuracy, MAE, digit
+accuracy and training accuracy per PPO step: mean over seeds with a min-max band). Needs matplotlib for the plot.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import math
 import os
 import re
 import shutil
 import sys
-from fractions import Fraction
 from typing import Any
 
-MODES = ("standard", "ntl_final", "ntl_all")
-MODE_BINDINGS = {
-    "standard": ("ntl_jax.ExperimentConfig.use_ntl_trainer = False", "ntl_jax.NTLConfig.enabled = False"),
-    # The NTL modes use the shipped configs' settings (configs/ntl_final.gin, ntl_all.gin): weight 0.05 and the
-    # multiplicative reward correct * exp(-ntl / tau).
-    "ntl_final": ("ntl_jax.ExperimentConfig.use_ntl_trainer = True", "ntl_jax.NTLConfig.enabled = True",
-                  "ntl_jax.NTLConfig.reward_mode = 'final_answer'", "ntl_jax.NTLConfig.weight = 0.05"),
-    "ntl_all": ("ntl_jax.ExperimentConfig.use_ntl_trainer = True", "ntl_jax.NTLConfig.enabled = True",
-                "ntl_jax.NTLConfig.reward_mode = 'all_tokens'", "ntl_jax.NTLConfig.weight = 0.05"),
-}
-REWARD_KWARGS = {"standard": "", "ntl_final": ", ('combination', 'multiply')",
-                 "ntl_all": ", ('combination', 'multiply')"}
-BASE_REWARD = {"standard": "compute_score", "ntl_final": "custom_ntl_final", "ntl_all": "custom_ntl_all"}
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+MODES = {"standard": "standard.gin", "ntl_final": "ntl_final.gin", "ntl_all": "ntl_all.gin",
+         "ntl_hybrid": "ntl_hybrid.gin"}
 METRICS = {"acc": "held-out accuracy", "abs_error": "held-out answer MAE", "digit_acc": "held-out digit accuracy"}
 # Held-out curves by validation key, then a training curve by metric name (the sampled responses' accuracy: the
 # modes' rewards differ, their accuracy does not).
-CURVES = (("acc", "held-out accuracy"), ("abs_error", "held-out answer MAE (log)"),
+CURVES = (("acc", "held-out accuracy"), ("abs_error", "held-out answer MAE"),
           ("digit_acc", "held-out digit accuracy"), ("reward_extra/acc/mean", "training accuracy (sampled)"))
-ABS_ERROR_CAP = 1e6
-
-
-# ------------------------------------------------------------------------------------------------ reward wrapper
-def answer_digit_accuracy(solution_str: str, ground_truth: str) -> float:
-    """Place-value digit accuracy of the response's final answer (formula in the module docstring)."""
-    from ntl_jax.ntl.targets import align_digits, find_final_answer, ground_truth_digits
-
-    int_digits, frac_digits = ground_truth_digits(ground_truth)
-    span = find_final_answer(solution_str, "strict_then_last")
-    if span is None:
-        return 0.0
-    positions, targets, has_true, _ = align_digits(span, int_digits, frac_digits)
-    predicted = [ord(solution_str[int(p)]) - ord("0") for p in positions]
-    is_fraction = [i >= len(span.int_positions) for i in range(len(positions))]
-    correct = sum(int(p == t) for p, t, known in zip(predicted, targets, has_true) if known)
-    # Digits at places the truth lacks are wrong, except trailing fraction zeros ('2.50' for 2.5).
-    extra = sum(1 for p, known, frac in zip(predicted, has_true, is_fraction) if not known and not (frac and p == 0))
-    return correct / (len(int_digits) + len(frac_digits) + extra)
-
-
-def answer_abs_error(solution_str: str, ground_truth: str) -> float:
-    """|final answer - truth| capped at ABS_ERROR_CAP; the cap when no number can be read."""
-    from ntl_jax.ntl.targets import find_final_answer
-
-    span = find_final_answer(solution_str, "strict_then_last")
-    truth_text = str(ground_truth).rsplit("####", 1)[-1]
-    try:
-        truth = Fraction(re.sub(r"[\s,$]", "", truth_text))
-        answer = Fraction(re.sub(r"[\s,$]", "", solution_str[span.start:span.end])) if span else None
-    except (ValueError, ZeroDivisionError):
-        return ABS_ERROR_CAP
-    return ABS_ERROR_CAP if answer is None else float(min(abs(answer - truth), Fraction(int(ABS_ERROR_CAP))))
-
-
-@functools.lru_cache(maxsize=None)
-def _base_reward(name: str):
-    from ntl_jax.rewards.registry import RewardFnSpec, load_reward_function
-
-    return load_reward_function(RewardFnSpec(path=None, name=name))
-
-
-def score_with_digit_accuracy(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None,
-                              *, base_reward: str = "compute_score", **kwargs: Any) -> dict[str, Any]:
-    """The built-in reward ``base_reward`` (score unchanged) plus ``digit_acc`` and ``abs_error`` extras."""
-    from ntl_jax.rewards.registry import normalize_reward_output
-
-    out = _base_reward(base_reward)(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth,
-                                    extra_info=extra_info, **kwargs)
-    score, extras = normalize_reward_output(out)
-    try:
-        digit_acc = answer_digit_accuracy(solution_str, ground_truth)
-        abs_error = answer_abs_error(solution_str, ground_truth)
-    except ValueError:  # a ground truth that is no number: the metrics say "wrong", the reward stays as it is
-        digit_acc, abs_error = 0.0, ABS_ERROR_CAP
-    extras.setdefault("abs_error", abs_error)
-    return {"score": score, **extras, "digit_acc": digit_acc}
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       15: 2.131, 20: 2.086, 30: 2.042}
 
 
 # ------------------------------------------------------------------------------------------------ running
-def run_bindings(mode: str, seed: int, steps: int | None) -> list[str]:
-    """Gin bindings that turn the config into this (mode, seed) run."""
-    bindings = list(MODE_BINDINGS[mode]) + [
-        f"ntl_jax.TrainerConfig.reward_fn_path = '{os.path.abspath(__file__)}'",
-        "ntl_jax.TrainerConfig.reward_fn_name = 'score_with_digit_accuracy'",
-        f"ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', '{BASE_REWARD[mode]}'){REWARD_KWARGS[mode]},)",
-        f"ntl_jax.TrainerConfig.seed = {seed}",
-        f"ntl_jax.WarmStartConfig.seed = {seed}",
-    ]
+def run_bindings(seed: int, steps: int | None) -> list[str]:
+    """Gin bindings that turn the mode's config into this seed's run."""
+    bindings = [f"ntl_jax.TrainerConfig.seed = {seed}"]
     if steps is not None:
         bindings.append(f"ntl_jax.TrainerConfig.total_training_steps = {steps}")
     return bindings
@@ -156,7 +77,7 @@ def share_warm_start(output_dir: str, modes: list[str], seed: int) -> None:
             shutil.copytree(source, target)
 
 
-def train_all(gin_files: list[str], extra_bindings: list[str], modes: list[str], seeds: list[int],
+def train_all(extra_gin_files: list[str], extra_bindings: list[str], modes: list[str], seeds: list[int],
               output_dir: str, steps: int | None) -> None:
     for seed in seeds:
         for index, mode in enumerate(modes):
@@ -165,7 +86,8 @@ def train_all(gin_files: list[str], extra_bindings: list[str], modes: list[str],
                 print(f"[compare_modes] {mode} seed {seed}: done already ({out_dir})", flush=True)
                 continue
             print(f"[compare_modes] {mode} seed {seed} -> {out_dir}", flush=True)
-            train_one(gin_files, list(extra_bindings) + run_bindings(mode, seed, steps), out_dir)
+            gin_files = [os.path.join(CONFIG_DIR, MODES[mode])] + list(extra_gin_files)
+            train_one(gin_files, list(extra_bindings) + run_bindings(seed, steps), out_dir)
             if index == 0:
                 share_warm_start(output_dir, modes, seed)
 
@@ -197,14 +119,22 @@ def summarize_run(curves: dict[str, list[tuple[int, float]]]) -> dict[str, float
     return out
 
 
+def t95(n: int) -> float:
+    """Two-sided 95% Student-t quantile for n values (n - 1 degrees of freedom; nearest tabulated below)."""
+    dof = max(1, n - 1)
+    return T95[max(k for k in T95 if k <= dof)]
+
+
 def spread(values: list[float]) -> dict[str, float]:
-    """mean, sample std (0 for one value), min and max of the finite values (NaN when there are none)."""
+    """mean, sample std, 95% t-interval half-width (0 for one value), min and max of the finite values."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+        return {"mean": math.nan, "std": math.nan, "ci95": math.nan, "min": math.nan, "max": math.nan, "n": 0}
     mean = sum(finite) / len(finite)
     var = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1) if len(finite) > 1 else 0.0
-    return {"mean": mean, "std": math.sqrt(var), "min": min(finite), "max": max(finite), "n": len(finite)}
+    ci = t95(len(finite)) * math.sqrt(var / len(finite)) if len(finite) > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var), "ci95": ci, "min": min(finite), "max": max(finite),
+            "n": len(finite)}
 
 
 def collect(output_dir: str, modes: list[str], seeds: list[int]):
@@ -238,7 +168,7 @@ def summary_rows(runs) -> list[dict[str, Any]]:
 def _fmt(row: dict[str, Any], key: str) -> str:
     if not math.isfinite(row[f"{key}_mean"]):
         return "n/a"
-    text = f"{row[f'{key}_mean']:.4g} ± {row[f'{key}_std']:.2g}"
+    text = f"{row[f'{key}_mean']:.4g} ± {row[f'{key}_ci95']:.2g}"
     return text + (f" ({row[f'{key}_min']:.4g}–{row[f'{key}_max']:.4g})" if row["seeds"] > 1 else "")
 
 
@@ -248,8 +178,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [row["mode"], str(row["seeds"]), _fmt(row, "acc_before")] + [_fmt(row, key) for key in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
-    note = ("Last validation of each run; mean ± sample std over seeds (min–max with several seeds). "
-            "Digit accuracy: place-value match of the final answer's digits.")
+    note = ("Last validation of each run; mean ± 95% t-interval half-width over seeds (min–max). "
+            "MAE: an unanswered problem counts as answering 0. Digit accuracy: place-value match of the answer's "
+            "digits, a missing or extra digit counting as a wrong place.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -279,8 +210,6 @@ def plot_curves(runs, path: str) -> None:
             ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, label=f"{mode} (n={len(series)})")
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
         ax.set_title(title)
-        if key == "abs_error":
-            ax.set_yscale("log")
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -308,7 +237,8 @@ def report(output_dir: str, modes: list[str], seeds: list[int], plot: bool = Tru
 # ------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gin_file", action="append", default=[], help="config file(s) (default configs/base.gin)")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="extra config file(s) applied after each mode's config (e.g. a preset)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra bindings for every run")
     parser.add_argument("--output_dir", required=True, help="runs go to <output_dir>/<mode>/seed_<seed>")
     parser.add_argument("--seeds", type=int, default=3, help="K: seeds 0..K-1 (default 3)")
@@ -330,8 +260,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"seeds {args.seeds} are invalid; allowed: one or more integers >= 0")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps={args.steps} is invalid; allowed: an integer >= 1")
-    args.gin_file = args.gin_file or [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                   "configs", "base.gin")]
     return args
 
 

@@ -70,8 +70,8 @@ def test_apply_kl_in_reward_hand_computed():
     # kl = old - ref = [[0.5, -1, (6 masked)], [0.5, ...], (row 2 empty)]
     rewards, kl_mean = apply_kl_in_reward(scores, old, ref, mask, kl_coef=0.1, kind="kl")
     np.testing.assert_allclose(rewards, [[-0.05, 1.1, 0.0], [1.95, 0.0, 0.0], [0.0, 0.0, 0.0]], rtol=1e-6)
-    # per-sequence means -0.25 and 0.5; the empty row is left out -> 0.125
-    np.testing.assert_allclose(kl_mean, 0.125, rtol=1e-6)
+    # per-sequence means -0.25 and 0.5; the empty row counts as 0 in the mean over 3 rows, as in verl
+    np.testing.assert_allclose(kl_mean, 0.25 / 3, rtol=1e-6)
 
 
 def test_apply_kl_in_reward_kinds_and_jit_with_controller_loop():

@@ -55,6 +55,27 @@ def test_values_match_naive(seq_len, chunk_size):
     np.testing.assert_allclose(chunked.digit_logits, logits[..., 20:30], atol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.6, 1.7])
+def test_temperature_divides_the_logits_of_logprobs_and_entropy_but_not_the_digit_slice(temperature):
+    # verl computes old, current and reference log-probs from logits / rollout temperature.
+    hidden, kernel, targets = _inputs(2, 11, 16, 64, seed=2)
+    out = jax.jit(lambda h, k, t: token_logprobs(h, k, t, digit_ids=DIGIT_IDS, chunk_size=4,
+                                                 temperature=temperature))(hidden, kernel, targets)
+    naive = token_logprobs_naive(hidden, kernel, targets, digit_ids=DIGIT_IDS, temperature=temperature)
+    for got, want in zip(out, naive):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    logits = hidden @ kernel
+    log_probs = jax.nn.log_softmax(logits / temperature, -1)
+    np.testing.assert_allclose(out.logprobs, jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0],
+                               atol=1e-5)
+    np.testing.assert_allclose(out.entropy, -jnp.sum(jnp.exp(log_probs) * log_probs, -1), atol=1e-5)
+    np.testing.assert_allclose(out.digit_logits, logits[..., 20:30], atol=1e-5)
+    at_one = token_logprobs(hidden, kernel, targets, chunk_size=4)
+    assert float(jnp.max(jnp.abs(out.logprobs - at_one.logprobs))) > 1e-2
+    with pytest.raises(ValueError, match="temperature=0.0 is invalid"):
+        token_logprobs(hidden, kernel, targets, temperature=0.0)
+
+
 @pytest.mark.parametrize("seq_len,chunk_size", [(32, 8), (37, 8)])
 def test_gradients_match_naive(seq_len, chunk_size):
     hidden, kernel, targets = _inputs(2, seq_len, 16, 64, seed=1)

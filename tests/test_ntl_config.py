@@ -9,8 +9,8 @@ from ntl_jax.ntl.config import NTLConfig
 
 CONTRACT_DEFAULTS = dict(
     enabled=False, method="wasserstein", weight=0.3, extract_during_generation=False, extract_during_log_prob=True,
-    pass_to_reward_function=True, reward_mode="final_answer", temperature=2.0, adaptive_temperature=False,
-    temperature_schedule=None, hybrid_weight=0.5, answer_extraction="strict_then_last", log_metrics=True,
+    pass_to_reward_function=True, reward_mode="final_answer", temperature=0.1, adaptive_temperature=False,
+    temperature_schedule=None, hybrid_weight=0.5, answer_extraction="strict_then_last",
     debug_mode=False, save_digit_info=False, cache_digit_mappings=True, fallback_on_error=False, require_digits=False,
 )
 
@@ -62,10 +62,13 @@ def test_tau_at():
     assert scheduled.tau_at(0) == pytest.approx(2.0)
     assert scheduled.tau_at(50) == pytest.approx(1.25)
     assert scheduled.tau_at(1000) == pytest.approx(0.5)
-    adaptive = NTLConfig(temperature=2.0, adaptive_temperature=True)
-    assert adaptive.tau_at(0) == 2.0  # no running mean yet
-    assert adaptive.tau_at(0, mean_ntl_loss=0.5) == pytest.approx(1.0)
-    assert NTLConfig(temperature=2.0).tau_at(0, mean_ntl_loss=0.5) == 2.0  # adaptive off ignores the mean
+    adaptive = NTLConfig(temperature=0.2, adaptive_temperature=True)
+    assert adaptive.tau_at(0) == 0.2  # no running mean yet
+    # tau follows the running mean number error, clipped to [0.1, 10] x the scheduled tau.
+    assert adaptive.tau_at(0, mean_number_error=0.5) == pytest.approx(0.5)
+    assert adaptive.tau_at(0, mean_number_error=0.001) == pytest.approx(0.02)
+    assert adaptive.tau_at(0, mean_number_error=50.0) == pytest.approx(2.0)
+    assert NTLConfig(temperature=0.2).tau_at(0, mean_number_error=0.5) == 0.2  # adaptive off ignores the mean
 
 
 def test_gin_binding():

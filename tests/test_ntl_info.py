@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ntl_jax.ntl import losses
-from ntl_jax.ntl.info import NTLInfo, compute_ntl_info
+from ntl_jax.ntl.info import DigitTargets, NTLInfo, compute_ntl_info
 
 
 def _batch():
@@ -19,12 +19,12 @@ def _batch():
     ])
     targets = jnp.array([[3, 4, 6, -1], [-1, -1, -1, -1], [-1, -1, -1, 9]])
     weights = jnp.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    return digit_logits, targets, weights
+    return digit_logits, DigitTargets.from_arrays(targets, weights)
 
 
 def test_compute_ntl_info_hand_computed_wasserstein():
-    digit_logits, targets, weights = _batch()
-    info = compute_ntl_info(digit_logits, targets, weights, "wasserstein", sequence_strings=["34", "none", "7"])
+    digit_logits, targets = _batch()
+    info = compute_ntl_info(digit_logits, targets, "wasserstein", sequence_strings=["34", "none", "7"])
     assert (info.batch_size, info.seq_len, info.method) == (3, 4, "wasserstein")
     assert info.sequence_strings == ("34", "none", "7")
     assert info.digit_log_probs.shape == (3, 4, 10)
@@ -41,15 +41,21 @@ def test_compute_ntl_info_hand_computed_wasserstein():
 
 
 def test_sample_view_is_plain_python():
-    digit_logits, targets, weights = _batch()
-    info = compute_ntl_info(digit_logits, targets, weights, "mse")
+    digit_logits, targets = _batch()
+    info = compute_ntl_info(digit_logits, targets, "mse")
     view = info.sample_view(0)
     assert view == {
         "ntl_loss": pytest.approx((0.0 + 0.5**2) / 2, abs=1e-5),
+        "answer_error": 0.0,
+        "number_error": 0.0,
         "digit_accuracy": 0.5,
         "total_digits": 2,
         "correct_digits": 1,
+        "missing_digits": 0,
         "has_digits": True,
+        "has_answer": False,
+        "sign_wrong": False,
+        "bad_ground_truth": False,
         "digit_positions": [0, 1],
         "digit_ground_truth": [3, 4],
         "digit_predictions": [3, 0],
@@ -64,12 +70,13 @@ def test_sample_view_is_plain_python():
 
 
 def test_to_metrics():
-    digit_logits, targets, weights = _batch()
-    metrics = compute_ntl_info(digit_logits, targets, weights, "wasserstein").to_metrics()
+    digit_logits, targets = _batch()
+    metrics = compute_ntl_info(digit_logits, targets, "wasserstein").to_metrics()
     assert metrics["ntl/loss"] == pytest.approx(1.5, abs=1e-5)
     assert metrics["ntl/digit_accuracy"] == pytest.approx(1 / 3)
     assert metrics["ntl/total_digits"] == 3.0
-    assert metrics["ntl/frac_sequences_with_digits"] == pytest.approx(2 / 3)
+    assert metrics["ntl/frac_with_digits"] == pytest.approx(2 / 3)
+    assert metrics["ntl/bad_ground_truth"] == 0.0 and metrics["ntl/frac_with_answer"] == 0.0
     assert all(isinstance(v, float) for v in metrics.values())
 
 
@@ -78,33 +85,33 @@ def test_number_method_matches_losses_module():
     digit_logits = jax.random.normal(key, (2, 6, 10))
     targets = jnp.array([[1, 2, -1, 3, 4, 5], [0, -1, 9, 9, -1, -1]])
     weights = (targets >= 0).astype(jnp.float32)
-    info = compute_ntl_info(digit_logits, targets, weights, "number")
+    info = compute_ntl_info(digit_logits, DigitTargets.from_arrays(targets, weights), "number")
     np.testing.assert_allclose(info.ntl_loss, losses.ntl_number(digit_logits, targets, weights), rtol=1e-6)
     np.testing.assert_allclose(info.per_sequence_loss,
                                losses.ntl_per_sequence(digit_logits, targets, weights, "number"), rtol=1e-6)
 
 
 def test_pytree_static_fields_and_outer_jit():
-    digit_logits, targets, weights = _batch()
+    digit_logits, targets = _batch()
 
     @jax.jit
     def loss_and_info(logits):
-        info = compute_ntl_info(logits, targets, weights, "wasserstein")
+        info = compute_ntl_info(logits, targets, "wasserstein")
         return info.ntl_loss * 2.0, info
 
     doubled, info = loss_and_info(digit_logits)
     assert isinstance(info, NTLInfo) and info.method == "wasserstein" and info.batch_size == 3
     np.testing.assert_allclose(doubled, 3.0, atol=1e-5)
-    assert len(jax.tree_util.tree_leaves(info)) == 10  # static fields are not leaves
+    assert len(jax.tree_util.tree_leaves(info)) == 16  # static fields are not leaves
     host = info.to_host()
     assert isinstance(host.digit_log_probs, np.ndarray) and host.seq_len == 4
 
 
 def test_bad_inputs():
-    digit_logits, targets, weights = _batch()
+    digit_logits, targets = _batch()
     with pytest.raises(ValueError, match=r"len\(sequence_strings\)=2 is invalid"):
-        compute_ntl_info(digit_logits, targets, weights, "mse", sequence_strings=["a", "b"])
+        compute_ntl_info(digit_logits, targets, "mse", sequence_strings=["a", "b"])
     with pytest.raises(ValueError, match="method='ce' is invalid"):
-        compute_ntl_info(digit_logits, targets, weights, "ce")
+        compute_ntl_info(digit_logits, targets, "ce")
     with pytest.raises(AssertionError):
-        compute_ntl_info(digit_logits[..., :9], targets, weights, "mse")
+        compute_ntl_info(digit_logits[..., :9], targets, "mse")

@@ -9,7 +9,9 @@ from transformers import PreTrainedTokenizerFast
 from ntl_jax.models.tokenizers import build_char_tokenizer, train_byte_level_bpe
 from ntl_jax.ntl.digits import digit_token_ids
 from ntl_jax.ntl.targets import (
+    TrueNumber,
     align_digits,
+    parse_true_number,
     arithmetic_steps,
     build_batch_targets,
     build_targets,
@@ -37,15 +39,13 @@ def bpe_tok():
 
 
 def targeted(text, truth, tokenizer, mode="final_answer", **kwargs):
-    """[(digit char, target, weight, is_self, is_final)] for the targeted tokens, plus the TargetResult."""
+    """[(digit char, target, weight, is_final)] for the targeted tokens, plus the TargetResult."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     result = build_targets(ids, truth, tokenizer, digit_token_ids(tokenizer), mode, **kwargs)
     text_out, spans = token_char_offsets(ids, tokenizer)
     rows = [
-        (text_out[s:e], int(t), float(w), bool(self_), bool(final))
-        for (s, e), t, w, self_, final in zip(
-            spans, result.target_digits, result.weights, result.is_self_target, result.is_final_answer
-        )
+        (text_out[s:e], int(t), float(w), bool(final))
+        for (s, e), t, w, final in zip(spans, result.target_digits, result.weights, result.is_final_answer)
         if t >= 0
     ]
     return rows, result
@@ -76,7 +76,7 @@ def digits_and_targets(rows):
 def test_final_answer_alignment(request, tokenizer_name, text, truth, expected, missing):
     rows, result = targeted(text, truth, request.getfixturevalue(tokenizer_name))
     assert digits_and_targets(rows) == expected
-    assert all(w == 1.0 and final and not self_ for _, _, w, self_, final in rows)
+    assert all(w == 1.0 and final for _, _, w, final in rows)
     assert result.missing_digits == missing
     assert result.target_digits.dtype == np.int32 and result.weights.dtype == np.float32
 
@@ -94,7 +94,7 @@ def test_response_without_number(char_tok, mode):
     rows, result = targeted("I do not know.", "1,000", char_tok, mode)
     assert rows == []
     assert np.all(result.target_digits == -1) and np.all(result.weights == 0)
-    assert result.missing_digits == 4 and result.answer_span is None
+    assert result.missing_digits == 0 and result.answer_span is None and not result.has_answer
 
 
 def test_strict_answer_versus_last_number(char_tok):
@@ -103,7 +103,7 @@ def test_strict_answer_versus_last_number(char_tok):
     assert digits_and_targets(targeted(text, "5", char_tok, answer_extraction="strict")[0]) == [("5", 5)]
     assert digits_and_targets(targeted(text, "5", char_tok, answer_extraction="last")[0]) == [("7", 5)]
     rows, result = targeted("so 7", "5", char_tok, answer_extraction="strict")
-    assert rows == [] and result.missing_digits == 1
+    assert rows == [] and not result.has_answer
     assert digits_and_targets(targeted("so 7", "5", char_tok)[0]) == [("7", 5)]  # strict_then_last falls back
 
 
@@ -122,36 +122,32 @@ def test_all_tokens_arithmetic_steps_target_true_values(request, tokenizer_name)
     tokenizer = request.getfixturevalue(tokenizer_name)
     text = "So 12 + 30 = 41 and <<12*3=35>>35 more.\n#### 76"
     rows, result = targeted(text, "78", tokenizer, "all_tokens")
-    assert [(c, t, self_) for c, t, _, self_, _ in rows] == [
-        ("1", 1, True), ("2", 2, True), ("3", 3, True), ("0", 0, True),  # operands target themselves
-        ("4", 4, False), ("1", 2, False),  # 12 + 30 is 42
-        ("1", 1, True), ("2", 2, True), ("3", 3, True),
-        ("3", 3, False), ("5", 6, False),  # annotation result: 12*3 is 36
-        ("3", 3, False), ("5", 6, False),  # the number rendered after '>>'
-        ("7", 7, False), ("6", 8, False),  # final answer against the ground truth
+    assert [(c, t) for c, t, _, _ in rows] == [
+        ("4", 4), ("1", 2),  # 12 + 30 is 42; the operands cannot be checked and have no target
+        ("3", 3), ("5", 6),  # annotation result: 12*3 is 36
+        ("3", 3), ("5", 6),  # the number rendered after '>>'
+        ("7", 7), ("6", 8),  # final answer against the ground truth
     ]  # fmt: skip
-    assert [final for *_, final in rows] == [False] * 13 + [True, True]
-    assert all(w == 1.0 for _, _, w, _, _ in rows)
+    assert [final for *_, final in rows] == [False] * 6 + [True, True]
+    assert all(w == 1.0 for _, _, w, _ in rows)
+    assert result.number_index[result.target_digits >= 0].tolist() == [1, 1, 2, 2, 3, 3, 0, 0]
 
 
 def test_chains_parentheses_and_non_terminating_results(char_tok):
     text = "2 + 3 - 1 = 5, (3 + 4) * 2 = 15, 10 / 4 = 2.5, 10 / 3 = 3.3, 5 / 0 = 1"
     rows, _ = targeted(text, "0", char_tok, "all_tokens")
-    assert [(c, t, self_) for c, t, _, self_, _ in rows] == [
-        ("2", 2, True), ("3", 3, True), ("1", 1, True), ("5", 4, False),  # 2 + 3 - 1 is 4
-        ("3", 3, True), ("4", 4, True), ("2", 2, True), ("1", 1, False), ("5", 4, False),  # (3 + 4) * 2 is 14
-        ("1", 1, True), ("0", 0, True), ("4", 4, True), ("2", 2, False), ("5", 5, False),  # 10 / 4 is 2.5
-        ("1", 1, True), ("0", 0, True), ("3", 3, True), ("3", 3, True), ("3", 3, True),  # 10 / 3: no short decimal
-        ("5", 5, True), ("0", 0, True), ("1", 0, False),  # 5 / 0 refused; this 1 is the final answer
+    assert [(c, t) for c, t, _, _ in rows] == [
+        ("5", 4),  # 2 + 3 - 1 is 4
+        ("1", 1), ("5", 4),  # (3 + 4) * 2 is 14
+        ("2", 2), ("5", 5),  # 10 / 4 is 2.5
+        ("1", 0),  # 10 / 3 has no short decimal and 5 / 0 is refused: no targets; this 1 is the final answer
     ]  # fmt: skip
 
 
 def test_hybrid_weights(char_tok):
     text = "3 + 4 = 8 so #### 8"
     rows, result = targeted(text, "7", char_tok, "hybrid", hybrid_weight=0.75)
-    assert [(c, t, w, final) for c, t, w, _, final in rows] == [
-        ("3", 3, 0.25, False), ("4", 4, 0.25, False), ("8", 7, 0.25, False), ("8", 7, 0.75, True)
-    ]  # fmt: skip
+    assert rows == [("8", 7, 0.25, False), ("8", 7, 0.75, True)]
     assert result.missing_digits == 0
 
 
@@ -161,7 +157,6 @@ def test_hybrid_weights(char_tok):
         (dict(reward_mode="everything"), "reward_mode"),
         (dict(answer_extraction="first"), "answer_extraction"),
         (dict(hybrid_weight=1.5), "hybrid_weight"),
-        (dict(ground_truth="twelve"), "ground_truth"),
     ],
 )
 def test_bad_options_raise(char_tok, kwargs, match):
@@ -254,9 +249,9 @@ def test_batch_targets_respect_response_mask(char_tok):
     assert batch.weights.dtype == np.float32 and batch.missing_digits.dtype == np.int32
     assert np.all(batch.target_digits[response_mask == 0] == -1) and np.all(batch.weights[response_mask == 0] == 0)
     assert batch.target_digits[0, 5:7].tolist() == [1, 3]
-    assert batch.target_digits[1, [0, 4, 8, 15]].tolist() == [3, 4, 7, 7]
-    assert batch.is_self_target[1, [0, 4, 8, 15]].tolist() == [True, True, False, False]
-    assert batch.missing_digits.tolist() == [0, 0, 3]
+    assert batch.target_digits[1, [0, 4, 8, 15]].tolist() == [-1, -1, 7, 7]  # operands: no target
+    assert batch.has_answer.tolist() == [True, True, False]
+    assert batch.missing_digits.tolist() == [0, 0, 0]
     single = build_targets(encoded[1], "7", char_tok, digit_ids, "all_tokens")
     np.testing.assert_array_equal(batch.target_digits[1, : len(encoded[1])], single.target_digits)
     with pytest.raises(ValueError, match="ground_truths"):
@@ -270,10 +265,14 @@ def test_ground_truth_and_value_digits():
     assert ground_truth_digits("$1,234.50") == ("1234", "5")
     assert ground_truth_digits("-0.5") == ("0", "5")
     assert ground_truth_digits("She bought 3 apples.\n#### 1,000") == ("1000", "")
+    assert parse_true_number("\u22120.5") == TrueNumber(negative=True, int_digits="0", frac_digits="5")
+    assert parse_true_number("-0") == TrueNumber(negative=False, int_digits="0", frac_digits="")
+    with pytest.raises(ValueError, match="ground_truth='twelve' is not a number"):
+        parse_true_number("twelve")
     number = find_final_answer("#### 0.25")
-    positions, targets, has_truth, unmatched = align_digits(number, "3", "125")
-    assert positions.tolist() == [5, 7, 8] and targets.tolist() == [3, 1, 2]
-    assert has_truth.tolist() == [True, True, True] and unmatched == 1
+    alignment = align_digits(number, TrueNumber(False, "3", "125"))
+    assert alignment.positions.tolist() == [5, 7, 8] and alignment.targets.tolist() == [3, 1, 2]
+    assert alignment.places.tolist() == [0, -1, -2] and alignment.missing.tolist() == [5]
 
 
 def test_number_positions_refer_to_the_full_text():

@@ -16,8 +16,9 @@ def _np_agg(loss, mask, mode):
         return (loss * mask).sum() / mask.sum()
     if mode == "seq-mean-token-mean":
         return ((loss * mask).sum(-1)[rows] / mask.sum(-1)[rows]).mean()
-    seq_mean = (loss * mask).sum(-1)[rows].mean()
-    return seq_mean / mask.shape[-1] if mode == "seq-mean-token-sum-norm" else seq_mean
+    if mode == "seq-mean-token-sum-norm":  # verl: torch.sum(seq_losses) / loss_mask.shape[-1], a sum over rows
+        return (loss * mask).sum(-1).sum() / mask.shape[-1]
+    return (loss * mask).sum(-1)[rows].mean()
 
 
 def _np_policy_loss(logp, old, adv, mask, low, high, c, mode):
@@ -41,7 +42,7 @@ LOSS_MASK = jnp.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=jnp.floa
     ("token-mean", 21.0 / 5.0),              # (1+2+5+6+7)/5
     ("seq-mean-token-sum", 10.5),            # (3 + 18)/2, the empty row left out
     ("seq-mean-token-mean", 3.75),           # (1.5 + 6)/2
-    ("seq-mean-token-sum-norm", 10.5 / 4),   # seq-mean-token-sum / T
+    ("seq-mean-token-sum-norm", 21.0 / 4),   # (3 + 18 + 0) / T: verl sums the rows, it does not average them
 ])
 def test_agg_loss_modes_hand_computed(mode, expected):
     np.testing.assert_allclose(agg_loss(LOSS_MAT, LOSS_MASK, mode), expected, rtol=1e-6)
@@ -50,7 +51,7 @@ def test_agg_loss_modes_hand_computed(mode, expected):
 
 def test_agg_loss_norm_horizon_and_empty_mask():
     np.testing.assert_allclose(agg_loss(LOSS_MAT, LOSS_MASK, "seq-mean-token-sum-norm", loss_scale_factor=2.0),
-                               5.25, rtol=1e-6)
+                               10.5, rtol=1e-6)
     for mode in LOSS_AGG_MODES:
         assert float(agg_loss(LOSS_MAT, jnp.zeros_like(LOSS_MASK), mode)) == 0.0
 

@@ -98,13 +98,13 @@ def test_arithmetic_extracts_hash_answer_first_else_last_number(response, expect
 
 def test_arithmetic_scores_numerically_and_reports_abs_error():
     right = arithmetic.compute_score("#### 936", "936")
-    assert right == {"score": 1.0, "acc": 1.0, "abs_error": 0.0, "has_answer": True}
+    assert right == {"score": 1.0, "acc": 1.0, "abs_error": 0.0, "digit_acc": 1.0, "has_answer": True}
     assert arithmetic.compute_score("#### 012.0", 12)["acc"] == 1.0
     assert arithmetic.compute_score("#### 1,234", "1234")["acc"] == 1.0
     wrong = arithmetic.compute_score("5-8=-3", "3", format_score=0.1)
-    assert wrong == {"score": 0.1, "acc": 0.0, "abs_error": 6.0, "has_answer": True}
-    none = arithmetic.compute_score("I do not know", "3")
-    assert none == {"score": 0.0, "acc": 0.0, "abs_error": arithmetic.ABS_ERROR_CAP, "has_answer": False}
+    assert wrong == {"score": 0.1, "acc": 0.0, "abs_error": 6.0, "digit_acc": 0.0, "has_answer": True}
+    none = arithmetic.compute_score("I do not know", "-37")
+    assert none == {"score": 0.0, "acc": 0.0, "abs_error": 37.0, "digit_acc": 0.0, "has_answer": False}
     huge = arithmetic.compute_score("#### " + "9" * 200, "3")
     assert huge["abs_error"] == arithmetic.ABS_ERROR_CAP and huge["has_answer"]
 
@@ -116,6 +116,16 @@ def test_arithmetic_scores_numerically_and_reports_abs_error():
 def test_arithmetic_unicode_digits_and_nan_inf_give_no_answer(response):
     result = arithmetic.compute_score(response, "3")
     assert result["has_answer"] is False and result["score"] == 0.0
+
+
+@pytest.mark.parametrize("answer, truth, expected", [
+    ("1234", "1234", 1.0), ("1204", "1234", 0.75), ("234", "1234", 0.75), ("12345", "1234", 0.0),
+    ("-1234", "1234", 0.0), ("-12", "-12", 1.0), ("012", "12", 1.0), ("1,234", "1234", 1.0), ("2.50", "2.5", 1.0),
+    ("2.4", "2.5", 0.5), ("2", "2.5", 0.5), ("0", "0", 1.0), ("-0", "0", 1.0),
+])
+def test_arithmetic_digit_accuracy_by_place_value(answer, truth, expected):
+    assert arithmetic.digit_accuracy(answer, truth) == pytest.approx(expected)
+    assert arithmetic.compute_score(f"#### {answer}", truth)["digit_acc"] == pytest.approx(expected)
 
 
 def test_arithmetic_unicode_digit_is_not_read_even_next_to_ascii():
@@ -165,56 +175,63 @@ def test_a_digit_run_cut_by_the_window_is_not_read_as_its_tail():
 
 
 # ---------------------------------------------------------------- NTL rewards
-def _info(loss: float, has_digits: bool = True) -> dict:
-    return {"ntl_loss": loss, "has_digits": has_digits, "digit_accuracy": 1.0, "total_digits": 3}
+def _info(error: float, has_answer: bool = True) -> dict:
+    return {"ntl_loss": 0.5, "number_error": error, "answer_error": error, "has_answer": has_answer,
+            "has_digits": has_answer, "digit_accuracy": 1.0, "total_digits": 3}
 
 
 def test_ntl_bonus_formula_and_validation():
-    assert ntl_bonus(0.0, 2.0) == 1.0
-    assert ntl_bonus(1.0, 2.0) == pytest.approx(math.exp(-0.5))
-    for loss, tau in ((1.0, 0.0), (1.0, -1.0), (1.0, math.inf), (math.nan, 2.0), (-0.5, 2.0)):
+    assert ntl_bonus(0.0, 0.1) == 1.0
+    assert ntl_bonus(0.05, 0.1) == pytest.approx(math.exp(-0.5))
+    for error, tau in ((1.0, 0.0), (1.0, -1.0), (1.0, math.inf), (math.nan, 2.0), (-0.5, 2.0)):
         with pytest.raises(ValueError):
-            ntl_bonus(loss, tau)
+            ntl_bonus(error, tau)
 
 
 @pytest.mark.parametrize("fn", [custom_ntl_final, custom_ntl_all])
 def test_ntl_reward_combinations(fn):
-    bonus = math.exp(-1.2 / 0.5)
+    bonus = math.exp(-0.12 / 0.5)
     right = dict(data_source="openai/gsm8k", solution_str="#### 18", ground_truth="18")
     wrong = dict(data_source="openai/gsm8k", solution_str="#### 17", ground_truth="18")
-    added = fn(**right, ntl_info=_info(1.2), tau=0.5)  # default: 'add', 0.5/0.5 (the verl NTL fork's reward)
+    multiplied = fn(**right, ntl_info=_info(0.12), tau=0.5)  # default: 'multiply'
+    assert multiplied["score"] == pytest.approx(bonus)
+    assert multiplied["ntl_bonus"] == pytest.approx(bonus) and multiplied["number_error"] == 0.12
+    assert multiplied["acc"] == 1.0 and multiplied["ntl_used"] == 1.0
+    assert fn(**wrong, ntl_info=_info(0.12), tau=0.5)["score"] == 0.0
+    added = fn(**right, ntl_info=_info(0.12), tau=0.5, combination="add")  # the verl NTL fork's 0.5 / 0.5
     assert added["score"] == pytest.approx(0.5 + 0.5 * bonus)
-    assert added["ntl_bonus"] == pytest.approx(bonus) and added["ntl_loss"] == 1.2 and added["acc"] == 1.0
-    weighted = fn(**wrong, ntl_info=_info(1.2), tau=0.5, correct_weight=1.0, ntl_weight=0.2)
+    weighted = fn(**wrong, ntl_info=_info(0.12), tau=0.5, combination="add", correct_weight=1.0, ntl_weight=0.2)
     assert weighted["score"] == pytest.approx(0.2 * bonus) and weighted["acc"] == 0.0
-    assert fn(**right, ntl_info=_info(1.2), tau=0.5, combination="multiply")["score"] == pytest.approx(bonus)
-    assert fn(**wrong, ntl_info=_info(1.2), tau=0.5, combination="multiply")["score"] == 0.0
-    replaced = fn(**wrong, ntl_info=_info(1.2), tau=0.5, combination="replace")
-    assert replaced["score"] == pytest.approx(bonus) and replaced["acc"] == 0.0
 
 
 def test_ntl_reward_default_tau_and_arithmetic_extras():
-    out = custom_ntl_final("arithmetic", "12+3=15\n#### 15", "16", ntl_info=_info(0.7))
-    assert out["score"] == pytest.approx(0.5 * math.exp(-0.7 / 2.0))
-    assert out["abs_error"] == 1.0 and out["has_answer"] is True and out["ntl_used"] == 1.0
+    out = custom_ntl_final("arithmetic", "12+3=15\n#### 15", "15", ntl_info=_info(0.07))
+    assert out["score"] == pytest.approx(math.exp(-0.07 / 0.1))
+    assert out["abs_error"] == 0.0 and out["has_answer"] is True and out["ntl_used"] == 1.0
 
 
-@pytest.mark.parametrize("ntl_info", [None, _info(3.0, has_digits=False)])
-@pytest.mark.parametrize("combination", ["add", "multiply", "replace"])
-def test_ntl_reward_without_ntl_is_plain_correctness(ntl_info, combination):
+@pytest.mark.parametrize("ntl_info", [None, _info(3.0, has_answer=False)])
+@pytest.mark.parametrize("combination", ["add", "multiply"])
+def test_ntl_reward_without_an_aligned_answer_is_plain_correctness(ntl_info, combination):
     out = custom_ntl_all("openai/gsm8k", "#### 18", "18", ntl_info=ntl_info, combination=combination)
-    assert out["score"] == 1.0 and out["ntl_bonus"] == 0.0 and out["ntl_loss"] == 0.0 and out["ntl_used"] == 0.0
+    assert out["score"] == 1.0 and out["ntl_bonus"] == 0.0 and out["number_error"] == 0.0 and out["ntl_used"] == 0.0
+
+
+def test_ntl_reward_gives_no_bonus_to_an_answer_the_scorer_does_not_accept():
+    # NTL's 'strict_then_last' reads 18 in an unformatted GSM8K response; verl's strict scorer finds no answer.
+    out = custom_ntl_final("openai/gsm8k", "The answer is 18", "18", ntl_info=_info(0.0), combination="add")
+    assert out["score"] == 0.0 and out["ntl_used"] == 0.0
 
 
 def test_ntl_reward_bad_kwargs():
-    with pytest.raises(ValueError, match="combination='max'"):
-        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(1.0), combination="max")
+    with pytest.raises(ValueError, match="combination='replace' is invalid; allowed: multiply, add"):
+        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(1.0), combination="replace")
     with pytest.raises(ValueError, match="tau=0"):
         custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(1.0), tau=0)
-    with pytest.raises(ValueError, match="ntl_loss=nan"):
+    with pytest.raises(ValueError, match="number_error=nan"):
         custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(math.nan))
-    with pytest.raises(ValueError, match="no 'ntl_loss'"):
-        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info={"has_digits": True})
+    with pytest.raises(ValueError, match="no 'number_error'"):
+        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info={"has_answer": True})
     with pytest.warns(UserWarning, match="'temprature'"):
         custom_ntl_final("openai/gsm8k", "#### 1", "1", temprature=1.0)
 
@@ -269,8 +286,8 @@ def test_load_reward_function_from_file_with_kwargs(tmp_path):
     fn = load_reward_function(RewardFnSpec(path=str(path), kwargs={"bonus": 0.5}))
     out = fn(data_source="d", solution_str="answer 4", ground_truth="4", extra_info=None, ntl_info={})
     assert out == {"score": 1.5, "source": "d", "saw_ntl": True}
-    builtin = load_reward_function(RewardFnSpec(name="custom_ntl_all", kwargs={"combination": "replace"}))
-    assert builtin("openai/gsm8k", "#### 1", "2", ntl_info=_info(0.0))["score"] == 1.0
+    builtin = load_reward_function(RewardFnSpec(name="custom_ntl_all", kwargs={"combination": "add"}))
+    assert builtin("openai/gsm8k", "#### 1", "2", ntl_info=_info(0.0))["score"] == 0.5
     assert load_reward_function(RewardFnSpec())("gsm8k", "#### 1", "1") == 1.0
 
 

@@ -103,12 +103,14 @@ def test_greedy_matches_transformers_with_early_eos(hf_model_dir, split, model):
     assert (out.response_logprobs[out.response_mask == 0] == 0).all()
 
 
-def test_logprobs_and_digit_logits_match_full_recompute(split, model, sampler):
-    params = SamplingParams(max_new_tokens=16, temperature=1.0, n=2)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_and_digit_logits_match_full_recompute(split, model, sampler, temperature):
+    # The PPO recompute at the rollout temperature reproduces the sampler's log-probs (verl: logits / temperature).
+    params = SamplingParams(max_new_tokens=16, temperature=temperature, n=2)
     out = sampler.generate(split[1], PROMPTS, params, jax.random.key(3), return_digit_logits=True)
     assert out.response_ids.shape == (8, 16) and out.digit_logits.shape == (8, 16, 10)
     recompute = jax.jit(lambda state, *a: sequence_logprobs(nnx.merge(split[0], state), *a, digit_ids=DIGIT_IDS,
-                                                             chunk_size=8))
+                                                             chunk_size=8, temperature=temperature))
     ref = recompute(split[1], out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
     valid = out.response_mask == 1
     np.testing.assert_allclose(out.response_logprobs[valid], np.asarray(ref.logprobs)[valid], atol=1e-4)

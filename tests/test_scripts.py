@@ -312,54 +312,20 @@ def test_gsm8k_config_macros_override(parse_config):
 compare = _load_module("compare_modes")
 
 
-@pytest.mark.parametrize("response, truth, expected", [
-    ("12+34=46\n#### 46", "46", 1.0),
-    ("#### 936", "946", 2 / 3),
-    ("#### 1936", "936", 3 / 4),  # an extra leading digit is wrong
-    ("#### 36", "936", 2 / 3),  # a missing digit is wrong
-    ("#### 2.50", "2.5", 1.0),  # trailing fraction zero is fine
-    ("#### 2.45", "2.5", 1 / 3),
-    ("I do not know", "5", 0.0),
-    ("so the answer is 72", "72", 1.0),  # no '####': the last number
-])
-def test_answer_digit_accuracy(response, truth, expected):
-    assert compare.answer_digit_accuracy(response, truth) == pytest.approx(expected)
+def test_modes_are_the_shipped_configs_and_bindings_select_the_seed():
+    assert set(compare.MODES) == {"standard", "ntl_final", "ntl_all", "ntl_hybrid"}
+    for config in compare.MODES.values():
+        assert os.path.isfile(os.path.join(compare.CONFIG_DIR, config))
+    assert compare.run_bindings(3, steps=5) == ["ntl_jax.TrainerConfig.seed = 3",
+                                                "ntl_jax.TrainerConfig.total_training_steps = 5"]
+    assert compare.run_bindings(0, None) == ["ntl_jax.TrainerConfig.seed = 0"]
 
 
-def test_answer_abs_error_and_the_reward_wrapper():
-    assert compare.answer_abs_error("#### 1,234", "1234") == 0.0
-    assert compare.answer_abs_error("#### -5", "5") == 10.0
-    assert compare.answer_abs_error("#### $12.50", "12.5") == 0.0
-    assert compare.answer_abs_error("nothing", "5") == compare.ABS_ERROR_CAP
-    # Standard reward on the arithmetic task: score and the scorer's own abs_error unchanged, digit_acc added.
-    out = compare.score_with_digit_accuracy("arithmetic", "37+48=95", "85", None, base_reward="compute_score")
-    assert out["score"] == 0.0 and out["abs_error"] == 10.0 and out["digit_acc"] == pytest.approx(0.5)
-    # GSM8K's scorer returns a bare float: abs_error comes from the wrapper.
-    out = compare.score_with_digit_accuracy("openai/gsm8k", "so #### 18", "18", None, base_reward="compute_score")
-    assert out == {"score": 1.0, "abs_error": 0.0, "digit_acc": 1.0}
-    # NTL rewards get ntl_info / tau through the wrapper.
-    info = {"ntl_loss": 0.0, "has_digits": True, "digit_accuracy": 1.0, "total_digits": 2, "correct_digits": 2,
-            "digit_positions": [6, 7], "digit_ground_truth": [8, 5], "digit_predictions": [8, 5],
-            "method": "wasserstein"}
-    out = compare.score_with_digit_accuracy("arithmetic", "37+48=85", "85", None, base_reward="custom_ntl_final",
-                                            ntl_info=info, tau=2.0)
-    assert out["score"] == pytest.approx(1.0) and out["digit_acc"] == 1.0
-    # A ground truth that is no number leaves the reward alone and marks the metrics wrong.
-    out = compare.score_with_digit_accuracy("openai/gsm8k", "#### 3", "three", None)
-    assert out["score"] == 0.0 and out["digit_acc"] == 0.0 and out["abs_error"] == compare.ABS_ERROR_CAP
-
-
-def test_run_bindings_select_mode_seed_and_the_wrapper():
-    bindings = compare.run_bindings("ntl_all", 3, steps=5)
-    assert "ntl_jax.NTLConfig.reward_mode = 'all_tokens'" in bindings
-    assert ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', 'custom_ntl_all'), "
-            "('combination', 'multiply'),)") in bindings
-    assert "ntl_jax.NTLConfig.weight = 0.05" in bindings  # the shipped NTL configs' settings
-    assert ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('base_reward', 'compute_score'),)"
-            in compare.run_bindings("standard", 0, None))
-    assert {"ntl_jax.TrainerConfig.seed = 3", "ntl_jax.WarmStartConfig.seed = 3",
-            "ntl_jax.TrainerConfig.total_training_steps = 5"} <= set(bindings)
-    assert "ntl_jax.ExperimentConfig.use_ntl_trainer = False" in compare.run_bindings("standard", 0, None)
+def test_spread_gives_a_95_percent_t_interval():
+    stats = compare.spread([0.40, 0.50, 0.45, 0.55, 0.35])
+    assert stats["mean"] == pytest.approx(0.45) and stats["n"] == 5
+    assert stats["ci95"] == pytest.approx(2.776 * stats["std"] / math.sqrt(5))
+    assert compare.spread([0.3])["ci95"] == 0.0
 
 
 def _write_run(output_dir, mode: str, seed: int, accs: list[float], mae: float, digit: float) -> None:
@@ -388,11 +354,12 @@ def test_report_aggregates_seeds_into_markdown_csv_and_plot(tmp_path):
     assert int(standard["seeds"]) == 2
     assert float(standard["acc_mean"]) == pytest.approx(0.4) and float(standard["acc_std"]) == pytest.approx(
         math.sqrt(0.02))
+    assert float(standard["acc_ci95"]) == pytest.approx(12.706 * math.sqrt(0.02 / 2))
     assert float(standard["abs_error_mean"]) == pytest.approx(7.0)  # last validation: 6 and 8
     assert float(standard["digit_acc_min"]) == pytest.approx(0.5) and float(standard["acc_before_mean"]) == 0.1
     assert float(rows["ntl_final"]["acc_std"]) == 0.0
     markdown = open(paths["markdown"]).read()
-    assert "| standard | 2 | 0.1 ± 0 (0.1–0.1) | 0.4 ± 0.14 (0.3–0.5) |" in markdown
+    assert "| standard | 2 | 0.1 ± 0 (0.1–0.1) | 0.4 ± 1.3 (0.3–0.5) |" in markdown
     with open(paths["runs"]) as f:
         assert len(list(csv.DictReader(f))) == 3
     if "plot" in paths:
@@ -433,7 +400,7 @@ def test_compare_modes_smoke_two_steps_one_seed(tmp_path):
     stats = [json.load(open(tmp_path / m / "seed_0" / "warm_start" / "warm_start.json")) for m in compare.MODES]
     assert all(s == stats[0] for s in stats)
     assert (tmp_path / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| ntl_all | 1 |" in (tmp_path / "summary.md").read_text()
+    assert "| ntl_hybrid | 1 |" in (tmp_path / "summary.md").read_text()
 
 
 @pytest.mark.slow  # the real quick test: both NTL modes on the embedded default, ~2 min on 2 CPU cores

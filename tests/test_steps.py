@@ -1,4 +1,5 @@
-"""The jitted PPO steps: the NTL term inside the actor loss reaches exactly the digit logits."""
+"""The jitted PPO steps: the NTL term inside the actor loss reaches exactly the digit logits; micro-batch
+accumulation and the device count do not change the update (every loss is aggregated over the mini-batch)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from flax import nnx
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import CausalLM
-from ntl_jax.ntl.losses import ntl_loss
+from ntl_jax.ntl.losses import ntl_per_position
 from ntl_jax.models.logprobs import sequence_logprobs
+from ntl_jax.ppo.losses import LOSS_AGG_MODES, agg_loss
 from ntl_jax.ppo.state import ModuleState
 from ntl_jax.ppo.steps import ActorLossSettings, RolloutBatch, actor_loss, make_actor_update
 
@@ -41,10 +43,11 @@ def _batch(n: int = 4, p: int = 3, t: int = 5, advantages: float = 0.0) -> Rollo
         ntl_targets=jnp.asarray(targets), ntl_weights=jnp.asarray((targets >= 0).astype(np.float32)))
 
 
-def _settings(ntl_method: str | None) -> ActorLossSettings:
-    return ActorLossSettings(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode="token-mean",
-                             entropy_coeff=0.0, use_kl_loss=False, kl_loss_coef=0.0, kl_loss_type="low_var_kl",
-                             ntl_method=ntl_method, chunk_size=4)
+def _settings(ntl_method: str | None, mode: str = "token-mean", **changes) -> ActorLossSettings:
+    return ActorLossSettings(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode=mode,
+                             entropy_coeff=changes.get("entropy_coeff", 0.0), use_kl_loss=changes.get("use_kl", False),
+                             kl_loss_coef=changes.get("kl_coef", 0.0), kl_loss_type="low_var_kl",
+                             ntl_method=ntl_method, chunk_size=4, temperature=changes.get("temperature", 1.0))
 
 
 def _lm_head_grad(weight: float, method: str | None) -> np.ndarray:
@@ -81,7 +84,9 @@ def test_actor_loss_adds_weighted_ntl_from_the_same_forward():
     with_ntl, metrics = actor_loss(model, batch, jnp.float32(0.3), _settings("wasserstein"), DIGIT_IDS)
     out = sequence_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                             digit_ids=DIGIT_IDS, chunk_size=4)
-    expected_ntl = ntl_loss(out.digit_logits, batch.ntl_targets, batch.ntl_weights, "wasserstein")
+    # Aggregated like the policy-gradient loss: NTL summed over the digit positions / all response tokens (token-mean).
+    per_position = np.asarray(ntl_per_position(out.digit_logits, batch.ntl_targets, batch.ntl_weights, "wasserstein"))
+    expected_ntl = per_position[np.asarray(batch.ntl_targets) >= 0].sum() / np.asarray(batch.response_mask).sum()
     np.testing.assert_allclose(metrics["ntl/train_loss"], expected_ntl, rtol=1e-6)
     np.testing.assert_allclose(with_ntl - base, 0.3 * expected_ntl, rtol=1e-5)
 
@@ -102,3 +107,81 @@ def test_actor_update_skips_non_finite_updates():
     assert float(metrics["actor/update_skipped"]) == 0.0
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), params, before)
     assert any(jax.tree.leaves(changed))
+
+
+def _ragged_batch(n: int = 8, p: int = 3, t: int = 6, seed: int = 1) -> RolloutBatch:
+    """Responses of different lengths (one empty), random advantages and old/ref log-probs, digit targets."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([6, 1, 4, 0, 5, 2, 6, 3])[:n]
+    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.float32)
+    targets = np.where(rng.random((n, t)) < 0.4, rng.integers(0, 10, (n, t)), -1).astype(np.int32)
+    logp = rng.normal(size=(n, t)).astype(np.float32) - 2.0
+    return RolloutBatch(
+        prompt_ids=jnp.asarray(rng.integers(0, VOCAB, (n, p)), jnp.int32), prompt_mask=jnp.ones((n, p), jnp.int32),
+        response_ids=jnp.asarray(rng.integers(0, VOCAB, (n, t)), jnp.int32), response_mask=jnp.asarray(mask),
+        old_logprobs=jnp.asarray(logp), ref_logprobs=jnp.asarray(logp + 0.1), old_values=jnp.zeros((n, t)),
+        advantages=jnp.asarray(rng.normal(size=(n, 1)) * mask, jnp.float32), returns=jnp.zeros((n, t)),
+        ntl_targets=jnp.asarray(targets), ntl_weights=jnp.asarray((targets >= 0) * 0.5, jnp.float32))
+
+
+def _sgd_update(settings: ActorLossSettings, num_micro: int, mesh) -> np.ndarray:
+    """The gradient an update applies (SGD with lr 1: new = old - grad), flattened, after one update."""
+    tx = optax.sgd(1.0)
+    state = ModuleState.from_module(_model(), mesh, tx)
+    before = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(state.params))])
+    update = make_actor_update(state.graphdef, tx, settings, digit_ids=DIGIT_IDS, num_micro_batches=num_micro,
+                               mesh=mesh, param_shardings=state.shardings, opt_shardings=state.opt_shardings)
+    params, _, metrics = update(state.params, state.opt_state, _ragged_batch(), jnp.float32(0.7))
+    after = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(params))])
+    return before - after, jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_micro_batch_accumulation_equals_the_full_batch_gradient(mode):
+    # Ragged lengths and an empty row: a per-micro-batch mean would weigh tokens differently per split.
+    settings = _settings("wasserstein", mode, entropy_coeff=0.01, use_kl=True, kl_coef=0.1, temperature=0.7)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    full, full_metrics = _sgd_update(settings, 1, mesh)
+    assert np.abs(full).max() > 1e-4
+    for num_micro in (2, 4):
+        split, metrics = _sgd_update(settings, num_micro, mesh)
+        np.testing.assert_allclose(split, full, rtol=2e-4, atol=1e-7)
+        for key in ("actor/pg_loss", "actor/entropy", "actor/kl_loss", "ntl/train_loss", "actor/pg_clipfrac"):
+            np.testing.assert_allclose(metrics[key], full_metrics[key], rtol=1e-4, atol=1e-7)
+
+
+def test_update_on_eight_devices_equals_one_device_global_aggregation():
+    """The loss is aggregated over the global mini-batch (verl's global batch info), not per device: eight devices
+    holding rows of different lengths give the single-device update, which differs from averaging per-device
+    token means (what per-rank aggregation with gradient averaging would compute)."""
+    settings = _settings("wasserstein", "token-mean", use_kl=True, kl_coef=0.1)
+    one, _ = _sgd_update(settings, 1, make_mesh(devices=jax.devices()[:1]))
+    eight, _ = _sgd_update(settings, 2, make_mesh())
+    np.testing.assert_allclose(eight, one, rtol=2e-4, atol=1e-7)
+
+    model, batch = _model(), _ragged_batch()
+    graphdef, params = nnx.split(model)
+
+    def per_device_mean_loss(p):
+        rows = jax.tree.map(lambda x: x.reshape((4, 2) + x.shape[1:]), batch)  # 4 "devices" of 2 rows each
+        losses = [actor_loss(nnx.merge(graphdef, p), jax.tree.map(lambda x: x[d], rows), jnp.float32(0.7), settings,
+                             DIGIT_IDS)[0] for d in range(4)]
+        return sum(losses) / 4
+
+    def global_loss(p):
+        return actor_loss(nnx.merge(graphdef, p), batch, jnp.float32(0.7), settings, DIGIT_IDS)[0]
+
+    assert abs(float(per_device_mean_loss(params)) - float(global_loss(params))) > 1e-3
+
+
+def test_loss_aggregation_over_micro_batches_matches_agg_loss_of_the_whole_batch():
+    from ntl_jax.ppo.losses import LossNormalizer
+
+    rng = np.random.default_rng(3)
+    mask = jnp.asarray(np.arange(5)[None, :] < np.array([[5], [0], [2], [4]]), jnp.float32)
+    loss_mat = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    normalizer = LossNormalizer.of(mask)
+    for mode in LOSS_AGG_MODES:
+        whole = agg_loss(loss_mat, mask, mode)
+        shares = sum(agg_loss(loss_mat[i:i + 2], mask[i:i + 2], mode, normalizer=normalizer) for i in (0, 2))
+        np.testing.assert_allclose(shares, whole, rtol=1e-6)

@@ -1,11 +1,16 @@
 """Per-token log-probs, entropy and digit logits without materialising [B, T, V] float32 logits.
 
-For every position t with final hidden state h_t and LM-head kernel W [D, V]:
+For every position t with final hidden state h_t, LM-head kernel W [D, V] and sampling temperature tau:
 
-    logits_t       = h_t @ W                                   (float32)
-    logprob_t      = logits_t[y_t] - logsumexp(logits_t)
-    entropy_t      = logsumexp(logits_t) - sum_v softmax(logits_t)_v * logits_t[v]
-    digit_logits_t = logits_t[digit_ids]                       ([10], the NTL slice)
+    z_t            = h_t @ W                                   (float32 logits of the model)
+    s_t            = z_t / tau                                 (the distribution the rollout sampled from)
+    logprob_t      = s_t[y_t] - logsumexp(s_t)
+    entropy_t      = logsumexp(s_t) - sum_v softmax(s_t)_v * s_t[v]
+    digit_logits_t = z_t[digit_ids]                            ([10], the NTL slice, of the model itself: tau-free)
+
+Dividing by tau is what verl does (``logits.div_(temperature)`` in every actor forward): the PPO ratio, the
+KL to the reference and the entropy then describe the policy that produced the samples. NTL measures the model's
+own digit distribution, so its slice is taken before the division.
 
 `token_logprobs` scans over chunks of `chunk_size` positions and wraps the chunk body in `jax.checkpoint`, so
 neither the forward nor the backward pass ever holds more than [B, chunk_size, V] float32 logits at once.
@@ -36,9 +41,13 @@ def _logits_f32(hidden: jax.Array, lm_head_kernel: jax.Array) -> jax.Array:
 
 
 def _stats_from_logits(
-    logits: jax.Array, target_ids: jax.Array, digit_ids: jax.Array | None, compute_entropy: bool
+    logits: jax.Array, target_ids: jax.Array, digit_ids: jax.Array | None, compute_entropy: bool,
+    temperature: float = 1.0,
 ) -> TokenLogProbs:
-    """Log-prob of targets, entropy and digit slice from float32 logits [..., V]."""
+    """Log-prob of targets and entropy of ``logits / temperature``, digit slice of ``logits``, from float32 [..., V]."""
+    digit_logits = None if digit_ids is None else jnp.take(logits, digit_ids, axis=-1)
+    if temperature != 1.0:
+        logits = logits / temperature
     logsumexp = jax.nn.logsumexp(logits, axis=-1)
     target_logits = jnp.take_along_axis(logits, target_ids[..., None], axis=-1)[..., 0]
     logprobs = target_logits - logsumexp
@@ -46,11 +55,13 @@ def _stats_from_logits(
     if compute_entropy:
         probs = jnp.exp(logits - logsumexp[..., None])
         entropy = logsumexp - jnp.sum(probs * logits, axis=-1)
-    digit_logits = None if digit_ids is None else jnp.take(logits, digit_ids, axis=-1)
     return TokenLogProbs(logprobs, entropy, digit_logits)
 
 
-def _check_inputs(hidden: jax.Array, lm_head_kernel: jax.Array, target_ids: jax.Array, digit_ids: Any) -> None:
+def _check_inputs(hidden: jax.Array, lm_head_kernel: jax.Array, target_ids: jax.Array, digit_ids: Any,
+                  temperature: float) -> None:
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} is invalid; allowed: a number > 0 (the rollout temperature)")
     chex.assert_rank(hidden, 3)
     chex.assert_rank(lm_head_kernel, 2)
     chex.assert_shape(target_ids, hidden.shape[:2])
@@ -70,16 +81,17 @@ def token_logprobs_naive(
     digit_ids: jax.Array | None = None,
     chunk_size: int = 128,
     compute_entropy: bool = True,
+    temperature: float = 1.0,
 ) -> TokenLogProbs:
     """Reference: same outputs as `token_logprobs`, computed from the full [B, T, V] float32 logits.
 
     `chunk_size` is accepted (and ignored) so both functions share one signature.
     """
     del chunk_size
-    _check_inputs(hidden, lm_head_kernel, target_ids, digit_ids)
+    _check_inputs(hidden, lm_head_kernel, target_ids, digit_ids, temperature)
     logits = _logits_f32(hidden, lm_head_kernel)
     digit_ids = None if digit_ids is None else jnp.asarray(digit_ids, jnp.int32)
-    return _stats_from_logits(logits, target_ids.astype(jnp.int32), digit_ids, compute_entropy)
+    return _stats_from_logits(logits, target_ids.astype(jnp.int32), digit_ids, compute_entropy, temperature)
 
 
 def token_logprobs(
@@ -90,13 +102,14 @@ def token_logprobs(
     digit_ids: jax.Array | None = None,
     chunk_size: int = 128,
     compute_entropy: bool = True,
+    temperature: float = 1.0,
 ) -> TokenLogProbs:
     """Chunked, rematerialised log-probs: `lax.scan` over ceil(T / chunk_size) chunks of the sequence axis.
 
     T is padded up to a multiple of the chunk (padding rows use target id 0 and are sliced off). The chunk body is
     `jax.checkpoint`-ed, so the backward pass recomputes each chunk's [B, chunk, V] logits instead of storing them.
     """
-    _check_inputs(hidden, lm_head_kernel, target_ids, digit_ids)
+    _check_inputs(hidden, lm_head_kernel, target_ids, digit_ids, temperature)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is invalid; it must be a positive int")
     batch, seq_len, hidden_size = hidden.shape
@@ -116,7 +129,7 @@ def token_logprobs(
     @jax.checkpoint
     def chunk_stats(kernel: jax.Array, hidden_chunk: jax.Array, target_chunk: jax.Array) -> TokenLogProbs:
         logits = _logits_f32(hidden_chunk, kernel)
-        return _stats_from_logits(logits, target_chunk, digit_ids, compute_entropy)
+        return _stats_from_logits(logits, target_chunk, digit_ids, compute_entropy, temperature)
 
     def body(carry: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, TokenLogProbs]:
         return carry, chunk_stats(lm_head_kernel, *xs)
@@ -147,11 +160,13 @@ def sequence_logprobs(
     digit_ids: jax.Array | None = None,
     chunk_size: int = 128,
     compute_entropy: bool = True,
+    temperature: float = 1.0,
 ) -> TokenLogProbs:
     """Run `model` (a CausalLM) over concat(prompt, response) and score the T response tokens.
 
     The hidden state at slot P-1+t predicts response token t, so the slice hidden[:, P-1 : P-1+T] is scored against
     `response_ids`. Positions are cumsum(mask)-1 over the concatenated mask (left-padded prompts keep RoPE exact).
+    Log-probs and entropy are of ``logits / temperature`` (pass the rollout temperature), the digit slice is raw.
     """
     chex.assert_rank([prompt_ids, prompt_mask, response_ids, response_mask], 2)
     chex.assert_equal_shape([prompt_ids, prompt_mask])
@@ -171,4 +186,5 @@ def sequence_logprobs(
         digit_ids=digit_ids,
         chunk_size=chunk_size,
         compute_entropy=compute_entropy,
+        temperature=temperature,
     )

@@ -8,9 +8,8 @@ Flow of `Sampler.generate` (N = B * n rows, sample j of prompt i at row i*n + j)
      the model on it at cache slot P + step. Stops when every row has emitted an EOS token or after max_new_tokens.
 
 Sampling key of row (i, j) at step s: fold_in(fold_in(fold_in(rng, prompt_index_i), j), s), so a prompt's samples do not
-depend on what else is in the batch. `response_logprobs` are log_softmax(logits)[token] of the model at temperature 1
-(not of the temperature / top-k / top-p-warped distribution actually sampled from): the PPO recompute (verl style) replaces
-them anyway. `digit_logits` are the raw (unwarped) logits of the 10 digit tokens at every step.
+depend on what else is in the batch. `response_logprobs` are log_softmax(logits / temperature)[token] (temperature 1 when
+greedy), as the PPO recompute computes them (verl), without the top-k / top-p truncation. `digit_logits` are the raw (unwarped) logits of the 10 digit tokens at every step.
 """
 from __future__ import annotations
 
@@ -66,7 +65,7 @@ class GenerationOutput(NamedTuple):
     prompt_mask: np.ndarray  # [N, P] int32
     response_ids: np.ndarray  # [N, T] int32, pad_token_id after EOS
     response_mask: np.ndarray  # [N, T] int32, 1 up to and including the EOS token
-    response_logprobs: np.ndarray  # [N, T] float32, log_softmax(logits)[token] at temperature 1; 0 where mask is 0
+    response_logprobs: np.ndarray  # [N, T] float32, log_softmax(logits / temperature)[token]; 0 where mask is 0
     digit_logits: np.ndarray | None  # [N, T, 10] float32 raw digit-token logits, or None
 
 
@@ -189,6 +188,7 @@ class Sampler:
         pad_id = self.pad_token_id
         digit_ids = None if self.digit_ids is None else jnp.asarray(self.digit_ids)
         counts, mesh = self._trace_counts, self.mesh
+        logprob_temperature = 1.0 if params.greedy else params.temperature
 
         def prefill(state, prompt_ids, prompt_mask):
             counts["prefill"] += 1  # runs once per trace, i.e. per compilation
@@ -219,7 +219,7 @@ class Sampler:
                 step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, c.step)
                 sampled = sample_tokens(c.logits, step_keys, params)
                 token = jnp.where(c.done, pad_id, sampled)
-                log_probs = jax.nn.log_softmax(c.logits, axis=-1)
+                log_probs = jax.nn.log_softmax(c.logits / logprob_temperature, axis=-1)
                 token_logprob = jnp.take_along_axis(log_probs, sampled[:, None], axis=-1)[:, 0]
                 alive = ~c.done
                 tokens = c.tokens.at[:, c.step].set(token)

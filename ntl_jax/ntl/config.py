@@ -19,7 +19,7 @@ REWARD_MODES = ("final_answer", "all_tokens", "hybrid")
 ANSWER_EXTRACTIONS = ("strict", "last", "strict_then_last")
 _BOOL_KEYS = (
     "enabled", "extract_during_generation", "extract_during_log_prob", "pass_to_reward_function",
-    "adaptive_temperature", "log_metrics", "debug_mode", "save_digit_info", "cache_digit_mappings",
+    "adaptive_temperature", "debug_mode", "save_digit_info", "cache_digit_mappings",
     "fallback_on_error", "require_digits",
 )
 
@@ -43,17 +43,20 @@ class NTLConfig:
     """Number Token Loss settings.
 
     enabled: compute NTL at all. method: 'mse' | 'wasserstein' | 'number' (see ``ntl_jax.ntl.losses``).
-    weight: lambda of the auxiliary policy loss ``CE + lambda * NTL`` (0 keeps NTL as a reward signal only).
+    weight: lambda of ``actor loss + lambda * NTL``, NTL aggregated over response tokens like the policy-gradient
+    loss (``loss_agg_mode``): lambda = 1 gives an NTL of 1 at one digit position the pull of a policy-gradient loss
+    of 1 at one token. 0 keeps NTL as a reward signal only.
     extract_during_generation / extract_during_log_prob: where the digit-logit slice is gathered (sampler vs
     the log-prob pass that runs before rewards). pass_to_reward_function: hand ``ntl_info`` and ``tau`` to
     ``compute_score``. reward_mode: which digits get targets ('final_answer' | 'all_tokens' | 'hybrid', the
     latter weighting final-answer targets ``hybrid_weight`` and the rest ``1 - hybrid_weight``).
-    temperature: tau of ``exp(-ntl / tau)``; temperature_schedule: a ``schedules.parse_schedule`` string that
-    overrides it per step; adaptive_temperature: additionally scale tau by the running mean NTL
-    (``schedules.adaptive_tau``). answer_extraction: 'strict' (``#### n``), 'last' (last number) or
-    'strict_then_last'. log_metrics / debug_mode / save_digit_info: logging depth. cache_digit_mappings: cache
+    temperature: tau of the reward bonus ``exp(-number_error / tau)``, the relative answer error at which the bonus
+    falls to 1/e (``ntl_jax.rewards.ntl_rewards``); temperature_schedule: a ``schedules.parse_schedule`` string
+    that overrides it per step; adaptive_temperature: tau follows the running mean number error, clipped to
+    [0.1, 10] x the scheduled tau, so a response at the running mean always earns ``exp(-1)``. answer_extraction: 'strict' (``#### n``), 'last' (last number) or
+    'strict_then_last'. debug_mode / save_digit_info: logging depth. cache_digit_mappings: cache
     the digit token ids per tokenizer. fallback_on_error: on an NTL failure log and continue without NTL
-    instead of raising. require_digits: treat a response without any digit target as an error.
+    instead of raising. require_digits: treat a batch in which no response has a digit target as an error.
     """
 
     enabled: bool = False
@@ -63,12 +66,11 @@ class NTLConfig:
     extract_during_log_prob: bool = True
     pass_to_reward_function: bool = True
     reward_mode: str = "final_answer"
-    temperature: float = 2.0
+    temperature: float = 0.1
     adaptive_temperature: bool = False
     temperature_schedule: str | None = None
     hybrid_weight: float = 0.5
     answer_extraction: str = "strict_then_last"
-    log_metrics: bool = True
     debug_mode: bool = False
     save_digit_info: bool = False
     cache_digit_mappings: bool = True
@@ -108,9 +110,9 @@ class NTLConfig:
             return schedules.constant(self.temperature)
         return schedules.parse_schedule(self.temperature_schedule)
 
-    def tau_at(self, step: int, mean_ntl_loss: float | None = None) -> float:
-        """tau at ``step``; with ``adaptive_temperature`` and a running ``mean_ntl_loss``, scaled by it."""
+    def tau_at(self, step: int, mean_number_error: float | None = None) -> float:
+        """tau at ``step``; with ``adaptive_temperature`` and a running ``mean_number_error``, that mean (clipped)."""
         tau = self.schedule()(step)
-        if self.adaptive_temperature and mean_ntl_loss is not None:
-            tau = schedules.adaptive_tau(tau, mean_ntl_loss)
+        if self.adaptive_temperature and mean_number_error is not None:
+            tau = schedules.adaptive_tau(tau, mean_number_error, reference_loss=tau)
         return tau

@@ -12,9 +12,13 @@ float32 (Zausinger et al., "Regress, Don't Guess", ICML 2025; ``ntloss``):
 A target outside 0..9 (e.g. -1 for "no target") is ignored exactly like a zero mask weight. ``mask`` may be
 bool or float weights (hybrid reward mode passes fractional weights). Scalar reduction:
 
-    loss = sum(per_pos * w) / max(sum(w), 1),    w = mask * [0 <= y <= 9]
+    loss = sum(per_pos * w) / sum(w),    w = mask * [0 <= y <= 9]
 
-which is 0 with finite (zero) gradients when nothing is masked in.
+which is 0 with finite (zero) gradients when nothing is masked in (sum(w) = 0).
+
+Which digits form one number (for NTL-number) is a :class:`NumberLayout`: the PPO targets give it explicitly (so
+``1,000`` is one number whose comma has no target); without one, maximal runs of consecutive targeted positions
+are the numbers (ntloss's convention on teacher-forced labels).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Callable
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -85,69 +90,93 @@ def ntl_wasserstein_per_position(digit_logits: jax.Array, target_digits: jax.Arr
     return jnp.where(valid_target_mask(target_digits), loss, 0.0)
 
 
-def _run_layout(in_run: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Segment ids and base-10 exponents of runs of consecutive True along the last axis of ``in_run [R, T]``.
+@flax.struct.dataclass
+class NumberLayout:
+    """Which number each targeted digit belongs to, its place, and the number's true value ([..., T] each)."""
 
-    A run is a maximal stretch of True; its digit at 1-based index ``i`` (of ``n``) has exponent ``n - i``.
-    Segment ``r*(T+1) + j`` is run ``j >= 1`` of row ``r``; ``r*(T+1)`` collects the row's positions outside runs.
+    number_ids: jax.Array  # int32, per row: 0, 1, ... for the numbers, -1 for positions in none
+    places: jax.Array  # int32, exponent of the digit's place value (units 0, tens 1, first decimal -1)
+    truth: jax.Array  # float32, the true value of the digit's number (0 outside numbers)
+
+
+def layout_from_runs(target_digits: jax.Array, mask: jax.Array) -> NumberLayout:
+    """Numbers = maximal runs of consecutive positions with ``mask > 0`` and a target in 0..9 (along the last axis).
+
+    A run of ``n`` digits has places ``n - 1, ..., 0`` (clamped at MAX_NUMBER_LENGTH - 1 as in ntloss) and true value
+    ``sum_j y_j 10^(n - j)``.
     """
-    num_rows, seq_len = in_run.shape
-    prev_in_run = jnp.pad(in_run[:, :-1], ((0, 0), (1, 0)))
-    run_start = in_run & ~prev_in_run
-    run_index = jnp.where(in_run, jnp.cumsum(run_start, axis=-1), 0)
-    segment_ids = run_index + (seq_len + 1) * jnp.arange(num_rows)[:, None]
-
-    positions = jnp.broadcast_to(jnp.arange(seq_len), in_run.shape)
-    start_position = jax.lax.cummax(jnp.where(run_start, positions, -1), axis=1)
-    num_segments = num_rows * (seq_len + 1)
-    run_length = jax.ops.segment_sum(in_run.astype(jnp.int32).ravel(), segment_ids.ravel(), num_segments)
-    exponent = run_length[segment_ids] - (positions - start_position + 1)
-    exponent = jnp.clip(exponent, 0, MAX_NUMBER_LENGTH - 1)
-    return segment_ids, exponent
-
-
-def ntl_number_per_position(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array) -> jax.Array:
-    """Place-value number-level NTL, the per-number term of ``ntloss.NumberLevelLoss`` (float_level=False).
-
-    A *number* is a maximal run of consecutive positions along the last axis with ``mask > 0`` and a target in
-    0..9. For a run of ``n`` digits, with place ``e_j = n - j`` (j = 1..n):
-
-        Yhat = sum_j E[d_j] * 10^e_j,   Y = sum_j y_j * 10^e_j
-        loss = |Yhat - Y| / (|Yhat| + |Y| + eps)        eps = float32 machine epsilon, loss in [0, 1]
-
-    (exponents clamp at 19 as in ntloss). The number's loss is written to *every* position of its run; 0
-    elsewhere.
-
-    Differences from ``NumberLevelLoss`` (whose per-number value this equals to float32 rounding):
-      * ntloss writes the number's loss only at its first digit (``reduction='none'``) and its mean counts one
-        term per number; here the scalar ``ntl_number`` is the weighted mean over *digit positions*, so a number
-        counts once per digit (a 3-digit number weighs 3x a 1-digit one);
-      * runs here are cut by zero mask weights too, while ntloss cuts only on non-digit labels.
-    """
-    _check_digit_logits(digit_logits, target_digits)
-    chex.assert_equal_shape((target_digits, mask))
     batch_shape = target_digits.shape
     seq_len = batch_shape[-1] if batch_shape else 1
     in_run = (effective_weights(target_digits, mask) > 0).reshape(-1, seq_len)
-    segment_ids, exponent = _run_layout(in_run)
+    num_rows = in_run.shape[0]
+    prev_in_run = jnp.pad(in_run[:, :-1], ((0, 0), (1, 0)))
+    run_start = in_run & ~prev_in_run
+    run_index = jnp.cumsum(run_start, axis=-1) - 1
+    positions = jnp.broadcast_to(jnp.arange(seq_len), in_run.shape)
+    start_position = jax.lax.cummax(jnp.where(run_start, positions, -1), axis=1)
+    segment_ids = jnp.where(in_run, run_index + 1, 0) + (seq_len + 1) * jnp.arange(num_rows)[:, None]
+    num_segments = num_rows * (seq_len + 1)
+    run_length = jax.ops.segment_sum(in_run.astype(jnp.int32).ravel(), segment_ids.ravel(), num_segments)
+    places = jnp.clip(run_length[segment_ids] - (positions - start_position + 1), 0, MAX_NUMBER_LENGTH - 1)
+    digit_value = _target_values(target_digits).reshape(-1, seq_len) * jnp.power(10.0, places.astype(jnp.float32))
+    truth = jax.ops.segment_sum(jnp.where(in_run, digit_value, 0.0).ravel(), segment_ids.ravel(), num_segments)
+    return NumberLayout(number_ids=jnp.where(in_run, run_index, -1).reshape(batch_shape).astype(jnp.int32),
+                        places=jnp.where(in_run, places, 0).reshape(batch_shape).astype(jnp.int32),
+                        truth=jnp.where(in_run, truth[segment_ids], 0.0).reshape(batch_shape))
 
-    place_value = jnp.power(10.0, exponent.astype(jnp.float32))
-    predicted = jnp.where(in_run, expected_digit(digit_logits).reshape(-1, seq_len) * place_value, 0.0)
-    true = jnp.where(in_run, _target_values(target_digits).reshape(-1, seq_len) * place_value, 0.0)
 
-    num_segments = in_run.shape[0] * (seq_len + 1)
-    number_hat = jax.ops.segment_sum(predicted.ravel(), segment_ids.ravel(), num_segments)[segment_ids]
-    number_true = jax.ops.segment_sum(true.ravel(), segment_ids.ravel(), num_segments)[segment_ids]
+def expected_number(digit_logits: jax.Array, layout: NumberLayout, in_number: jax.Array) -> jax.Array:
+    """``Yhat = sum_j E[d_j] 10^place_j`` over the digits of each number, written at each of its positions.
+
+    ``in_number`` [..., T] bool: positions that count (others contribute nothing and read 0). Numbers are the
+    ``layout.number_ids`` of each row.
+    """
+    batch_shape = layout.number_ids.shape
+    seq_len = batch_shape[-1] if batch_shape else 1
+    ids = layout.number_ids.reshape(-1, seq_len)
+    counted = in_number.reshape(-1, seq_len) & (ids >= 0)
+    num_rows = ids.shape[0]
+    segment_ids = jnp.where(counted, jnp.clip(ids, 0, seq_len - 1) + 1, 0) + (seq_len + 1) * jnp.arange(num_rows)[:, None]
+    place_value = jnp.power(10.0, layout.places.reshape(-1, seq_len).astype(jnp.float32))
+    contribution = jnp.where(counted, expected_digit(digit_logits).reshape(-1, seq_len) * place_value, 0.0)
+    totals = jax.ops.segment_sum(contribution.ravel(), segment_ids.ravel(), num_rows * (seq_len + 1))
+    return jnp.where(counted, totals[segment_ids], 0.0).reshape(batch_shape)
+
+
+def ntl_number_per_position(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array,
+                            layout: NumberLayout | None = None) -> jax.Array:
+    """Number-level NTL, the per-number term of ``ntloss.NumberLevelLoss`` (float_level=False):
+
+        Yhat = sum_j E[d_j] * 10^place_j,   Y = the number's true value (``layout.truth``)
+        loss = |Yhat - Y| / (|Yhat| + |Y| + eps)        eps = float32 machine epsilon, loss in [0, 1]
+
+    written to *every* targeted position of the number; 0 elsewhere. ``Y`` carries the sign the response gave the
+    number (``sign * truth``), so a wrong sign costs the maximum, 1; a place the response lacks contributes 0 to
+    ``Yhat`` while ``Y`` keeps it. Without ``layout`` the numbers are runs (:func:`layout_from_runs`).
+
+    Differences from ``NumberLevelLoss`` (whose per-number value this equals on runs, to float32 rounding): ntloss
+    writes the number's loss only at its first digit and its mean counts one term per number; the scalar here is a
+    weighted mean over *digit positions*, so a number counts once per digit.
+    """
+    _check_digit_logits(digit_logits, target_digits)
+    chex.assert_equal_shape((target_digits, mask))
+    if layout is None:
+        layout = layout_from_runs(target_digits, mask)
+    counted = effective_weights(target_digits, mask) > 0
+    number_hat = expected_number(digit_logits, layout, counted)
+    number_true = layout.truth.astype(jnp.float32)
     eps = jnp.finfo(jnp.float32).eps
     smape = jnp.abs(number_hat - number_true) / (jnp.abs(number_hat) + jnp.abs(number_true) + eps)
-    return jnp.where(in_run, smape, 0.0).reshape(batch_shape)
+    return jnp.where(counted & (layout.number_ids >= 0), smape, 0.0)
 
 
-def ntl_per_position(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array, method: str) -> jax.Array:
-    """Per-position NTL for ``method`` in {'mse', 'wasserstein', 'number'}; ``mask`` only shapes 'number' runs."""
+def ntl_per_position(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array, method: str,
+                     layout: NumberLayout | None = None) -> jax.Array:
+    """Per-position NTL for ``method`` in {'mse', 'wasserstein', 'number'}; ``mask`` and ``layout`` only shape
+    'number''s numbers."""
     check_method(method)
     if method == "number":
-        return ntl_number_per_position(digit_logits, target_digits, mask)
+        return ntl_number_per_position(digit_logits, target_digits, mask, layout)
     per_position_fns: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
         "mse": ntl_mse_per_position,
         "wasserstein": ntl_wasserstein_per_position,
@@ -164,9 +193,10 @@ def masked_weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(values * weights) / jnp.where(total > 0, total, 1.0)
 
 
-def ntl_loss(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+def ntl_loss(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array, method: str,
+             layout: NumberLayout | None = None) -> jax.Array:
     """Scalar NTL: ``sum(per_pos * w) / sum(w)`` with ``w = mask * [0 <= y <= 9]`` (0 when ``sum(w) = 0``)."""
-    per_position = ntl_per_position(digit_logits, target_digits, mask, method)
+    per_position = ntl_per_position(digit_logits, target_digits, mask, method, layout)
     return masked_weighted_mean(per_position, effective_weights(target_digits, mask))
 
 
@@ -185,14 +215,15 @@ def ntl_number(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Arra
     return ntl_loss(digit_logits, target_digits, mask, "number")
 
 
-def ntl_per_sequence(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+def ntl_per_sequence(digit_logits: jax.Array, target_digits: jax.Array, mask: jax.Array, method: str,
+                     layout: NumberLayout | None = None) -> jax.Array:
     """Per-row weighted mean ``sum_t l_t w_t / sum_t w_t`` over ``[B, T]`` (0 for rows with no weight) -> ``[B]``.
 
     Like the batch scalar, the denominator is the true weight sum: a reward needs the true mean of a row even
     when hybrid weights sum to less than one.
     """
     chex.assert_rank(target_digits, 2)
-    per_position = ntl_per_position(digit_logits, target_digits, mask, method)
+    per_position = ntl_per_position(digit_logits, target_digits, mask, method, layout)
     weights = effective_weights(target_digits, mask)
     row_weight = jnp.sum(weights, axis=-1)
     safe_row_weight = jnp.where(row_weight > 0, row_weight, 1.0)

@@ -1,17 +1,27 @@
-"""Per-token target digits for the Number Token Loss (host side, numpy).
+"""Per-token target digits for the Number Token Loss (host side, numpy). The rules, with worked examples, are in
+``docs/NTL.md``; in short:
 
-For a sampled response we decide, for every digit token, which digit it *should* have been:
+- **final answer** (every mode): the number after the last ``####`` (``answer_extraction='strict'``; with
+  ``'strict_then_last'``, else the last number) is aligned with the ground truth by place value: integer digits
+  right-aligned at the units, fraction digits left-aligned at the point. Each answer digit targets the truth's
+  digit at its place, or 0 where the truth has none (an extra digit). Truth digits at places the answer lacks are
+  ``missing_digits``; an answer whose sign differs from the truth's has ``sign_wrong``. Neither is free: both
+  count in the per-sequence NTL (``ntl_jax.ntl.info``), and the number-level error of the answer sees them.
+- **arithmetic steps** (``all_tokens``, ``hybrid``): the result ``c`` of ``a op b = c`` (chains allowed) or of a
+  GSM8K annotation ``<<a op b=c>>c`` targets the true value from ``safe_eval_arithmetic``, aligned the same way. A
+  checked step wins over the final answer when both claim a digit (the step is locally verifiable).
+- no other digit has a target: a digit that is neither a checked result nor the answer cannot be checked, and
+  targeting it with itself would reward confidence, not correctness.
+- ``hybrid`` weighs final-answer digits ``hybrid_weight`` and step digits ``1 - hybrid_weight``.
 
-- final answer (`final_answer`): the number after "####" (else the last number) is aligned with the ground truth by
-  place value: integer digits right-aligned, fraction digits left-aligned. A response digit with no truth digit at
-  its place targets 0; a truth digit with no response digit token at its place counts in `missing_digits`.
-- arithmetic steps (`all_tokens`): the result `c` of `a op b = c` (chains allowed) or of a GSM8K calculator
-  annotation `<<a op b=c>>c` targets the digits of the true value from `safe_eval_arithmetic`, aligned the same way.
-- every other digit token targets itself (`is_self_target`).
-`hybrid` weighs final-answer positions `hybrid_weight` and all other targeted positions `1 - hybrid_weight`.
+Every targeted digit also gets its place (``10**place``: units 0, tens 1, first decimal -1), the index of its number
+(0 = the final answer, k >= 1 = the k-th checked step) and that number's true value as the response's sign sees it
+(``sign * truth``), so number-level losses and errors compare whole numbers, thousands separators included.
 
-Characters are mapped to tokens with exact per-token offsets (`token_char_offsets`), never by counting characters.
-All regular expressions are linear-time; the answer is searched in the last 300 characters, like verl's GSM8K scorer.
+A ground truth that is not a number (``3/4``, ``5%``, words) gives the sample no targets and sets
+``bad_ground_truth``; it never raises. Characters are mapped to tokens with exact per-token offsets
+(``token_char_offsets``), never by counting characters. All regular expressions are linear-time; the answer is
+searched in the last 300 characters, like verl's GSM8K scorer.
 """
 from __future__ import annotations
 
@@ -33,46 +43,83 @@ MAX_FRACTION_DIGITS = 6  # arithmetic results beyond this precision are not targ
 MAX_EXPRESSION_CHARS = 100
 MAX_ARITHMETIC_STEPS = 1024
 _OFFSET_WINDOW = 8
+FINAL_ANSWER = 0  # number index of the final answer; checked steps are 1, 2, ...
 
 # Thousands groups need at least one ",ddd" and nothing may fail after them, so matching never backtracks far.
 _NUMBER = r"(?P<prefix>-\$?|\$-?)?(?P<body>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?)"
 NUMBER_RE = re.compile(_NUMBER)
 STRICT_ANSWER_RE = re.compile(r"####[ \t]*" + _NUMBER)
 _RESULT_RE = re.compile(r"=[ \t]*" + _NUMBER)
-_TRUTH_RE = re.compile(r"-?(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
+_TRUTH_RE = re.compile(r"(?P<sign>[-+]?)(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
 _NUMBER_CHARS = "0123456789.,$-"
 _EXPRESSION_CHARS = "0123456789.,$+-*/x×÷() \t"
 _HAS_BINARY_OP_RE = re.compile(r"[0-9)][ \t]*[-+*/]")
 _THOUSANDS_COMMA_RE = re.compile(r"(?<=[0-9]),(?=[0-9]{3})")
+_MINUS_SIGNS = "\u2212\u2012\u2013\ufe63\uff0d"  # typographic minus signs a dataset may carry
 
 
 @dataclass(frozen=True)
 class NumberSpan:
-    """A number in a text: char span (sign and '$' included) and the char offsets of its digits."""
+    """A number in a text: char span (sign and '$' included), the char offsets of its digits, and its sign."""
 
     start: int
     end: int
     int_positions: np.ndarray  # int64 [n_int], most significant first
     frac_positions: np.ndarray  # int64 [n_frac]
+    negative: bool = False
+
+
+@dataclass(frozen=True)
+class TrueNumber:
+    """A true value split for place-value alignment: ``value = sign * int(int_digits + '.' + frac_digits)``."""
+
+    negative: bool
+    int_digits: str  # no leading zeros ('0' for values below 1)
+    frac_digits: str  # no trailing zeros
+
+    @property
+    def value(self) -> float:
+        magnitude = float(Fraction(f"{self.int_digits}.{self.frac_digits or '0'}"))
+        return -magnitude if self.negative else magnitude
 
 
 @dataclass
 class TargetResult:
+    """Targets of one response (T tokens); see the module docstring."""
+
     target_digits: np.ndarray  # int32 [T], -1 where no target
     weights: np.ndarray  # float32 [T], 0 where no target
-    is_self_target: np.ndarray  # bool [T]
-    is_final_answer: np.ndarray  # bool [T]
-    missing_digits: int
+    places: np.ndarray  # int32 [T], place exponent of a targeted digit (units 0), 0 elsewhere
+    number_index: np.ndarray  # int32 [T], FINAL_ANSWER, k >= 1 for the k-th checked step, -1 elsewhere
+    number_truth: np.ndarray  # float32 [T], sign * true value of the digit's number (response sign), 0 elsewhere
+    is_final_answer: np.ndarray  # bool [T], the digits of the final answer (also those a checked step targets)
+    missing_digits: int  # truth digits of the final answer at places the answer has no digit
+    missing_digit_sum: float  # sum of those digits (their Wasserstein loss against an implicit 0)
+    missing_digit_square_sum: float  # sum of their squares (their MSE loss against an implicit 0)
+    sign_wrong: bool  # the final answer's sign differs from the truth's
+    answer_truth: float  # the truth as the answer's sign sees it (answer sign * truth), 0 without an answer
+    has_answer: bool  # a final answer was found (and the ground truth is a number)
+    bad_ground_truth: bool  # the ground truth is not a number: no targets at all
     answer_span: tuple[int, int] | None  # char span in the text returned by token_char_offsets
 
 
 @dataclass
 class BatchTargets:
-    target_digits: np.ndarray  # int32 [B, T]
-    weights: np.ndarray  # float32 [B, T]
-    is_self_target: np.ndarray  # bool [B, T]
+    """``TargetResult`` of every row: per-token arrays [B, T], per-row arrays [B]."""
+
+    target_digits: np.ndarray
+    weights: np.ndarray
+    places: np.ndarray
+    number_index: np.ndarray
+    number_truth: np.ndarray
+    is_final_answer: np.ndarray
     missing_digits: np.ndarray  # int32 [B]
-    is_final_answer: np.ndarray  # bool [B, T]
+    missing_digit_sum: np.ndarray  # float32 [B]
+    missing_digit_square_sum: np.ndarray  # float32 [B]
+    sign_wrong: np.ndarray  # bool [B]
+    answer_truth: np.ndarray  # float32 [B]
+    has_answer: np.ndarray  # bool [B]
+    bad_ground_truth: np.ndarray  # bool [B]
 
 
 # ---------------------------------------------------------------------------------------------- token offsets
@@ -158,8 +205,10 @@ def _number_from_match(match: re.Match) -> NumberSpan:
     int_positions = body_start + np.flatnonzero(np.frombuffer(int_text.encode("ascii"), np.uint8) != ord(","))
     frac_len = 0 if point < 0 else len(body) - point - 1
     frac_positions = body_start + point + 1 + np.arange(frac_len)
-    start = match.start("prefix") if match.group("prefix") else body_start
-    return NumberSpan(start, match.end("body"), int_positions.astype(np.int64), frac_positions.astype(np.int64))
+    prefix = match.group("prefix") or ""
+    start = match.start("prefix") if prefix else body_start
+    return NumberSpan(start, match.end("body"), int_positions.astype(np.int64), frac_positions.astype(np.int64),
+                      negative="-" in prefix)
 
 
 def _last_match(pattern: re.Pattern, text: str, pos: int) -> re.Match | None:
@@ -189,43 +238,59 @@ def find_final_answer(text: str, strategy: str = "strict_then_last") -> NumberSp
     return None if match is None else _number_from_match(match)
 
 
-def ground_truth_digits(ground_truth: str) -> tuple[str, str]:
-    """(integer digits, fraction digits) of a ground-truth number: '$1,234.50' -> ('1234', '5'), '-0.5' -> ('0', '5').
+def parse_true_number(ground_truth: str) -> TrueNumber:
+    """'$1,234.50' -> (+, '1234', '5'); '-0.5' and '\u22120.5' -> (-, '0', '5'); a full GSM8K answer -> its '####' part.
 
-    Text after the last '####' is used when present (a full GSM8K answer); sign, '$', commas and spaces are dropped.
+    Allowed: digits with an optional sign ('+', '-' or a typographic minus), '$', thousands commas, spaces and one
+    '.'; anything else ('3/4', '5%', words) raises ValueError naming the value.
     """
     text = str(ground_truth)
     if "####" in text:
         text = text.rsplit("####", 1)[1]
-    cleaned = re.sub(r"[\s,$]", "", text)
+    cleaned = re.sub(r"[\s,$]", "", text.translate({ord(c): "-" for c in _MINUS_SIGNS}))
     match = _TRUTH_RE.fullmatch(cleaned)
     if match is None or not (match["int"] or match["frac"]):
-        raise ValueError(
-            f"ground_truth={ground_truth!r} is not a number; allowed: digits with optional sign, '$', commas, one '.'"
-        )
-    return match["int"].lstrip("0") or "0", (match["frac"] or "").rstrip("0")
+        raise ValueError(f"ground_truth={str(ground_truth)[:50]!r} is not a number; allowed: digits with an optional "
+                         "sign, '$', thousands commas and one '.'")
+    int_digits, frac_digits = match["int"].lstrip("0") or "0", (match["frac"] or "").rstrip("0")
+    is_zero = int_digits == "0" and not frac_digits
+    return TrueNumber(negative=match["sign"] == "-" and not is_zero, int_digits=int_digits, frac_digits=frac_digits)
 
 
-def fraction_digits(value: Fraction, max_fraction_digits: int = MAX_FRACTION_DIGITS) -> tuple[str, str] | None:
-    """(integer digits, fraction digits) of |value|, or None if it is not a decimal with <= max_fraction_digits."""
+def ground_truth_digits(ground_truth: str) -> tuple[str, str]:
+    """(integer digits, fraction digits) of a ground-truth number (see :func:`parse_true_number`)."""
+    truth = parse_true_number(ground_truth)
+    return truth.int_digits, truth.frac_digits
+
+
+def true_number_of(value: Fraction, max_fraction_digits: int = MAX_FRACTION_DIGITS) -> TrueNumber | None:
+    """``value`` as a TrueNumber, or None when it is not a decimal with at most ``max_fraction_digits`` decimals."""
     scaled = abs(value) * 10**max_fraction_digits
     if scaled.denominator != 1:
         return None
     int_part, frac_part = divmod(scaled.numerator, 10**max_fraction_digits)
-    return str(int_part), f"{frac_part:0{max_fraction_digits}d}".rstrip("0")
+    return TrueNumber(negative=value < 0, int_digits=str(int_part),
+                      frac_digits=f"{frac_part:0{max_fraction_digits}d}".rstrip("0"))
 
 
-def align_digits(
-    number: NumberSpan, int_digits: str, frac_digits: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Place-value alignment of a response number with true digits.
+@dataclass(frozen=True)
+class Alignment:
+    """Place-value alignment of a response number with a true number (one entry per response digit)."""
 
-    Returns (char positions, target digits, has_true_digit, unmatched): integer digit at place p (units p=0) targets
-    int_digits[-1-p]; fraction digit j targets frac_digits[j]; places the truth lacks target 0 (has_true_digit False);
-    unmatched = true digits whose place has no response digit.
-    """
-    truth_int = np.frombuffer(int_digits.encode("ascii"), np.uint8).astype(np.int32) - ord("0")
-    truth_frac = np.frombuffer(frac_digits.encode("ascii"), np.uint8).astype(np.int32) - ord("0")
+    positions: np.ndarray  # int64 char offsets of the response digits
+    targets: np.ndarray  # int32 true digit at each digit's place (0 where the truth has no digit there)
+    places: np.ndarray  # int32 place exponent of each digit (units 0, tens 1, first decimal -1)
+    missing: np.ndarray  # int32 true digits at places the response has no digit
+
+
+def align_digits(number: NumberSpan, truth: TrueNumber) -> Alignment:
+    """Integer digit at place p (units p = 0) targets the truth's digit at p; fraction digit j (place -1-j) targets
+    the truth's j-th decimal; a place the truth lacks targets 0; truth digits at places the response lacks are
+    ``missing``."""
+    truth_int = np.frombuffer(truth.int_digits.encode("ascii"), np.uint8).astype(np.int32) - ord("0")
+    truth_frac = np.frombuffer(truth.frac_digits.encode("ascii"), np.uint8).astype(np.int32) - ord("0")
+    if truth.int_digits == "0":
+        truth_int = truth_int[:0]  # a leading 0 is no digit to miss ('0.5' vs '.5')
     n_int, n_frac = len(number.int_positions), len(number.frac_positions)
     int_places = np.arange(n_int - 1, -1, -1)
     int_known = int_places < len(truth_int)
@@ -234,10 +299,11 @@ def align_digits(
     frac_known = np.arange(n_frac) < len(truth_frac)
     frac_targets = np.zeros(n_frac, np.int32)
     frac_targets[frac_known] = truth_frac[: int(frac_known.sum())]
-    unmatched = max(0, len(truth_int) - n_int) + max(0, len(truth_frac) - n_frac)
-    positions = np.concatenate([number.int_positions, number.frac_positions])
-    targets = np.concatenate([int_targets, frac_targets])
-    return positions, targets, np.concatenate([int_known, frac_known]), unmatched
+    missing = np.concatenate([truth_int[: max(0, len(truth_int) - n_int)], truth_frac[n_frac:]])
+    return Alignment(positions=np.concatenate([number.int_positions, number.frac_positions]),
+                     targets=np.concatenate([int_targets, frac_targets]),
+                     places=np.concatenate([int_places, -1 - np.arange(n_frac)]).astype(np.int32),
+                     missing=missing.astype(np.int32))
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic steps
@@ -276,25 +342,25 @@ def _normalize_expression(expr: str) -> str | None:
     return expr.replace("×", "*").replace("x", "*").replace("÷", "/")
 
 
-def arithmetic_steps(text: str) -> list[tuple[NumberSpan, tuple[str, str]]]:
-    """(result number, true digits) for each `expr = c` step whose true value is a short finite decimal.
+def arithmetic_steps(text: str) -> list[tuple[NumberSpan, TrueNumber]]:
+    """(result number, true value) for each `expr = c` step whose true value is a short finite decimal.
 
     A GSM8K annotation `<<expr=c>>c'` also yields the number c' rendered right after '>>'. At most
     MAX_ARITHMETIC_STEPS '=' signs are examined.
     """
-    steps: list[tuple[NumberSpan, tuple[str, str]]] = []
+    steps: list[tuple[NumberSpan, TrueNumber]] = []
     for examined, match in enumerate(_RESULT_RE.finditer(text)):
         if examined >= MAX_ARITHMETIC_STEPS:
             break
         value = _expression_value(text, match.start())
-        digits = None if value is None else fraction_digits(value)
-        if digits is None:
+        truth = None if value is None else true_number_of(value)
+        if truth is None:
             continue
-        steps.append((_number_from_match(match), digits))
+        steps.append((_number_from_match(match), truth))
         if text.startswith(">>", match.end()):
             rendered = NUMBER_RE.match(text, match.end() + 2)
             if rendered is not None:
-                steps.append((_number_from_match(rendered), digits))
+                steps.append((_number_from_match(rendered), truth))
     return steps
 
 
@@ -306,26 +372,6 @@ def _char_to_token(token_lengths: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(token_lengths), dtype=np.int64), token_lengths)
 
 
-def _place_targets(
-    positions: np.ndarray,
-    targets: np.ndarray,
-    char_token: np.ndarray,
-    char_digit: np.ndarray,
-    token_digit: np.ndarray,
-    target_digits: np.ndarray,
-    marked: np.ndarray | None = None,
-) -> np.ndarray:
-    """Writes targets on the still-free digit tokens covering `positions` (and sets `marked` there); returns which
-    positions were placed."""
-    tokens = char_token[positions]
-    placeable = token_digit[tokens] == char_digit[positions]  # a single-digit token that is exactly this char
-    placeable &= target_digits[tokens] < 0
-    target_digits[tokens[placeable]] = targets[placeable]
-    if marked is not None:
-        marked[tokens[placeable]] = True
-    return placeable
-
-
 def _check_options(reward_mode: str, answer_extraction: str, hybrid_weight: float) -> None:
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode={reward_mode!r} is not allowed; allowed: {REWARD_MODES}")
@@ -333,6 +379,45 @@ def _check_options(reward_mode: str, answer_extraction: str, hybrid_weight: floa
         raise ValueError(f"answer_extraction={answer_extraction!r} is not allowed; allowed: {ANSWER_EXTRACTIONS}")
     if not 0.0 <= float(hybrid_weight) <= 1.0:
         raise ValueError(f"hybrid_weight={hybrid_weight!r} is not allowed; allowed: a float in [0, 1]")
+
+
+class _TokenTargets:
+    """The per-token arrays of one response being filled in, and the char -> token mapping they are written by."""
+
+    def __init__(self, ids: np.ndarray, tokenizer: Any, digit_ids: np.ndarray, response_text: str | None):
+        self.text, token_lengths = _token_lengths(ids, tokenizer, response_text)
+        self.char_token = _char_to_token(token_lengths)
+        codes = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        self.char_digit = np.where((codes >= ord("0")) & (codes <= ord("9")), codes - ord("0"), -2)
+        self.token_digit = digit_value_of_tokens(ids, digit_ids)
+        n = len(ids)
+        self.target_digits = np.full(n, -1, np.int32)
+        self.places = np.zeros(n, np.int32)
+        self.number_index = np.full(n, -1, np.int32)
+        self.number_truth = np.zeros(n, np.float32)
+
+    def place(self, number: NumberSpan, truth: TrueNumber, index: int) -> tuple[Alignment, np.ndarray, np.ndarray]:
+        """Target the still-free single-digit tokens of ``number``. Returns the alignment, the token of each of its
+        digits, and which digits sit on a single-digit token (a merged multi-digit token cannot carry a target)."""
+        alignment = align_digits(number, truth)
+        tokens = self.char_token[alignment.positions]
+        single = self.token_digit[tokens] == self.char_digit[alignment.positions]
+        free = single & (self.target_digits[tokens] < 0)
+        chosen = tokens[free]
+        self.target_digits[chosen] = alignment.targets[free]
+        self.places[chosen] = alignment.places[free]
+        self.number_index[chosen] = index
+        self.number_truth[chosen] = -truth.value if number.negative else truth.value
+        return alignment, tokens, single
+
+
+def _empty_result(num_tokens: int, *, bad_ground_truth: bool) -> TargetResult:
+    return TargetResult(
+        target_digits=np.full(num_tokens, -1, np.int32), weights=np.zeros(num_tokens, np.float32),
+        places=np.zeros(num_tokens, np.int32), number_index=np.full(num_tokens, -1, np.int32),
+        number_truth=np.zeros(num_tokens, np.float32), is_final_answer=np.zeros(num_tokens, bool),
+        missing_digits=0, missing_digit_sum=0.0, missing_digit_square_sum=0.0, sign_wrong=False, answer_truth=0.0,
+        has_answer=False, bad_ground_truth=bad_ground_truth, answer_span=None)
 
 
 def build_targets(
@@ -346,56 +431,57 @@ def build_targets(
     hybrid_weight: float = 0.5,
     response_text: str | None = None,
 ) -> TargetResult:
-    """Target digit per response token (-1 where none) with weights; see the module docstring for the rules.
+    """Target digit per response token (-1 where none) with weights; the rules are in the module docstring.
 
-    weights: final_answer -> 1 on final-answer digits; all_tokens -> 1 on every digit token;
-    hybrid -> hybrid_weight on final-answer digits, 1 - hybrid_weight on the other digit tokens.
+    weights: final_answer -> 1 on final-answer digits; all_tokens -> 1 on final-answer and checked-step digits;
+    hybrid -> hybrid_weight on final-answer digits, 1 - hybrid_weight on checked-step digits.
     """
     _check_options(reward_mode, answer_extraction, hybrid_weight)
     digit_ids = np.asarray(digit_ids)
     chex.assert_shape(digit_ids, (10,))
     ids = np.asarray(response_ids, dtype=np.int64).reshape(-1)
-    truth_int, truth_frac = ground_truth_digits(ground_truth)
-    text, token_lengths = _token_lengths(ids, tokenizer, response_text)
-    char_token = _char_to_token(token_lengths)
-    char_codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-    char_digit = np.where((char_codes >= ord("0")) & (char_codes <= ord("9")), char_codes - ord("0"), -2)
-    token_digit = digit_value_of_tokens(ids, digit_ids)
-    num_tokens = len(ids)
-    target_digits = np.full(num_tokens, -1, dtype=np.int32)
-    is_final = np.zeros(num_tokens, dtype=bool)
-    place = dict(char_token=char_token, char_digit=char_digit, token_digit=token_digit, target_digits=target_digits)
+    try:
+        truth = parse_true_number(ground_truth)
+    except ValueError:
+        return _empty_result(len(ids), bad_ground_truth=True)
+    tokens = _TokenTargets(ids, tokenizer, digit_ids, response_text)
 
-    answer = find_final_answer(text, answer_extraction)
-    if answer is None:
-        missing, answer_span = len(truth_int) + len(truth_frac), None
-    else:
-        positions, targets, has_truth, unmatched = align_digits(answer, truth_int, truth_frac)
-        placed = _place_targets(positions, targets, marked=is_final, **place)
-        missing, answer_span = unmatched + int(np.sum(has_truth & ~placed)), (answer.start, answer.end)
-
-    is_self = np.zeros(num_tokens, dtype=bool)
-    if reward_mode != "final_answer":
-        for result, (int_digits, frac_digits) in arithmetic_steps(text):
-            positions, targets, _, _ = align_digits(result, int_digits, frac_digits)
-            _place_targets(positions, targets, **place)
-        is_self = (token_digit >= 0) & (target_digits < 0)
-        target_digits[is_self] = token_digit[is_self]
+    if reward_mode != "final_answer":  # checked steps first: a verifiable result keeps its own target
+        index = FINAL_ANSWER + 1
+        for result, step_truth in arithmetic_steps(tokens.text):
+            _, step_tokens, single = tokens.place(result, step_truth, index)
+            index += bool(np.any(tokens.number_index[step_tokens[single]] == index))  # dense: at most T numbers
+    is_step = tokens.target_digits >= 0
+    answer = find_final_answer(tokens.text, answer_extraction)
+    is_final = np.zeros(len(ids), bool)  # digits of the answer, also those a checked step targets
+    missing = np.zeros(0, np.int32)
+    sign_wrong, answer_span, answer_truth = False, None, 0.0
+    if answer is not None:
+        alignment, answer_tokens, single = tokens.place(answer, truth, FINAL_ANSWER)
+        is_final[answer_tokens[single]] = True
+        # A digit the answer shows on a merged multi-digit token carries no target: it counts as missing too.
+        missing = np.concatenate([alignment.missing, alignment.targets[~single]])
+        sign_wrong, answer_span = answer.negative != truth.negative, (answer.start, answer.end)
+        answer_truth = -truth.value if answer.negative else truth.value
 
     if reward_mode == "final_answer":
         weights = is_final.astype(np.float32)
     elif reward_mode == "all_tokens":
-        weights = (target_digits >= 0).astype(np.float32)
+        weights = (tokens.target_digits >= 0).astype(np.float32)
     else:
-        weights = np.where(is_final, hybrid_weight, np.where(target_digits >= 0, 1.0 - hybrid_weight, 0.0))
+        weights = np.where(is_final, hybrid_weight, np.where(is_step, 1.0 - hybrid_weight, 0.0))
     return TargetResult(
-        target_digits=target_digits,
-        weights=weights.astype(np.float32),
-        is_self_target=is_self,
-        is_final_answer=is_final,
-        missing_digits=int(missing),
-        answer_span=answer_span,
-    )
+        target_digits=tokens.target_digits, weights=weights.astype(np.float32), places=tokens.places,
+        number_index=tokens.number_index, number_truth=tokens.number_truth, is_final_answer=is_final,
+        missing_digits=int(missing.size), missing_digit_sum=float(missing.sum()),
+        missing_digit_square_sum=float(np.square(missing).sum()), sign_wrong=bool(sign_wrong),
+        answer_truth=float(answer_truth), has_answer=answer is not None, bad_ground_truth=False,
+        answer_span=answer_span)
+
+
+_PER_TOKEN = ("target_digits", "weights", "places", "number_index", "number_truth", "is_final_answer")
+_PER_ROW = {"missing_digits": np.int32, "missing_digit_sum": np.float32, "missing_digit_square_sum": np.float32,
+            "sign_wrong": bool, "answer_truth": np.float32, "has_answer": bool, "bad_ground_truth": bool}
 
 
 def build_batch_targets(
@@ -409,7 +495,7 @@ def build_batch_targets(
     response_texts: Sequence[str | None] | None = None,
     **kwargs: Any,
 ) -> BatchTargets:
-    """Row-wise build_targets over the tokens where response_mask is set; masked-out positions get -1 / weight 0."""
+    """Row-wise build_targets over the tokens where response_mask is set; masked-out positions get no target."""
     response_ids = np.asarray(response_ids)
     response_mask = np.asarray(response_mask).astype(bool)
     chex.assert_rank(response_ids, 2)
@@ -419,27 +505,16 @@ def build_batch_targets(
         raise ValueError(f"len(ground_truths)={len(ground_truths)} does not match the batch size {batch}")
     if response_texts is not None and len(response_texts) != batch:
         raise ValueError(f"len(response_texts)={len(response_texts)} does not match the batch size {batch}")
-    out = BatchTargets(
-        target_digits=np.full((batch, length), -1, dtype=np.int32),
-        weights=np.zeros((batch, length), dtype=np.float32),
-        is_self_target=np.zeros((batch, length), dtype=bool),
-        missing_digits=np.zeros(batch, dtype=np.int32),
-        is_final_answer=np.zeros((batch, length), dtype=bool),
-    )
+    empty = _empty_result(length, bad_ground_truth=False)
+    per_token = {k: np.stack([getattr(empty, k)] * batch) for k in _PER_TOKEN}
+    per_row = {k: np.zeros(batch, dtype) for k, dtype in _PER_ROW.items()}
     for row in range(batch):
         columns = np.flatnonzero(response_mask[row])
         result = build_targets(
-            response_ids[row, columns].tolist(),
-            ground_truths[row],
-            tokenizer,
-            digit_ids,
-            reward_mode,
-            response_text=None if response_texts is None else response_texts[row],
-            **kwargs,
-        )
-        out.target_digits[row, columns] = result.target_digits
-        out.weights[row, columns] = result.weights
-        out.is_self_target[row, columns] = result.is_self_target
-        out.is_final_answer[row, columns] = result.is_final_answer
-        out.missing_digits[row] = result.missing_digits
-    return out
+            response_ids[row, columns].tolist(), ground_truths[row], tokenizer, digit_ids, reward_mode,
+            response_text=None if response_texts is None else response_texts[row], **kwargs)
+        for key in _PER_TOKEN:
+            per_token[key][row, columns] = getattr(result, key)
+        for key in _PER_ROW:
+            per_row[key][row] = getattr(result, key)
+    return BatchTargets(**per_token, **per_row)

@@ -90,7 +90,7 @@ class PPOConfig:
     kl_horizon: int = 10000
     # Critic.
     cliprange_value: float = 0.5
-    critic_warmup: int = 0
+    critic_warmup: int = 0  # the actor updates from step critic_warmup on, steps counted from 1 as in verl
     # Optimisers.
     actor_lr: float = 1e-6
     critic_lr: float = 1e-5
@@ -196,7 +196,8 @@ class TrainerConfig:
     filter_overlong_prompts: bool = True
     # Rewards.
     reward_fn_path: str | None = None
-    reward_fn_name: str = "compute_score"
+    # None: 'custom_ntl_reward' (correctness * NTL bonus) when NTL is on, else 'compute_score' (correctness only).
+    reward_fn_name: str | None = None
     reward_fn_kwargs: tuple[tuple[str, Any], ...] = ()
     reward_runner: str = "local"
     reward_num_workers: int = 2

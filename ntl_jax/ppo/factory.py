@@ -15,11 +15,11 @@ from ntl_jax.ppo.trainer import PPOTrainer
 
 #: Named NTL settings (keyword arguments of :func:`create_ntl_trainer`), as in the verl NTL guide.
 EXAMPLE_CONFIGS: dict[str, dict[str, Any]] = {
-    "final_answer_mode": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 2.0, "weight": 0.3},
-    "all_tokens_mode": {"reward_mode": "all_tokens", "method": "wasserstein", "temperature": 2.0, "weight": 0.3},
-    "aggressive_ntl": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 0.5, "weight": 0.5},
-    "forgiving_ntl": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 2.0, "weight": 0.1},
-    "debug_mode": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 2.0, "weight": 0.3,
+    "final_answer_mode": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 0.1, "weight": 0.1},
+    "all_tokens_mode": {"reward_mode": "all_tokens", "method": "wasserstein", "temperature": 0.1, "weight": 0.1},
+    "aggressive_ntl": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 0.03, "weight": 1.0},
+    "forgiving_ntl": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 0.3, "weight": 0.03},
+    "debug_mode": {"reward_mode": "final_answer", "method": "wasserstein", "temperature": 0.1, "weight": 0.1,
                    "debug_mode": True},
 }
 

@@ -85,17 +85,15 @@ def apply_kl_in_reward(
 
     kld[i,t]      = kl_penalty(logp_old, logp_ref, kind)[i,t] * mask[i,t]
     rewards[i,t]  = scores[i,t] - beta * kld[i,t],   beta = kl_coef (the controller's current value)
-    kl_mean       = mean_i ( sum_t kld[i,t] m[i,t] / sum_t m[i,t] )
+    kl_mean       = (1/B) sum_i ( sum_t kld[i,t] m[i,t] / sum_t m[i,t] )
     i.e. the batch mean of each sequence's masked token mean (verl's ``current_kl``, logged as
-    actor/reward_kl_penalty and fed to the controller with n_steps = batch size). Rows without valid tokens are
-    left out of the batch mean (verl would produce nan for them).
+    actor/reward_kl_penalty and fed to the controller with n_steps = batch size). A row without valid tokens
+    counts as 0 in the mean over all B rows, as in verl (its masked mean divides by ``sum m + 1e-8``).
     """
     chex.assert_rank(token_level_scores, 2)
     chex.assert_equal_shape((token_level_scores, old_logprobs, ref_logprobs, response_mask))
     mask = jnp.asarray(response_mask, jnp.float32)
     kld = jnp.where(mask != 0, kl_penalty(old_logprobs, ref_logprobs, kind) * mask, 0.0)
     token_rewards = jnp.asarray(token_level_scores, jnp.float32) - kl_coef * kld
-    per_sequence_kl = masked_mean(kld, mask, axis=-1)
-    row_has_tokens = (jnp.sum(mask, axis=-1) > 0).astype(jnp.float32)
-    kl_mean = masked_mean(per_sequence_kl, row_has_tokens)
+    kl_mean = jnp.mean(masked_mean(kld, mask, axis=-1))
     return token_rewards, kl_mean

@@ -24,7 +24,7 @@ import numpy as np
 
 from ntl_jax.models.sampler import GenerationOutput
 from ntl_jax.ntl.digits import digit_token_ids
-from ntl_jax.ntl.info import NTLInfo, compute_ntl_info
+from ntl_jax.ntl.info import DigitTargets, NTLInfo, compute_ntl_info
 from ntl_jax.ntl.schedules import update_running_mean
 from ntl_jax.ntl.targets import build_batch_targets
 from ntl_jax.ppo.trainer import PPOTrainer
@@ -45,8 +45,8 @@ class NTLPPOTrainer(PPOTrainer):
         self._ntl_info: NTLInfo | None = None
         self._ntl_active = True  # False for a step that fell back to standard PPO
         self._tau = 0.0
-        self._running_ntl: float | None = None
-        self.ntl_counters = {"extraction_failures": 0, "batches_without_digits": 0}
+        self._running_error: float | None = None
+        self.ntl_counters = {"extraction_failures": 0, "batches_without_digits": 0, "bad_ground_truths": 0}
         super().__init__(*args, **kwargs)
         if not self.config.ntl.enabled:
             raise ValueError("NTLPPOTrainer needs NTLConfig.enabled=True (or use_ntl_trainer=True)")
@@ -55,12 +55,18 @@ class NTLPPOTrainer(PPOTrainer):
     def ntl(self):
         return self.config.ntl
 
+    def reward_fn_name(self) -> str:
+        """By default the NTL-aware reward: switching NTL on makes the rewards see it (``custom_ntl_reward``)."""
+        if self.run.reward_fn_name is None and self.run.reward_fn_path is None:
+            return "custom_ntl_reward"
+        return super().reward_fn_name()
+
     def setup_digits(self) -> Any:
         ids = digit_token_ids(self.tokenizer, logits_dim=self.models.model_config.vocab_size,
                               cache=self.ntl.cache_digit_mappings)
         return jnp.asarray(ids, jnp.int32)
 
-    def _fallback(self, reason: str) -> tuple[np.ndarray, np.ndarray]:
+    def _fallback(self, reason: str, gen: GenerationOutput) -> DigitTargets:
         self.ntl_counters["extraction_failures"] += 1
         if not self.ntl.fallback_on_error:
             raise NTLError(f"NTL failed at step {self.global_step}: {reason} (set NTLConfig.fallback_on_error=True "
@@ -68,29 +74,29 @@ class NTLPPOTrainer(PPOTrainer):
         log.warning("NTL failed at step %d (%s); running this step as standard PPO (fallback_on_error)",
                     self.global_step, reason)
         self._ntl_active = False
-        return super().prepare_ntl(self._last_gen, [])
+        return super().prepare_ntl(gen, [])
 
-    def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        self._ntl_active, self._ntl_info, self._last_gen = True, None, gen
+    def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> DigitTargets:
+        self._ntl_active, self._ntl_info = True, None
         ground_truths = [str(row["reward_model"]["ground_truth"]) for row in rows]
         try:
-            targets = build_batch_targets(gen.response_ids, gen.response_mask, ground_truths, self.tokenizer,
-                                          np.asarray(self.digit_ids), self.ntl.reward_mode,
-                                          answer_extraction=self.ntl.answer_extraction,
-                                          hybrid_weight=self.ntl.hybrid_weight)
+            batch = build_batch_targets(gen.response_ids, gen.response_mask, ground_truths, self.tokenizer,
+                                        np.asarray(self.digit_ids), self.ntl.reward_mode,
+                                        answer_extraction=self.ntl.answer_extraction,
+                                        hybrid_weight=self.ntl.hybrid_weight)
         except Exception as err:  # noqa: BLE001 - any extraction failure is handled by the configured policy
-            return self._fallback(f"{type(err).__name__}: {err}")
-        target_digits = np.asarray(targets.target_digits, np.int32)
-        weights = np.asarray(targets.weights, np.float32) * (gen.response_mask > 0)
-        if not np.any(weights > 0):
+            return self._fallback(f"{type(err).__name__}: {err}", gen)
+        self.ntl_counters["bad_ground_truths"] += int(batch.bad_ground_truth.sum())
+        if not np.any(batch.weights > 0):
             if self.ntl.require_digits:
-                return self._fallback("no response in the batch has a digit target (require_digits=True)")
+                return self._fallback("no response in the batch has a digit target (require_digits=True)", gen)
             self.ntl_counters["batches_without_digits"] += 1
             log.info("step %d: no digit targets in the batch; rewards are standard for this step", self.global_step)
-        return target_digits, weights
+        answer_weight = self.ntl.hybrid_weight if self.ntl.reward_mode == "hybrid" else 1.0
+        return DigitTargets.from_batch(batch, answer_weight)
 
-    def ntl_after_logprobs(self, gen: GenerationOutput, digit_logits: Any, targets: np.ndarray,
-                           weights: np.ndarray, texts: list[str]) -> dict[str, float]:
+    def ntl_after_logprobs(self, gen: GenerationOutput, digit_logits: Any, targets: DigitTargets,
+                           texts: list[str]) -> dict[str, float]:
         metrics = {f"ntl/{k}": float(v) for k, v in self.ntl_counters.items()}
         if not self._ntl_active:
             return metrics
@@ -99,40 +105,30 @@ class NTLPPOTrainer(PPOTrainer):
             source = jnp.asarray(gen.digit_logits)
         elif not self.ntl.extract_during_log_prob:
             return metrics
-        info = compute_ntl_info(source, jnp.asarray(targets), jnp.asarray(weights), self.ntl.method,
-                                sequence_strings=texts if self.ntl.debug_mode else None)
-        info = info.to_host()
+        info = compute_ntl_info(source, targets, self.ntl.method,
+                                sequence_strings=texts if self.ntl.debug_mode else None).to_host()
         self._ntl_info = info
-        has_digits = np.asarray(info.has_digits)
-        batch_loss = float(info.ntl_loss)
-        if has_digits.any():
-            self._running_ntl = update_running_mean(self._running_ntl, batch_loss)
-        self._tau = float(self.ntl.tau_at(self.global_step, self._running_ntl))
-        bonus = np.exp(-np.asarray(info.per_sequence_loss)[has_digits] / self._tau)
-        metrics.update({
-            "ntl/loss": batch_loss,
-            "ntl/digit_accuracy": float(info.digit_accuracy),
-            "ntl/total_digits": float(info.total_digits),
-            "ntl/correct_digits": float(info.correct_digits),
-            "ntl/reward": float(bonus.mean()) if bonus.size else 0.0,
-            "ntl/temperature": self._tau,
-            "ntl/frac_with_digits": float(has_digits.mean()),
-        })
+        has_answer = np.asarray(info.has_answer)
+        if has_answer.any():
+            self._running_error = update_running_mean(self._running_error,
+                                                    float(np.mean(np.asarray(info.number_error)[has_answer])))
+        self._tau = float(self.ntl.tau_at(self.global_step, self._running_error))
+        metrics.update(info.to_metrics())
+        metrics["ntl/temperature"] = self._tau
         if self.ntl.debug_mode:
-            self._log_debug(info, targets, weights)
+            self._log_debug(info)
         if self.ntl.save_digit_info:
             self._save_digit_info(info, texts)
         return metrics
 
-    def _log_debug(self, info: NTLInfo, targets: np.ndarray, weights: np.ndarray) -> None:
+    def _log_debug(self, info: NTLInfo) -> None:
         for i in range(min(info.batch_size, 4)):
             view = info.sample_view(i)
-            log.info("[ntl debug] step=%d sample=%d text=%r positions=%s targets=%s predictions=%s weights=%s "
-                     "ntl=%.4f acc=%.3f", self.global_step, i,
+            log.info("[ntl debug] step=%d sample=%d text=%r positions=%s targets=%s predictions=%s missing=%d "
+                     "sign_wrong=%s ntl=%.4f answer_error=%.4f acc=%.3f", self.global_step, i,
                      info.sequence_strings[i] if info.sequence_strings else None, view["digit_positions"],
-                     view["digit_ground_truth"], view["digit_predictions"],
-                     [round(float(w), 3) for w in weights[i][view["digit_positions"]]], view["ntl_loss"],
-                     view["digit_accuracy"])
+                     view["digit_ground_truth"], view["digit_predictions"], view["missing_digits"],
+                     view["sign_wrong"], view["ntl_loss"], view["answer_error"], view["digit_accuracy"])
 
     def _save_digit_info(self, info: NTLInfo, texts: list[str]) -> None:
         path = os.path.join(self.output_dir, "digit_info.jsonl")
@@ -150,9 +146,9 @@ class NTLPPOTrainer(PPOTrainer):
         return float(self.ntl.weight) if self._ntl_active else 0.0
 
     def extra_meta(self) -> dict[str, Any]:
-        running = self._running_ntl if self._running_ntl is not None and math.isfinite(self._running_ntl) else None
-        return {"ntl_counters": dict(self.ntl_counters), "ntl_running_loss": running}
+        running = self._running_error if self._running_error is not None and math.isfinite(self._running_error) else None
+        return {"ntl_counters": dict(self.ntl_counters), "ntl_running_number_error": running}
 
     def load_extra_meta(self, meta: dict[str, Any]) -> None:
         self.ntl_counters.update(meta.get("ntl_counters", {}))
-        self._running_ntl = meta.get("ntl_running_loss")
+        self._running_error = meta.get("ntl_running_number_error")

@@ -8,6 +8,8 @@ arguments are pytrees of arrays with explicit shardings on the mesh:
 - ``make_value_step``: critic values for the response tokens.
 - ``make_actor_update`` / ``make_critic_update``: one optimiser step on a mini-batch, with gradient
   accumulation over micro-batches (``lax.scan``), global-norm clipping, and non-finite updates skipped.
+  Every loss is aggregated over the whole mini-batch (verl's global batch info), so the accumulated gradient
+  equals the full-batch gradient for any micro-batch split and device count.
   In NTL mode the actor loss adds ``ntl_weight * NTL(digit_logits[target positions])`` computed from the
   *same* forward's digit slice, so NTL costs one [B, T, 10] gather, not a second forward.
 """
@@ -26,10 +28,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.models.logprobs import TokenLogProbs, sequence_logprobs
-from ntl_jax.ntl.losses import ntl_loss
-from ntl_jax.ppo.advantages import masked_mean
+from ntl_jax.ntl.losses import NumberLayout, effective_weights, ntl_per_position
 from ntl_jax.ppo.config import PPOConfig
-from ntl_jax.ppo.losses import agg_loss, kl_penalty, policy_loss, value_loss
+from ntl_jax.ppo.losses import LossNormalizer, agg_loss, kl_penalty, policy_loss, token_mean, value_loss
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -49,6 +50,7 @@ class RolloutBatch:
     returns: jax.Array  # [N, T]
     ntl_targets: jax.Array  # [N, T] int32, -1 where no digit target
     ntl_weights: jax.Array  # [N, T] float32, 0 where no digit target
+    ntl_layout: NumberLayout | None = None  # which number each target belongs to (NTL-number); None: digit runs
 
     @property
     def size(self) -> int:
@@ -87,14 +89,18 @@ def response_values(critic: nnx.Module, prompt_ids, prompt_mask, response_ids, r
 
 
 def make_logprob_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any, *, digit_ids: jax.Array | None,
-                      chunk_size: int, compute_entropy: bool = True) -> Callable[..., TokenLogProbs]:
-    """``(state, prompt_ids, prompt_mask, response_ids, response_mask) -> TokenLogProbs`` (jitted)."""
+                      chunk_size: int, temperature: float, compute_entropy: bool = True) -> Callable[..., TokenLogProbs]:
+    """``(state, prompt_ids, prompt_mask, response_ids, response_mask) -> TokenLogProbs`` (jitted).
+
+    Log-probs and entropy are of ``logits / temperature``, the rollout temperature (verl), so old, current and
+    reference log-probs all describe the distribution the responses were sampled from.
+    """
     data = batch_sharding(mesh)
 
     def step(state, prompt_ids, prompt_mask, response_ids, response_mask):
         model = nnx.merge(graphdef, state)
         return sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, digit_ids=digit_ids,
-                                 chunk_size=chunk_size, compute_entropy=compute_entropy)
+                                 chunk_size=chunk_size, compute_entropy=compute_entropy, temperature=temperature)
 
     out = TokenLogProbs(logprobs=data, entropy=data if compute_entropy else None,
                         digit_logits=data if digit_ids is not None else None)
@@ -135,104 +141,125 @@ class ActorLossSettings:
     kl_loss_type: str
     ntl_method: str | None  # None = standard PPO (no digit slice, no NTL term)
     chunk_size: int
+    temperature: float = 1.0  # rollout temperature: log-probs, entropy and KL are of logits / temperature (verl)
 
     @classmethod
     def from_config(cls, cfg: PPOConfig, ntl_method: str | None) -> "ActorLossSettings":
         return cls(cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode, cfg.entropy_coeff,
-                   cfg.use_kl_loss, cfg.kl_loss_coef, cfg.kl_loss_type, ntl_method, cfg.logprob_chunk_size)
+                   cfg.use_kl_loss, cfg.kl_loss_coef, cfg.kl_loss_type, ntl_method, cfg.logprob_chunk_size,
+                   cfg.temperature)
+
+
+def ntl_token_losses(digit_logits: jax.Array, batch: RolloutBatch, method: str) -> jax.Array:
+    """Per-token NTL matrix [N, T]: ``w_t * NTL_t`` at digit-target positions (w = hybrid weight), 0 elsewhere."""
+    weights = effective_weights(batch.ntl_targets, batch.ntl_weights * batch.response_mask)
+    return ntl_per_position(digit_logits, batch.ntl_targets, weights, method, batch.ntl_layout) * weights
 
 
 def actor_loss(model: nnx.Module, batch: RolloutBatch, ntl_weight: jax.Array, settings: ActorLossSettings,
-               digit_ids: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+               digit_ids: jax.Array | None, normalizer: LossNormalizer | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``L = pg_loss - entropy_coeff * H + kl_loss_coef * KL(pi || ref) + ntl_weight * NTL``.
 
-    NTL (when ``settings.ntl_method`` is set) is the masked mean over target positions of the per-position NTL of
-    ``digit_logits = logits[..., digit_ids]`` from this same forward; ``ntl_weights`` carry the hybrid weights.
+    Every term is aggregated over response tokens with ``loss_agg_mode`` and the mini-batch ``normalizer``
+    (default: this batch's own counts). NTL (when ``settings.ntl_method`` is set) is the per-token matrix of
+    :func:`ntl_token_losses` on ``digit_logits = logits[..., digit_ids]`` of this same forward, aggregated like the
+    policy-gradient loss: with token-mean, ``NTL = sum_digit_positions w * ntl / N_tokens``, so ``ntl_weight = 1``
+    gives an NTL of 1 at one digit position the pull of a policy-gradient loss of 1 at one token, whatever the
+    response length, the micro-batch split or the device count.
     """
     use_ntl = settings.ntl_method is not None
     out = sequence_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                             digit_ids=digit_ids if use_ntl else None, chunk_size=settings.chunk_size,
-                            compute_entropy=True)
+                            compute_entropy=True, temperature=settings.temperature)
     mask = batch.response_mask
+
+    def agg(loss_mat: jax.Array) -> jax.Array:
+        return agg_loss(loss_mat, mask, settings.loss_agg_mode, normalizer=normalizer)
+
     pg_loss, pg_metrics = policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, mask,
                                       clip_ratio_low=settings.clip_ratio_low, clip_ratio_high=settings.clip_ratio_high,
-                                      clip_ratio_c=settings.clip_ratio_c, loss_agg_mode=settings.loss_agg_mode)
-    entropy = agg_loss(out.entropy, mask, settings.loss_agg_mode)
+                                      clip_ratio_c=settings.clip_ratio_c, loss_agg_mode=settings.loss_agg_mode,
+                                      normalizer=normalizer)
+    entropy = agg(out.entropy)
     loss = pg_loss - settings.entropy_coeff * entropy
     metrics = {"actor/pg_loss": pg_loss, "actor/entropy": entropy, **{f"actor/{k}": v for k, v in pg_metrics.items()}}
     if settings.use_kl_loss:
-        kl = agg_loss(kl_penalty(out.logprobs, batch.ref_logprobs, settings.kl_loss_type), mask,
-                      settings.loss_agg_mode)
+        kl = agg(kl_penalty(out.logprobs, batch.ref_logprobs, settings.kl_loss_type))
         loss = loss + settings.kl_loss_coef * kl
         metrics["actor/kl_loss"] = kl
     if use_ntl:
-        ntl_mask = batch.ntl_weights * mask
-        ntl = ntl_loss(out.digit_logits, batch.ntl_targets, ntl_mask, settings.ntl_method)
+        ntl = agg(ntl_token_losses(out.digit_logits, batch, settings.ntl_method))
         loss = loss + ntl_weight * ntl
         metrics["ntl/train_loss"] = ntl
     return loss, metrics
 
 
-def critic_loss(model: nnx.Module, batch: RolloutBatch, cliprange_value: float,
-                loss_agg_mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+def critic_loss(model: nnx.Module, batch: RolloutBatch, cliprange_value: float, loss_agg_mode: str,
+                normalizer: LossNormalizer | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clipped value loss ``0.5 * agg(max((V - R)^2, (clip(V, V_old +- c) - R)^2))``."""
     values = response_values(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
     loss, vf_metrics = value_loss(values, batch.old_values, batch.returns, batch.response_mask,
-                                  cliprange_value=cliprange_value, loss_agg_mode=loss_agg_mode)
-    metrics = {"critic/vf_loss": loss, "critic/vpred_mean": masked_mean(values, batch.response_mask),
+                                  cliprange_value=cliprange_value, loss_agg_mode=loss_agg_mode, normalizer=normalizer)
+    metrics = {"critic/vf_loss": loss, "critic/vpred_mean": token_mean(values, batch.response_mask, normalizer),
                **{f"critic/{k}": v for k, v in vf_metrics.items()}}
     return loss, metrics
 
 
 def _split_micro(batch: RolloutBatch, num_micro: int) -> RolloutBatch:
-    return jax.tree.map(lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]), batch)
+    """[N, ...] -> [num_micro, N / num_micro, ...], micro-batch m holding rows m, m + num_micro, m + 2 num_micro, ...
+
+    Strided rather than contiguous: rows are sharded over the data-parallel devices in contiguous blocks, so every
+    micro-batch keeps rows on every device (a contiguous split would leave most devices idle in each micro-step).
+    """
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def make_update_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: Callable[..., Any],
                      *, num_micro_batches: int, mesh: Mesh, param_shardings: Any, opt_shardings: Any,
                      metric_prefix: str) -> Callable[..., Any]:
-    """One optimiser step on a mini-batch: mean gradient over ``num_micro_batches`` micro-batches (``lax.scan``).
+    """One optimiser step on a mini-batch, accumulating gradients over ``num_micro_batches`` (``lax.scan``).
 
-    ``loss_fn(model, micro_batch, *extra) -> (loss, metrics)``. A step whose loss or gradient norm is not finite
-    leaves params and optimiser state unchanged and reports ``<prefix>/update_skipped = 1``.
-    Params and optimiser state are donated.
+    ``loss_fn(model, micro_batch, normalizer, *extra) -> (loss, metrics)`` returns the micro-batch's share of the
+    mini-batch loss (:class:`LossNormalizer` carries the mini-batch's token and row counts), so the summed
+    gradient *is* the full-batch gradient, whatever the split; metrics are shares too and are summed.
+    A step whose loss or gradient norm is not finite leaves params and optimiser state unchanged and reports
+    ``<prefix>/update_skipped = 1``. Params and optimiser state are donated.
     """
     data = batch_sharding(mesh)
     rep = replicated(mesh)
 
     def step(params, opt_state, batch: RolloutBatch, *extra):
         chex.assert_equal(batch.size % num_micro_batches, 0)
+        normalizer = LossNormalizer.of(batch.response_mask)
         micro = _split_micro(batch, num_micro_batches)
 
         def micro_grad(carry, micro_batch):
             def loss_of(p):
-                return loss_fn(nnx.merge(graphdef, p), micro_batch, *extra)
+                return loss_fn(nnx.merge(graphdef, p), micro_batch, normalizer, *extra)
 
             (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
             grad_sum = jax.tree.map(jnp.add, carry, grads)
             return grad_sum, (loss, metrics)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grad_sum, (losses, metrics) = jax.lax.scan(micro_grad, zeros, micro)
-        grads = jax.tree.map(lambda g: g / num_micro_batches, grad_sum)
+        grads, (losses, metrics) = jax.lax.scan(micro_grad, zeros, micro)
         grad_norm = optax.tree.norm(grads)
-        loss = jnp.mean(losses)
+        loss = jnp.sum(losses)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_params = jax.tree.map(keep, new_params, params)
         new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-        out_metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+        out_metrics = {k: jnp.sum(v) for k, v in metrics.items()}
         out_metrics[f"{metric_prefix}/grad_norm"] = grad_norm
         out_metrics[f"{metric_prefix}/loss"] = loss
         out_metrics[f"{metric_prefix}/update_skipped"] = 1.0 - finite.astype(jnp.float32)
         return new_params, new_opt_state, out_metrics
 
-    batch_shardings = jax.tree.map(lambda _: data, RolloutBatch(*([0] * 11)))
-
-    def jitted(num_extra: int):
-        return jax.jit(step, in_shardings=(param_shardings, opt_shardings, batch_shardings) + (rep,) * num_extra,
+    def jitted(num_extra: int):  # ``data`` is a prefix: every leaf of the batch is sharded on its leading axis
+        return jax.jit(step, in_shardings=(param_shardings, opt_shardings, data) + (rep,) * num_extra,
                        out_shardings=(param_shardings, opt_shardings, rep), donate_argnums=(0, 1))
 
     return jitted
@@ -242,8 +269,8 @@ def make_actor_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, 
                       digit_ids: jax.Array | None, num_micro_batches: int, mesh: Mesh, param_shardings: Any,
                       opt_shardings: Any) -> Callable[..., Any]:
     """``(params, opt_state, batch, ntl_weight) -> (params, opt_state, metrics)`` (jitted, donating)."""
-    def loss_fn(model, micro_batch, ntl_weight):
-        return actor_loss(model, micro_batch, ntl_weight, settings, digit_ids)
+    def loss_fn(model, micro_batch, normalizer, ntl_weight):
+        return actor_loss(model, micro_batch, ntl_weight, settings, digit_ids, normalizer)
 
     return make_update_step(graphdef, tx, loss_fn, num_micro_batches=num_micro_batches, mesh=mesh,
                             param_shardings=param_shardings, opt_shardings=opt_shardings,
@@ -254,8 +281,8 @@ def make_critic_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                        num_micro_batches: int, mesh: Mesh, param_shardings: Any,
                        opt_shardings: Any) -> Callable[..., Any]:
     """``(params, opt_state, batch) -> (params, opt_state, metrics)`` (jitted, donating)."""
-    def loss_fn(model, micro_batch):
-        return critic_loss(model, micro_batch, cfg.cliprange_value, cfg.loss_agg_mode)
+    def loss_fn(model, micro_batch, normalizer):
+        return critic_loss(model, micro_batch, cfg.cliprange_value, cfg.loss_agg_mode, normalizer)
 
     return make_update_step(graphdef, tx, loss_fn, num_micro_batches=num_micro_batches, mesh=mesh,
                             param_shardings=param_shardings, opt_shardings=opt_shardings,

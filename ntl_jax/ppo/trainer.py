@@ -34,6 +34,7 @@ from ntl_jax.data.verl_parquet import PromptBatch, PromptLoader
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.distributed.multihost import is_main_process
 from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams
+from ntl_jax.ntl.info import DigitTargets
 from ntl_jax.ppo import state as state_lib
 from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
 from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
@@ -124,7 +125,7 @@ class PPOTrainer:
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh)
         self.rollout = self._build_rollout()
         self.reward_spec = reward_fn if isinstance(reward_fn, RewardFnSpec) else RewardFnSpec(
-            path=self.run.reward_fn_path, name=self.run.reward_fn_name, kwargs=dict(self.run.reward_fn_kwargs))
+            path=self.run.reward_fn_path, name=self.reward_fn_name(), kwargs=dict(self.run.reward_fn_kwargs))
         self.reward_runner = self._build_reward_runner(self.reward_spec)
         self.val_runner = self.reward_runner
         self.loader = PromptLoader(train_rows, tokenizer, self.ppo.train_batch_size, seed=self.run.seed,
@@ -155,6 +156,10 @@ class PPOTrainer:
                 raise ValueError(f"{name}={value} is invalid; allowed: a multiple of the data-parallel device "
                                  f"count data*fsdp={shards}")
 
+    def reward_fn_name(self) -> str:
+        """``TrainerConfig.reward_fn_name``, or by default the correctness-only scorer."""
+        return self.run.reward_fn_name or "compute_score"
+
     def setup_digits(self) -> jax.Array | None:
         """Digit token ids for the sampler and NTL (None in standard mode)."""
         return None
@@ -164,10 +169,10 @@ class PPOTrainer:
         ntl_method = self.config.ntl.method if self.use_ntl else None
         self.logprob_step = make_logprob_step(models.policy.graphdef, mesh, models.policy.shardings,
                                               digit_ids=self.digit_ids if self.use_ntl else None,
-                                              chunk_size=ppo.logprob_chunk_size)
+                                              chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature)
         self.ref_logprob_step = make_logprob_step(models.policy.graphdef, mesh, models.policy.shardings,
                                                   digit_ids=None, chunk_size=ppo.logprob_chunk_size,
-                                                  compute_entropy=False)
+                                                  temperature=ppo.temperature, compute_entropy=False)
         settings = ActorLossSettings.from_config(ppo, ntl_method)
         self.actor_update = make_actor_update(models.policy.graphdef, models.policy.tx, settings,
                                               digit_ids=self.digit_ids, num_micro_batches=ppo.num_micro_batches,
@@ -206,13 +211,13 @@ class PPOTrainer:
             ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
 
     # ----------------------------------------------------------------- NTL hooks (no-ops here)
-    def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-token NTL targets and weights for the batch: none in standard PPO."""
+    def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> DigitTargets:
+        """The batch's NTL targets: none in standard PPO."""
         shape = gen.response_ids.shape
-        return np.full(shape, -1, np.int32), np.zeros(shape, np.float32)
+        return DigitTargets.from_arrays(np.full(shape, -1, np.int32), np.zeros(shape, np.float32))
 
-    def ntl_after_logprobs(self, gen: GenerationOutput, digit_logits: Any, targets: np.ndarray,
-                           weights: np.ndarray, texts: list[str]) -> dict[str, float]:
+    def ntl_after_logprobs(self, gen: GenerationOutput, digit_logits: Any, targets: DigitTargets,
+                           texts: list[str]) -> dict[str, float]:
         """Build NTLInfo from the log-prob pass (NTL mode); returns metrics."""
         return {}
 
@@ -256,10 +261,10 @@ class PPOTrainer:
         response_mask = self._device(gen.response_mask.astype(np.float32))
         arrays = (prompt_ids, prompt_mask, response_ids, response_mask)
         with timed(timings, "ntl_targets"):
-            ntl_targets, ntl_weights = self.prepare_ntl(gen, rows)
+            ntl = jax.device_put(self.prepare_ntl(gen, rows), batch_sharding(self.mesh))
         with timed(timings, "old_log_prob"):
             old = self._forward_in_chunks(self.logprob_step, models.policy.params, arrays)
-            metrics = self.ntl_after_logprobs(gen, old.digit_logits, ntl_targets, ntl_weights, texts)
+            metrics = self.ntl_after_logprobs(gen, old.digit_logits, ntl, texts)
         ref_logprobs = old.logprobs
         if models.reference is not None:
             with timed(timings, "ref"):
@@ -290,13 +295,13 @@ class PPOTrainer:
                 gamma=ppo.gamma, lam=ppo.lam, scores=None if ppo.use_kl_in_reward else scores, group_ids=group_ids,
                 num_groups=ppo.train_batch_size, norm_by_std=ppo.norm_adv_by_std_in_grpo)
         rollout = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, old.logprobs, ref_logprobs,
-                               values, advantages, returns, self._device(ntl_targets), self._device(ntl_weights))
+                               values, advantages, returns, ntl.target_digits, ntl.weights, ntl.layout)
         update_metrics = self.update(rollout, timings)
         metrics.update(update_metrics)
         metrics.update(batch_metrics(gen, scores=np.asarray(rewards.scores), token_rewards=token_rewards,
                                      advantages=advantages, returns=returns, values=values,
                                      max_response_length=ppo.max_response_length,
-                                     with_critic=models.critic is not None))
+                                     with_critic=models.critic is not None, group_size=ppo.rollout_n))
         metrics.update(self._reward_extras(rewards))
         timings["timing_s/step"] = time.perf_counter() - step_start
         num_tokens = int(gen.response_mask.sum() + gen.prompt_mask.sum())
@@ -340,7 +345,7 @@ class PPOTrainer:
                         models.critic.params, models.critic.opt_state, cm = self.critic_update(
                             models.critic.params, models.critic.opt_state, mini)
                         collected.append(cm)
-                if self.global_step >= ppo.critic_warmup:
+                if ppo.critic_warmup <= self.global_step + 1:  # verl counts steps from 1
                     with timed(timings, "update_actor"):
                         models.policy.params, models.policy.opt_state, am = self.actor_update(
                             models.policy.params, models.policy.opt_state, mini, ntl_weight)

@@ -44,7 +44,7 @@ class WarmStartConfig:
     eval_every: int = 100
     eval_samples: int = 256
     target_accuracy: float = 0.35
-    seed: int = 0
+    seed: int | None = None  # None: the run's TrainerConfig.seed, so one seed binding varies the whole run
 
     def __post_init__(self) -> None:
         n = "WarmStartConfig"
@@ -55,6 +55,8 @@ class WarmStartConfig:
         check_range(n, "learning_rate", self.learning_rate, 0.0, lo_open=True)
         check_range(n, "ntl_weight", self.ntl_weight, 0.0)
         check_choice(n, "ntl_method", self.ntl_method, METHODS)
+        if self.seed is not None:
+            check_positive_int(n, "seed", self.seed, allow_zero=True)
 
 
 def pack_supervised(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
@@ -136,7 +138,7 @@ def supervised_warm_start(model: nnx.Module, tokenizer: Any, train_rows: list[di
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, **metrics}
 
     sampler = Sampler(graphdef, model.config, eos_token_ids=[eos], pad_token_id=tokenizer.pad_token_id)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(0 if cfg.seed is None else cfg.seed)
     history: list[dict[str, float]] = []
     start_time = time.perf_counter()
     bar = tqdm(total=cfg.max_steps, desc="warm start", disable=not progress, dynamic_ncols=True)

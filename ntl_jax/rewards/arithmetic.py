@@ -21,9 +21,10 @@ Untrusted text:
   read from a group boundary; its value is then wrong anyway.)
 - All patterns are linear (no nested quantifiers) and run on at most 300 characters.
 
-``compute_score`` returns ``{'score', 'acc', 'abs_error', 'has_answer'}`` where
-``abs_error = min(|pred - truth|, ABS_ERROR_CAP)`` and ``ABS_ERROR_CAP`` when there is no answer, so a mean over a
-batch stays finite and comparable.
+``compute_score`` returns ``{'score', 'acc', 'abs_error', 'digit_acc', 'has_answer'}`` where
+``abs_error = min(|pred - truth|, ABS_ERROR_CAP)``, and ``|truth|`` (the error of answering 0) when there is no
+answer, so a mean over a batch stays finite and comparable: one unanswered problem moves it by its truth's size,
+not by the cap; ``digit_acc`` is the place-value digit accuracy of the answer (:func:`digit_accuracy`).
 """
 from __future__ import annotations
 
@@ -67,23 +68,55 @@ def parse_ground_truth(ground_truth: str | int) -> Fraction:
     return _to_fraction(text)
 
 
+def _place_digits(number_text: str) -> tuple[bool, str, str]:
+    """(negative, integer digits without leading zeros, fraction digits without trailing zeros)."""
+    text = number_text.replace(",", "").strip()
+    negative = text.startswith("-")
+    int_part, _, frac_part = text.lstrip("-").partition(".")
+    int_part, frac_part = int_part.lstrip("0") or "0", frac_part.rstrip("0")
+    return negative and (int_part != "0" or bool(frac_part)), int_part, frac_part
+
+
+def digit_accuracy(answer_text: str, truth_text: str) -> float:
+    """Share of places where the answer's digit equals the truth's, over every place either has.
+
+    Integer digits are right-aligned at the units, fraction digits left-aligned at the point (leading integer and
+    trailing fraction zeros dropped); a place only one of them has counts as wrong, so a missing or an extra digit
+    costs a place. A wrong sign makes every place wrong: ``digit_accuracy('1234', '1234') = 1``,
+    ``('1204', '1234') = 0.75``, ``('234', '1234') = 0.75``, ``('-1234', '1234') = 0``.
+    """
+    answer_negative, answer_int, answer_frac = _place_digits(answer_text)
+    truth_negative, truth_int, truth_frac = _place_digits(truth_text)
+    int_places, frac_places = max(len(answer_int), len(truth_int)), max(len(answer_frac), len(truth_frac))
+    if answer_negative != truth_negative:
+        return 0.0
+    correct = sum(a == t for a, t in zip(answer_int.rjust(int_places, " "), truth_int.rjust(int_places, " "))
+                  if a != " ")
+    correct += sum(a == t for a, t in zip(answer_frac.ljust(frac_places, " "), truth_frac.ljust(frac_places, " "))
+                   if a != " ")
+    return correct / (int_places + frac_places)
+
+
 def compute_score(
     solution_str: str, ground_truth: str | int, format_score: float = 0.0, score: float = 1.0
 ) -> dict:
     """Exact numeric match of the extracted answer with the ground truth.
 
     score = ``score`` if pred == truth, ``format_score`` if an answer was found but differs, 0.0 if none;
-    acc = 1.0 if pred == truth else 0.0; abs_error = min(|pred - truth|, ABS_ERROR_CAP) (cap when no answer).
+    acc = 1.0 if pred == truth else 0.0; abs_error = min(|pred - truth|, ABS_ERROR_CAP) (|truth| when no answer);
+    digit_acc = :func:`digit_accuracy` of the answer (0 when no answer).
     """
     truth = parse_ground_truth(ground_truth)
     answer_text = extract_answer(solution_str)
     if answer_text is None:
-        return {"score": 0.0, "acc": 0.0, "abs_error": ABS_ERROR_CAP, "has_answer": False}
+        return {"score": 0.0, "acc": 0.0, "abs_error": float(min(abs(truth), Fraction(ABS_ERROR_CAP))),
+                "digit_acc": 0.0, "has_answer": False}
     error = abs(_to_fraction(answer_text) - truth)
     correct = error == 0
     return {
         "score": float(score) if correct else float(format_score),
         "acc": 1.0 if correct else 0.0,
         "abs_error": float(min(error, Fraction(ABS_ERROR_CAP))),
+        "digit_acc": digit_accuracy(answer_text, str(ground_truth).strip()),
         "has_answer": True,
     }

@@ -1,22 +1,32 @@
 """Reward functions that combine answer correctness with a Number Token Loss bonus.
 
     correctness = score of default_compute_score(data_source, solution_str, ground_truth)   (gsm8k, arithmetic: 1/0)
-    ntl_bonus   = exp(-ntl_loss / tau)          in (0, 1]; 1 when the model put all digit mass on the target digits
+    ntl_bonus   = exp(-number_error / tau)       in (0, 1]
 
-combination (keyword argument, default 'add'):
+``number_error`` (``ntl_jax.ntl.info``) is the relative error ``|Yhat - Y| / max(|Y|, 1)`` of the answer the model
+*expects* (``Yhat`` from its digit distributions at the answer's places, with the answer's sign and digit count),
+and in all_tokens / hybrid mode the largest such error over the checked arithmetic steps too. It grows with
+``|answer - truth|``, so the bonus ranks a near miss above a far miss; a per-digit loss cannot (``999`` vs ``1000``
+differs in every digit, ``0`` in one). ``tau`` is the relative error at which the bonus falls to 1/e.
+
+combination (keyword argument, default 'multiply'):
+    'multiply': score = correctness * ntl_bonus   (a wrong answer gets nothing; a right one is scaled by how surely
+                the model meant it; with a ``format_score`` > 0 a formatted-but-wrong answer gets
+                ``format_score * ntl_bonus``)
     'add':      score = correct_weight * correctness + ntl_weight * ntl_bonus
-                (defaults 0.5 / 0.5: the public verl NTL fork's ``0.5*exact_match + 0.5*exp(-ntl_loss/tau)``)
-    'multiply': score = correctness * ntl_bonus   (a wrong answer gets nothing; a right one is scaled by
-                confidence; with a ``format_score`` > 0 a formatted-but-wrong answer gets ``format_score * ntl_bonus``)
-    'replace':  score = ntl_bonus                  (correctness is still computed and logged as ``acc``)
+                (0.5 / 0.5 is the public verl NTL fork's form; here its bonus is number-level)
 
-Without NTL (``ntl_info`` absent, or ``ntl_info['has_digits']`` False: no digit targets for this sample) the score is
-the plain correctness for every combination, and ``ntl_bonus = ntl_loss = 0.0``, ``ntl_used = 0.0`` are logged.
+Both satisfy, for any truth and any confident policy (``tests/test_reward_properties.py``): a correct answer scores
+strictly above every wrong one; among wrong answers the bonus does not grow as ``|answer - truth|`` grows; a response
+without an answer never scores above a formatted near miss. A score that ignores correctness (the bonus alone)
+cannot rank a hesitant right answer above a confident wrong one, so it is not offered.
 
-``custom_ntl_final`` and ``custom_ntl_all`` compute the same formula; they differ in which ``ntl_info`` the trainer
-passes: with ``reward_mode='final_answer'`` the NTL targets cover only the digits of the final answer, with
-``reward_mode='all_tokens'`` every digit of the response. Name the one that matches the trainer's ``reward_mode``
-in the reward spec so the configuration reads as what it does. Both accept the same keyword arguments.
+The bonus applies only when the sample has a final answer that NTL aligned (``ntl_info['has_answer']``) and the
+scorer found an answer too; otherwise the score is the plain correctness and ``ntl_bonus = 0.0``,
+``ntl_used = 0.0`` are logged.
+
+``custom_ntl_final`` and ``custom_ntl_all`` are one function under two names: which errors ``number_error`` covers
+is set by the trainer's ``reward_mode``.
 """
 from __future__ import annotations
 
@@ -26,76 +36,83 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ntl_jax.rewards.registry import default_compute_score, normalize_reward_output
+from ntl_jax.rewards.registry import default_compute_score, normalize_reward_output, scorer_found_answer
 
-COMBINATIONS = ("add", "multiply", "replace")
-DEFAULT_TAU = 2.0
+COMBINATIONS = ("multiply", "add")
+DEFAULT_TAU = 0.1
 
 
-def ntl_bonus(ntl_loss: float, tau: float) -> float:
-    """exp(-ntl_loss / tau); ntl_loss must be finite and >= 0, tau finite and > 0."""
+def ntl_bonus(error: float, tau: float) -> float:
+    """exp(-error / tau); error must be finite and >= 0, tau finite and > 0."""
     if not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau={tau!r} must be a finite number > 0")
-    if not (isinstance(ntl_loss, numbers.Real) and math.isfinite(ntl_loss) and ntl_loss >= 0):
-        raise ValueError(f"ntl_loss={ntl_loss!r} must be a finite number >= 0")
-    return math.exp(-float(ntl_loss) / float(tau))
+    if not (isinstance(error, numbers.Real) and math.isfinite(error) and error >= 0):
+        raise ValueError(f"number_error={error!r} must be a finite number >= 0")
+    return math.exp(-float(error) / float(tau))
 
 
 def combine_scores(
     correctness: float, bonus: float, combination: str, correct_weight: float = 0.5, ntl_weight: float = 0.5
 ) -> float:
     """The ``combination`` formula from the module docstring."""
-    if combination == "add":
-        if correct_weight < 0 or ntl_weight < 0:
-            raise ValueError(f"correct_weight={correct_weight}, ntl_weight={ntl_weight}: weights must be >= 0")
-        return correct_weight * correctness + ntl_weight * bonus
     if combination == "multiply":
         return correctness * bonus
-    if combination == "replace":
-        return bonus
-    raise ValueError(f"combination={combination!r} is not one of {COMBINATIONS}")
+    if combination == "add":
+        if correct_weight <= 0 or ntl_weight < 0:
+            raise ValueError(f"correct_weight={correct_weight}, ntl_weight={ntl_weight}: allowed: correct_weight > 0, "
+                             "ntl_weight >= 0")
+        return correct_weight * correctness + ntl_weight * bonus
+    raise ValueError(f"combination={combination!r} is invalid; allowed: {', '.join(COMBINATIONS)}")
 
 
-def _ntl_loss_of(ntl_info: Any) -> float | None:
-    """The sample's NTL loss, or None when NTL does not apply to it."""
+def _number_error_of(ntl_info: Any) -> float | None:
+    """The sample's number-level error, or None when NTL found no aligned answer for it."""
     if ntl_info is None:
         return None
     if not isinstance(ntl_info, Mapping):
         raise TypeError(f"ntl_info must be a dict (NTLInfo.sample_view), got {type(ntl_info).__name__}")
-    if not ntl_info.get("has_digits", False):
+    if not ntl_info.get("has_answer", False):
         return None
-    if "ntl_loss" not in ntl_info:
-        raise ValueError(f"ntl_info has has_digits=True but no 'ntl_loss' (keys: {sorted(ntl_info)})")
-    return float(ntl_info["ntl_loss"])
+    if "number_error" not in ntl_info:
+        raise ValueError(f"ntl_info has has_answer=True but no 'number_error' (keys: {sorted(ntl_info)})")
+    return float(ntl_info["number_error"])
 
 
-def _ntl_reward(
+def custom_ntl_reward(
     data_source: str,
     solution_str: str,
     ground_truth: str,
-    extra_info: dict | None,
+    extra_info: dict | None = None,
     *,
     ntl_info: Mapping | None = None,
     tau: float = DEFAULT_TAU,
-    combination: str = "add",
+    combination: str = "multiply",
     correct_weight: float = 0.5,
     ntl_weight: float = 0.5,
     **unused: Any,
 ) -> dict:
+    """Correctness combined with the NTL bonus (module docstring).
+
+    kwargs: ntl_info (NTLInfo.sample_view dict), tau (default 0.1), combination ('multiply' | 'add'),
+    correct_weight, ntl_weight (for 'add', default 0.5 each). Returns dict(score, acc, correctness, ntl_bonus,
+    number_error, ntl_used) plus the base scorer's extras.
+    """
     if combination not in COMBINATIONS:
-        raise ValueError(f"combination={combination!r} is not one of {COMBINATIONS}")
+        raise ValueError(f"combination={combination!r} is invalid; allowed: {', '.join(COMBINATIONS)}")
     for name in unused:
         # The trainer may pass more per-sample context in future; a typo in a reward kwarg should still be visible.
-        warnings.warn(f"NTL reward ignores unknown keyword argument {name!r}", stacklevel=3)
+        warnings.warn(f"NTL reward ignores unknown keyword argument {name!r}", stacklevel=2)
     correctness, base_extras = normalize_reward_output(
         default_compute_score(data_source, solution_str, ground_truth, extra_info)
     )
     acc = float(base_extras.get("acc", 1.0 if correctness >= 1.0 else 0.0))
-    ntl_loss = _ntl_loss_of(ntl_info)
-    if ntl_loss is None:
-        score, bonus, ntl_loss, used = correctness, 0.0, 0.0, 0.0
+    error = _number_error_of(ntl_info)
+    if error is not None and scorer_found_answer(data_source, solution_str, base_extras) is False:
+        error = None  # NTL read an answer the scorer does not accept: no bonus for an unformatted response
+    if error is None:
+        score, bonus, error, used = correctness, 0.0, 0.0, 0.0
     else:
-        bonus = ntl_bonus(ntl_loss, tau)
+        bonus = ntl_bonus(error, tau)
         score, used = combine_scores(correctness, bonus, combination, correct_weight, ntl_weight), 1.0
     return {
         **base_extras,
@@ -103,28 +120,11 @@ def _ntl_reward(
         "acc": acc,
         "correctness": float(correctness),
         "ntl_bonus": float(bonus),
-        "ntl_loss": float(ntl_loss),
+        "number_error": float(error),
         "ntl_used": used,
     }
 
 
-def custom_ntl_final(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
-) -> dict:
-    """Correctness combined with the final-answer NTL bonus (trainer ``reward_mode='final_answer'``).
-
-    kwargs: ntl_info (NTLInfo.sample_view dict), tau (default 2.0), combination ('add' | 'multiply' | 'replace'),
-    correct_weight, ntl_weight (for 'add', default 0.5 each). Returns dict(score, acc, correctness, ntl_bonus,
-    ntl_loss, ntl_used) plus the base scorer's extras.
-    """
-    return _ntl_reward(data_source, solution_str, ground_truth, extra_info, **kwargs)
-
-
-def custom_ntl_all(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
-) -> dict:
-    """Correctness combined with the all-digit-tokens NTL bonus (trainer ``reward_mode='all_tokens'``).
-
-    Same kwargs and result as ``custom_ntl_final``; the trainer's ntl_info covers every digit of the response.
-    """
-    return _ntl_reward(data_source, solution_str, ground_truth, extra_info, **kwargs)
+#: The names the verl NTL guide uses; the trainer's reward_mode decides which numbers ``number_error`` covers.
+custom_ntl_final = custom_ntl_reward
+custom_ntl_all = custom_ntl_reward

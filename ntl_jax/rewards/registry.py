@@ -43,6 +43,15 @@ def default_compute_score(
     return scorer(solution_str, ground_truth)
 
 
+def scorer_found_answer(data_source: str, solution_str: str, extras: dict) -> bool | None:
+    """Whether the built-in scorer of ``data_source`` extracted an answer (None: not a built-in scorer)."""
+    if data_source == "arithmetic":
+        return bool(extras.get("has_answer", arithmetic.extract_answer(solution_str) is not None))
+    if data_source in ("openai/gsm8k", "gsm8k"):
+        return gsm8k.extract_solution(solution_str, method="strict") is not None
+    return None
+
+
 @dataclasses.dataclass
 class RewardFnSpec:
     """Which reward function to use: function ``name`` in the Python file at ``path`` (verl's
@@ -81,6 +90,7 @@ def _builtin_reward_function(name: str) -> RewardFn:
     builtins = {
         "compute_score": default_compute_score,
         "default_compute_score": default_compute_score,
+        "custom_ntl_reward": ntl_rewards.custom_ntl_reward,
         "custom_ntl_final": ntl_rewards.custom_ntl_final,
         "custom_ntl_all": ntl_rewards.custom_ntl_all,
     }
