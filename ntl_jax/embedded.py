@@ -18,6 +18,7 @@ import gin
 from flax import nnx
 
 from ntl_jax.data.arithmetic import make_arithmetic_examples
+from ntl_jax.distributed.multihost import is_main_process, sync
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import CausalLM
 from ntl_jax.models.hf_io import save_pretrained
@@ -103,6 +104,7 @@ def prepare_embedded_default(output_dir: str, *, task: EmbeddedTaskConfig | None
     model_dir = os.path.join(output_dir, "warm_start")
     stats_path = os.path.join(model_dir, "warm_start.json")
     key = _cache_key(task, warm, max_new_tokens)
+    sync("ntl_jax_warm_start_check")  # every process decides on the same folder state
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
             stats = json.load(f)
@@ -113,13 +115,16 @@ def prepare_embedded_default(output_dir: str, *, task: EmbeddedTaskConfig | None
     tokenizer = build_char_tokenizer()
     model = CausalLM(tiny_model_config(tokenizer, task), rngs=nnx.Rngs(0 if warm.seed is None else warm.seed))
     digit_ids = digit_token_ids(tokenizer)
+    # Every process trains the (deterministic) warm start; process 0 writes it, the others wait and all load that
+    # one copy, so a multi-host run shares one policy and nobody reads a half-written folder.
     model, stats = supervised_warm_start(model, tokenizer, train_rows, select_rows, warm, digit_ids=digit_ids,
                                          max_new_tokens=max_new_tokens, progress=progress)
     stats["cache_key"] = key
-    os.makedirs(model_dir, exist_ok=True)
-    save_pretrained(model, model_dir, tokenizer=tokenizer)
-    with open(stats_path, "w") as f:
-        json.dump(stats, f, indent=2)
+    save_pretrained(model, model_dir, tokenizer=tokenizer)  # gathers on every process, writes on process 0
+    if is_main_process():
+        with open(stats_path, "w") as f:
+            json.dump(stats, f, indent=2)
+    sync("ntl_jax_warm_start_saved")
     return EmbeddedDefault(model_dir, load_tokenizer(model_dir), train_rows, val_rows, stats)
 
 

@@ -138,8 +138,11 @@ def run_experiment(config) -> dict[str, Any]:
                                      val_rows=val_rows)
     except ValueError as err:  # bad input found while setting up: one line, no traceback (see main)
         raise SetupError(str(err).strip().splitlines()[0]) from err
-    with open(os.path.join(config.trainer.output_dir, "operative_config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
+    from ntl_jax.distributed.multihost import is_main_process
+
+    if is_main_process():
+        with open(os.path.join(config.trainer.output_dir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
     try:
         result = trainer.fit()
     finally:

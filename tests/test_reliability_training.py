@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from ntl_jax.data.verl_parquet import PromptLoader
-from ntl_jax.ppo import trainer as trainer_module
 from ntl_jax.ppo.checkpoint import CORRUPT_SUFFIX
 from ntl_jax.ppo.metrics import read_metrics_jsonl
 from ntl_jax.ppo.ntl_trainer import NTLError
@@ -37,22 +36,22 @@ def trees_equal(a, b) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- non-finite updates
-def test_non_finite_updates_are_skipped_counted_and_stop_after_n(tmp_path, policy_dir, monkeypatch):
+def test_non_finite_updates_are_skipped_counted_and_stop_after_n(tmp_path, policy_dir):
     """Poisoned advantages (NaN at step 1, +inf at step 3, NaN at step 4) make every update of those steps
     non-finite. 2 actor updates per step and max_consecutive_skipped_updates=3: step 1 skips 2 and goes on, step
     2 is clean (streak reset), step 3 skips 2, step 4's first skip makes 3 in a row -> TrainingError."""
     poison = {0: np.nan, 2: np.inf, 3: np.nan}  # keyed by global_step before the step (0-based)
-    original = trainer_module.compute_advantages
     trainer = build_trainer(tiny_experiment(str(tmp_path), steps=6, max_consecutive_skipped_updates=3),
                             policy_dir)
+    original = trainer.advantage_step
 
-    def poisoned(*args, **kwargs):
-        advantages, returns = original(*args, **kwargs)
+    def poisoned(*args):
+        token_rewards, advantages, returns, kl_mean = original(*args)
         if trainer.global_step in poison:
             advantages = jnp.full_like(advantages, poison[trainer.global_step])
-        return advantages, returns
+        return token_rewards, advantages, returns, kl_mean
 
-    monkeypatch.setattr(trainer_module, "compute_advantages", poisoned)
+    trainer.advantage_step = poisoned
     snapshots = []
     original_update = trainer.update
 

@@ -277,13 +277,16 @@ def parse_config():
     gin.clear_config()
 
 
-@pytest.mark.parametrize("name, reward_fn, reward_mode", [("standard", "compute_score", None),
-                                                          ("ntl_final", "custom_ntl_final", "final_answer"),
-                                                          ("ntl_all", "custom_ntl_all", "all_tokens")])
+@pytest.mark.parametrize("name, reward_fn, reward_mode", [("standard", None, None),
+                                                          ("ntl_final", None, "final_answer"),
+                                                          ("ntl_all", None, "all_tokens")])
 def test_gsm8k_configs_mirror_the_verl_ntl_recipe(parse_config, name, reward_fn, reward_mode):
     config = parse_config(name, ["ntl_jax.TrainerConfig.model_path = '/models/qwen'"])
     ppo, run, ntl = config.ppo, config.trainer, config.ntl
-    assert (ppo.train_batch_size, ppo.rollout_n, ppo.ppo_mini_batch_size, ppo.ppo_micro_batch_size) == (256, 1, 64, 4)
+    assert (ppo.train_batch_size, ppo.rollout_n, ppo.ppo_mini_batch_size, ppo.ppo_micro_batch_size_per_device) == (
+        256, 1, 64, 4)
+    # verl's per-device micro-batch: the same config is valid on 1, 8 and 16 devices.
+    assert [ppo.micro_batches(devices) for devices in (1, 8, 16)] == [16, 2, 1]
     assert (ppo.adv_estimator, ppo.gamma, ppo.lam, ppo.ppo_epochs) == ("gae", 1.0, 1.0, 1)
     assert (ppo.entropy_coeff, ppo.use_kl_loss, ppo.use_kl_in_reward, ppo.kl_ctrl_type, ppo.kl_coef) == (
         0.001, False, True, "fixed", 0.001)
@@ -295,17 +298,18 @@ def test_gsm8k_configs_mirror_the_verl_ntl_recipe(parse_config, name, reward_fn,
     assert run.reward_fn_name == reward_fn and run.output_dir == f"outputs/gsm8k_qwen2_5_0_5b_{name}"
     assert config.use_ntl_trainer == (reward_mode is not None) == ntl.enabled
     if reward_mode:
-        assert (ntl.reward_mode, ntl.temperature, ntl.method) == (reward_mode, 2.0, "wasserstein")
+        assert (ntl.reward_mode, ntl.temperature, ntl.method, ntl.answer_extraction) == (
+            reward_mode, 0.1, "wasserstein", "strict")
 
 
 def test_gsm8k_config_macros_override(parse_config):
-    config = parse_config("ntl_final", ["MODEL_PATH = '/ckpt/q'", "PPO_MICRO_BATCH_SIZE = 32",
+    config = parse_config("ntl_final", ["MODEL_PATH = '/ckpt/q'", "PPO_MICRO_BATCH_SIZE_PER_DEVICE = 8",
                                         "MAX_RESPONSE_LENGTH = 256", "TRAIN_FILES = ('/d/train.parquet',)"])
     assert config.trainer.model_path == "/ckpt/q" and config.trainer.train_files == ("/d/train.parquet",)
-    assert (config.ppo.ppo_micro_batch_size, config.ppo.num_micro_batches, config.ppo.max_response_length) == (
-        32, 2, 256)
-    with pytest.raises(ValueError, match="ppo_micro_batch_size"):
-        parse_config("standard", ["PPO_MICRO_BATCH_SIZE = 48"])  # does not divide the mini-batch of 64
+    assert (config.ppo.ppo_micro_batch_size_per_device, config.ppo.micro_batches(4),
+            config.ppo.max_response_length) == (8, 2, 256)
+    with pytest.raises(ValueError, match="ppo_micro_batch_size_per_device=8 is invalid"):
+        config.ppo.micro_batches(16)  # 8 x 16 devices = 128 responses do not divide the mini-batch of 64
 
 
 # ------------------------------------------------------------------------------------------------ compare_modes

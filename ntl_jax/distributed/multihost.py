@@ -179,6 +179,29 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(flags))
 
 
+def to_host(x: Any) -> np.ndarray:
+    """The whole value of ``x`` as a numpy array on this host, also when ``x`` spans devices of other processes.
+
+    A ``jax.Array`` sharded over several processes cannot be fetched directly (only its local shards can); it is
+    gathered from every process (``process_allgather``), which all processes must call at the same point.
+    """
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def put_global(host: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``host`` (the same whole value on every process) placed with ``sharding``: each process transfers only the
+    slices its own devices hold (``jax.make_array_from_callback``), so this works on meshes spanning processes."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def tree_to_host(tree: Any) -> Any:
+    """:func:`to_host` on every array leaf of ``tree`` (other leaves are kept)."""
+    return jax.tree.map(lambda x: to_host(x) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
+
+
 def broadcast_from_main(tree: Any) -> Any:
     """Every process gets process 0's value of `tree` (numpy leaves), e.g. to agree on a seed or a data position."""
     if jax.process_count() == 1:

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ntl_jax.distributed.multihost import put_global, tree_to_host
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import KVCache, init_kv_cache
 from ntl_jax.models.logprobs import response_positions
@@ -275,7 +276,7 @@ class Sampler:
         # A no-op when the caller already placed the state with these shardings.
         placed_state = shard_state(state, self.mesh, LOGICAL_AXIS_RULES)
         rows = NamedSharding(self.mesh, PartitionSpec(BATCH_MESH_AXES))
-        return placed_state, [jax.device_put(a, rows) for a in arrays]
+        return placed_state, [put_global(a, rows) for a in arrays]
 
     def generate(
         self,
@@ -318,12 +319,15 @@ class Sampler:
         tokens, mask, logprobs, digit_logits, num_steps, _ = decode(
             placed_state, cache, first_logits, mask_d, rng, pidx_d, sidx_d
         )
+        # Rows sharded over the devices of several processes are gathered, so every process sees the whole batch.
+        tokens, mask, logprobs, digit_logits, num_steps = tree_to_host(
+            (tokens, mask, logprobs, digit_logits if return_digit_logits else None, num_steps))
         self.last_num_steps = int(num_steps)
         return GenerationOutput(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
-            response_ids=np.asarray(tokens)[:num_rows],
-            response_mask=np.asarray(mask)[:num_rows],
-            response_logprobs=np.asarray(logprobs)[:num_rows],
-            digit_logits=np.asarray(digit_logits)[:num_rows] if return_digit_logits else None,
+            response_ids=tokens[:num_rows],
+            response_mask=mask[:num_rows],
+            response_logprobs=logprobs[:num_rows],
+            digit_logits=digit_logits[:num_rows] if return_digit_logits else None,
         )

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntl_jax.distributed.multihost import tree_to_host
 from ntl_jax.ntl import losses
 from ntl_jax.ntl.targets import BatchTargets
 
@@ -56,32 +57,41 @@ class DigitTargets:
 
     @classmethod
     def from_batch(cls, batch: BatchTargets, answer_weight: float = 1.0) -> "DigitTargets":
+        """Host (numpy) targets of ``build_batch_targets``; place them on devices before use."""
         size = batch.target_digits.shape[0]
         return cls(
-            target_digits=jnp.asarray(batch.target_digits, jnp.int32), weights=jnp.asarray(batch.weights, jnp.float32),
-            layout=losses.NumberLayout(number_ids=jnp.asarray(batch.number_index, jnp.int32),
-                                       places=jnp.asarray(batch.places, jnp.int32),
-                                       truth=jnp.asarray(batch.number_truth, jnp.float32)),
-            is_final_answer=jnp.asarray(batch.is_final_answer, bool),
-            answer_truth=jnp.asarray(batch.answer_truth, jnp.float32),
-            answer_weight=jnp.full((size,), answer_weight, jnp.float32),
-            has_answer=jnp.asarray(batch.has_answer, bool), missing_digits=jnp.asarray(batch.missing_digits, jnp.int32),
-            missing_digit_sum=jnp.asarray(batch.missing_digit_sum, jnp.float32),
-            missing_digit_square_sum=jnp.asarray(batch.missing_digit_square_sum, jnp.float32),
-            sign_wrong=jnp.asarray(batch.sign_wrong, bool), bad_ground_truth=jnp.asarray(batch.bad_ground_truth, bool))
+            target_digits=np.asarray(batch.target_digits, np.int32), weights=np.asarray(batch.weights, np.float32),
+            layout=losses.NumberLayout(number_ids=np.asarray(batch.number_index, np.int32),
+                                       places=np.asarray(batch.places, np.int32),
+                                       truth=np.asarray(batch.number_truth, np.float32)),
+            is_final_answer=np.asarray(batch.is_final_answer, bool),
+            answer_truth=np.asarray(batch.answer_truth, np.float32),
+            answer_weight=np.full((size,), answer_weight, np.float32),
+            has_answer=np.asarray(batch.has_answer, bool), missing_digits=np.asarray(batch.missing_digits, np.int32),
+            missing_digit_sum=np.asarray(batch.missing_digit_sum, np.float32),
+            missing_digit_square_sum=np.asarray(batch.missing_digit_square_sum, np.float32),
+            sign_wrong=np.asarray(batch.sign_wrong, bool), bad_ground_truth=np.asarray(batch.bad_ground_truth, bool))
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> "DigitTargets":
+        """No targets for a [B, T] batch (standard PPO), as host arrays."""
+        size = shape[0]
+        zeros = np.zeros((size,), np.float32)
+        return cls(target_digits=np.full(shape, -1, np.int32), weights=np.zeros(shape, np.float32),
+                   layout=losses.NumberLayout(number_ids=np.full(shape, -1, np.int32),
+                                              places=np.zeros(shape, np.int32), truth=np.zeros(shape, np.float32)),
+                   is_final_answer=np.zeros(shape, bool), answer_truth=zeros, answer_weight=zeros,
+                   has_answer=np.zeros((size,), bool), missing_digits=np.zeros((size,), np.int32),
+                   missing_digit_sum=zeros, missing_digit_square_sum=zeros, sign_wrong=np.zeros((size,), bool),
+                   bad_ground_truth=np.zeros((size,), bool))
 
     @classmethod
     def from_arrays(cls, target_digits: Any, weights: Any, layout: losses.NumberLayout | None = None) -> "DigitTargets":
         """Targets without answer bookkeeping (teacher-forced labels, tests): numbers are runs, no answer."""
         target_digits, weights = jnp.asarray(target_digits, jnp.int32), jnp.asarray(weights, jnp.float32)
-        size = target_digits.shape[0]
-        zeros = jnp.zeros((size,), jnp.float32)
-        return cls(target_digits=target_digits, weights=weights,
-                   layout=losses.layout_from_runs(target_digits, weights) if layout is None else layout,
-                   is_final_answer=jnp.zeros(target_digits.shape, bool), answer_truth=zeros, answer_weight=zeros,
-                   has_answer=jnp.zeros((size,), bool), missing_digits=jnp.zeros((size,), jnp.int32),
-                   missing_digit_sum=zeros, missing_digit_square_sum=zeros, sign_wrong=jnp.zeros((size,), bool),
-                   bad_ground_truth=jnp.zeros((size,), bool))
+        empty = cls.empty(target_digits.shape)
+        return empty.replace(target_digits=target_digits, weights=weights,
+                             layout=losses.layout_from_runs(target_digits, weights) if layout is None else layout)
 
 
 @flax.struct.dataclass
@@ -115,8 +125,9 @@ class NTLInfo:
     sequence_strings: tuple[str, ...] | None = flax.struct.field(pytree_node=False, default=None)
 
     def to_host(self) -> "NTLInfo":
-        """The same record with every array fetched to numpy (do this once before many ``sample_view`` calls)."""
-        return jax.device_get(self)
+        """The same record with every array fetched to numpy (do this once before many ``sample_view`` calls);
+        arrays sharded over several processes are gathered."""
+        return tree_to_host(self)
 
     def sample_view(self, i: int) -> dict[str, Any]:
         """Sample ``i`` as plain Python values (the ``ntl_info`` kwarg of a reward function).

@@ -29,13 +29,14 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NUM_DIGITS = 10
 METHODS = ("mse", "wasserstein", "number")
 # ntloss NumberLevelLoss precomputes 10^0..10^(max_number_length-1) and clamps longer numbers' exponents.
 MAX_NUMBER_LENGTH = 20
 
-_DIGIT_VALUES = jnp.arange(NUM_DIGITS, dtype=jnp.float32)
+_DIGIT_VALUES = np.arange(NUM_DIGITS, dtype=np.float32)  # numpy: importing must not start a JAX backend
 
 
 def check_method(method: str) -> None:

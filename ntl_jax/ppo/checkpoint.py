@@ -29,13 +29,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ntl_jax.distributed import multihost
 
@@ -155,6 +155,13 @@ def _quiet_failed_async_reads() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------------------ store
+def checkpoint_path(directory: str | os.PathLike) -> epath.Path:
+    """A local path made absolute, or a URL (``gs://bucket/run``) kept as it is: orbax writes to both, from every
+    process of a multi-host run when they share it."""
+    text = os.fspath(directory)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 class CheckpointStore:
     """orbax CheckpointManager with items state=StandardSave(pytree), meta=JsonSave(dict); see the module docstring."""
 
@@ -163,7 +170,7 @@ class CheckpointStore:
             raise ValueError(f"max_to_keep={max_to_keep!r} must be a positive integer or None (keep all)")
         if not isinstance(save_interval_steps, int) or save_interval_steps < 1:
             raise ValueError(f"save_interval_steps={save_interval_steps!r} must be a positive integer")
-        self.directory = Path(directory).absolute()
+        self.directory = checkpoint_path(directory)
         # Save exactly on multiples of the interval (and at orbax-detected preemption), not orbax's default extra
         # "first step of a fresh directory" save.
         policies = ocp.checkpoint_managers
@@ -174,7 +181,7 @@ class CheckpointStore:
             self.directory, options=options,
             item_handlers={_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler()})
 
-    def step_dir(self, step: int) -> Path:
+    def step_dir(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     def save(self, step: int, pytree: Any, meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:

@@ -63,7 +63,10 @@ class PPOConfig:
     train_batch_size: int = 32
     rollout_n: int = 1
     ppo_mini_batch_size: int = 16
-    ppo_micro_batch_size: int = 16  # per micro-batch, in responses; gradients are accumulated over them
+    ppo_micro_batch_size: int = 16  # per micro-batch, in responses over all devices; gradients are accumulated
+    # Responses per device per micro-batch (verl's ppo_micro_batch_size_per_gpu); when > 0 it replaces
+    # ppo_micro_batch_size (= this x the data-parallel device count), so one config fits 1, 8 or 16 devices.
+    ppo_micro_batch_size_per_device: int = 0
     ppo_epochs: int = 1
     max_prompt_length: int = 64
     max_response_length: int = 32
@@ -113,7 +116,8 @@ class PPOConfig:
                     "max_prompt_length", "max_response_length", "kl_horizon", "max_consecutive_skipped_updates",
                     "logprob_chunk_size"):
             check_positive_int(n, key, getattr(self, key))
-        for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size"):
+        for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
+                    "ppo_micro_batch_size_per_device"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
         check_choice(n, "adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
         check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
@@ -132,7 +136,7 @@ class PPOConfig:
             fail(n, "ppo_mini_batch_size", self.ppo_mini_batch_size,
                   f"a divisor of train_batch_size={self.train_batch_size}")
         mini_responses = self.ppo_mini_batch_size * self.rollout_n
-        if mini_responses % self.ppo_micro_batch_size:
+        if not self.ppo_micro_batch_size_per_device and mini_responses % self.ppo_micro_batch_size:
             fail(n, "ppo_micro_batch_size", self.ppo_micro_batch_size,
                   f"a divisor of ppo_mini_batch_size*rollout_n={mini_responses}")
         if self.log_prob_micro_batch_size and self.responses_per_iteration % self.log_prob_micro_batch_size:
@@ -157,9 +161,21 @@ class PPOConfig:
     def num_mini_batches(self) -> int:
         return self.train_batch_size // self.ppo_mini_batch_size
 
-    @property
-    def num_micro_batches(self) -> int:
-        return self.ppo_mini_batch_size * self.rollout_n // self.ppo_micro_batch_size
+    def micro_batches(self, data_parallel: int) -> int:
+        """Micro-batches per mini-batch on ``data_parallel`` (data x fsdp) devices; one-line error if they do not fit."""
+        mini_responses = self.ppo_mini_batch_size * self.rollout_n
+        if self.ppo_micro_batch_size_per_device:
+            micro, key, value = (self.ppo_micro_batch_size_per_device * data_parallel,
+                                 "ppo_micro_batch_size_per_device", self.ppo_micro_batch_size_per_device)
+        else:
+            micro, key, value = self.ppo_micro_batch_size, "ppo_micro_batch_size", self.ppo_micro_batch_size
+            if micro % data_parallel:
+                fail("PPOConfig", key, value, f"a multiple of the data-parallel device count data*fsdp={data_parallel} "
+                     "(or set ppo_micro_batch_size_per_device)")
+        if mini_responses % micro:
+            fail("PPOConfig", key, value, f"a micro-batch ({micro} responses on {data_parallel} devices) that divides "
+                 f"ppo_mini_batch_size*rollout_n={mini_responses}")
+        return mini_responses // micro
 
 
 @gin.configurable(module="ntl_jax")
@@ -179,6 +195,9 @@ class TrainerConfig:
     save_freq: int = 10
     max_to_keep: int = 3
     resume_mode: str = "auto"
+    # Checkpoint folder, shared by all processes of a multi-host run: a local or NFS path, or gs://bucket/run
+    # (orbax writes it from every process); None = <output_dir>/checkpoints.
+    checkpoint_dir: str | None = None
     val_before_train: bool = True
     # Model.
     model_path: str | None = None

@@ -17,7 +17,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.models.config import ModelConfig
-from ntl_jax.models.decoder import ValueModel
 from ntl_jax.models.hf_io import from_pretrained
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
 from ntl_jax.ppo.config import PPOConfig
@@ -78,23 +77,27 @@ class PPOModels:
 def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",
                  param_dtype: str = "float32", remat: bool = False, critic_path: str | None = None,
                  seed: int = 0) -> PPOModels:
-    """Load the policy from an HF-format folder, derive the critic (verl: from the policy checkpoint) and the
-    reference (a frozen copy of the initial policy). ``dtype`` is the compute dtype, ``param_dtype`` the storage
-    dtype of parameters (and so of the optimiser moments)."""
+    """Load the policy from an HF-format folder, the critic (verl: from the policy checkpoint, new value head) and
+    the reference (a frozen copy of the initial policy). ``dtype`` is the compute dtype, ``param_dtype`` the storage
+    dtype of parameters (and so of the optimiser moments).
+
+    Every parameter goes from the memory-mapped safetensors straight into its mesh sharding: each process reads
+    only the slices its devices hold, and no device ever holds a whole model it does not shard. ``seed`` is kept
+    for callers; the value head is initialised deterministically (normal 0.02, as HF).
+    """
+    del seed
     for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
         if value not in DTYPES:
             raise ValueError(f"{name}={value!r} is invalid; allowed: {', '.join(DTYPES)}")
-    load = dict(dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], remat=remat)
+    load = dict(dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], remat=remat, mesh=mesh,
+                rules=LOGICAL_AXIS_RULES)
     policy_module = from_pretrained(policy_path, **load)
     model_config = policy_module.config
     actor_tx = make_optimizer(ppo.actor_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
                               warmup_steps=ppo.lr_warmup_steps)
     critic = None
     if ppo.uses_critic:
-        if critic_path:
-            critic_module = from_pretrained(critic_path, value_model=True, **load)
-        else:
-            critic_module = ValueModel.from_policy(policy_module, rngs=nnx.Rngs(seed))
+        critic_module = from_pretrained(critic_path or policy_path, value_model=True, **load)
         critic_tx = make_optimizer(ppo.critic_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
                                    warmup_steps=ppo.lr_warmup_steps)
         critic = ModuleState.from_module(critic_module, mesh, critic_tx)

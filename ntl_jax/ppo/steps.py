@@ -23,13 +23,16 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.models.logprobs import TokenLogProbs, sequence_logprobs
 from ntl_jax.ntl.losses import NumberLayout, effective_weights, ntl_per_position
+from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
 from ntl_jax.ppo.config import PPOConfig
+from ntl_jax.ppo.kl_control import apply_kl_in_reward
 from ntl_jax.ppo.losses import LossNormalizer, agg_loss, kl_penalty, policy_loss, token_mean, value_loss
 
 BATCH_AXES = ("data", "fsdp")
@@ -115,6 +118,29 @@ def make_value_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any) ->
         return response_values(nnx.merge(graphdef, state), prompt_ids, prompt_mask, response_ids, response_mask)
 
     return jax.jit(step, in_shardings=(state_shardings, data, data, data, data), out_shardings=data)
+
+
+def make_advantage_step(cfg: PPOConfig, mesh: Mesh) -> Callable[..., tuple[jax.Array, ...]]:
+    """``(scores [N], response_mask, old_logprobs, ref_logprobs, values, kl_coef) -> (token_rewards, advantages,
+    returns, kl_mean)`` (jitted): scores at the last response token, minus ``kl_coef * KL`` per token when
+    ``use_kl_in_reward`` (``kl_mean`` is then verl's current_kl, else 0), then ``cfg.adv_estimator``. Responses
+    ``i * rollout_n .. (i + 1) * rollout_n - 1`` answer prompt ``i`` (the sampler's row order)."""
+    data, rep = batch_sharding(mesh), replicated(mesh)
+    group_ids = np.repeat(np.arange(cfg.train_batch_size, dtype=np.int32), cfg.rollout_n)
+
+    def step(scores, response_mask, old_logprobs, ref_logprobs, values, kl_coef):
+        token_rewards = scores_to_token_rewards(scores, response_mask)
+        kl_mean = jnp.zeros((), jnp.float32)
+        if cfg.use_kl_in_reward:
+            token_rewards, kl_mean = apply_kl_in_reward(token_rewards, old_logprobs, ref_logprobs, response_mask,
+                                                        kl_coef, cfg.kl_penalty)
+        advantages, returns = compute_advantages(
+            cfg.adv_estimator, token_rewards=token_rewards, values=values, response_mask=response_mask,
+            gamma=cfg.gamma, lam=cfg.lam, scores=None if cfg.use_kl_in_reward else scores,
+            group_ids=jnp.asarray(group_ids), num_groups=cfg.train_batch_size, norm_by_std=cfg.norm_adv_by_std_in_grpo)
+        return token_rewards, advantages, returns, kl_mean
+
+    return jax.jit(step, in_shardings=(data, data, data, data, data, rep), out_shardings=(data, data, data, rep))
 
 
 def make_optimizer(learning_rate: float, *, weight_decay: float, grad_clip: float,

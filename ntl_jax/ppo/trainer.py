@@ -32,18 +32,17 @@ from tqdm.auto import tqdm
 
 from ntl_jax.data.verl_parquet import PromptBatch, PromptLoader
 from ntl_jax.distributed.mesh import make_mesh
-from ntl_jax.distributed.multihost import is_main_process
+from ntl_jax.distributed.multihost import broadcast_from_main, is_main_process, put_global, to_host, tree_to_host
 from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams
 from ntl_jax.ntl.info import DigitTargets
 from ntl_jax.ppo import state as state_lib
-from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
 from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
 from ntl_jax.ppo.config import ExperimentConfig
-from ntl_jax.ppo.kl_control import KLControllerState, apply_kl_in_reward, kl_controller_update
+from ntl_jax.ppo.kl_control import KLControllerState, kl_controller_update
 from ntl_jax.ppo.metrics import MetricsLogger
 from ntl_jax.ppo.rollout import ColocatedRollout, RayRollout
 from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
-                               make_critic_update, make_logprob_step, make_value_step)
+                               make_advantage_step, make_critic_update, make_logprob_step, make_value_step)
 from ntl_jax.ppo.validation import batch_metrics, evaluate
 from ntl_jax.rewards.registry import RewardFnSpec
 from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner
@@ -140,7 +139,7 @@ class PPOTrainer:
         self.consecutive_skips = 0
         self.counters = {"update_skipped_total": 0}
         self.base_rng = jax.random.key(self.run.seed)
-        self.checkpoints = CheckpointStore(os.path.join(self.output_dir, "checkpoints"),
+        self.checkpoints = CheckpointStore(self.run.checkpoint_dir or os.path.join(self.output_dir, "checkpoints"),
                                            max_to_keep=self.run.max_to_keep)
         self.logger = MetricsLogger(self.output_dir, use_tensorboard=self.run.use_tensorboard,
                                     is_main_process=is_main_process(), use_wandb=self.run.use_wandb,
@@ -150,11 +149,10 @@ class PPOTrainer:
     # ----------------------------------------------------------------- set-up
     def _check_divisibility(self) -> None:
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        for name, value in (("ppo_micro_batch_size", self.ppo.ppo_micro_batch_size),
-                            ("train_batch_size*rollout_n", self.ppo.responses_per_iteration)):
-            if value % shards:
-                raise ValueError(f"{name}={value} is invalid; allowed: a multiple of the data-parallel device "
-                                 f"count data*fsdp={shards}")
+        self.num_micro_batches = self.ppo.micro_batches(shards)
+        if self.ppo.responses_per_iteration % shards:
+            raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
+                             f"a multiple of the data-parallel device count data*fsdp={shards}")
 
     def reward_fn_name(self) -> str:
         """``TrainerConfig.reward_fn_name``, or by default the correctness-only scorer."""
@@ -175,13 +173,14 @@ class PPOTrainer:
                                                   temperature=ppo.temperature, compute_entropy=False)
         settings = ActorLossSettings.from_config(ppo, ntl_method)
         self.actor_update = make_actor_update(models.policy.graphdef, models.policy.tx, settings,
-                                              digit_ids=self.digit_ids, num_micro_batches=ppo.num_micro_batches,
+                                              digit_ids=self.digit_ids, num_micro_batches=self.num_micro_batches,
                                               mesh=mesh, param_shardings=models.policy.shardings,
                                               opt_shardings=models.policy.opt_shardings)
+        self.advantage_step = make_advantage_step(ppo, mesh)
         if models.critic is not None:
             self.value_step = make_value_step(models.critic.graphdef, mesh, models.critic.shardings)
             self.critic_update = make_critic_update(models.critic.graphdef, models.critic.tx, ppo,
-                                                    num_micro_batches=ppo.num_micro_batches, mesh=mesh,
+                                                    num_micro_batches=self.num_micro_batches, mesh=mesh,
                                                     param_shardings=models.critic.shardings,
                                                     opt_shardings=models.critic.opt_shardings)
 
@@ -213,8 +212,7 @@ class PPOTrainer:
     # ----------------------------------------------------------------- NTL hooks (no-ops here)
     def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> DigitTargets:
         """The batch's NTL targets: none in standard PPO."""
-        shape = gen.response_ids.shape
-        return DigitTargets.from_arrays(np.full(shape, -1, np.int32), np.zeros(shape, np.float32))
+        return DigitTargets.empty(gen.response_ids.shape)
 
     def ntl_after_logprobs(self, gen: GenerationOutput, digit_logits: Any, targets: DigitTargets,
                            texts: list[str]) -> dict[str, float]:
@@ -241,8 +239,9 @@ class PPOTrainer:
         """Per-step key derived from the seed: resuming at step s draws exactly what an unbroken run would."""
         return jax.random.fold_in(self.base_rng, step)
 
-    def _device(self, x: np.ndarray) -> jax.Array:
-        return jax.device_put(np.asarray(x), batch_sharding(self.mesh))
+    def _device(self, tree: Any) -> Any:
+        """Host arrays (the same on every process) with their rows sharded over the data-parallel devices."""
+        return jax.tree.map(lambda x: put_global(x, batch_sharding(self.mesh)), tree)
 
     def train_step(self, batch: PromptBatch) -> dict[str, float]:
         ppo, models = self.ppo, self.models
@@ -261,7 +260,7 @@ class PPOTrainer:
         response_mask = self._device(gen.response_mask.astype(np.float32))
         arrays = (prompt_ids, prompt_mask, response_ids, response_mask)
         with timed(timings, "ntl_targets"):
-            ntl = jax.device_put(self.prepare_ntl(gen, rows), batch_sharding(self.mesh))
+            ntl = self._device(self.prepare_ntl(gen, rows))
         with timed(timings, "old_log_prob"):
             old = self._forward_in_chunks(self.logprob_step, models.policy.params, arrays)
             metrics = self.ntl_after_logprobs(gen, old.digit_logits, ntl, texts)
@@ -278,27 +277,23 @@ class PPOTrainer:
                       "ground_truth": str(row["reward_model"]["ground_truth"]), "extra_info": row.get("extra_info"),
                       **self.reward_kwargs(i)} for i, (row, text) in enumerate(zip(rows, texts))]
             rewards = self.reward_runner.score(items)
+            # Every process scores the same texts; process 0's scores are used, so all train on the same signal.
+            scores = broadcast_from_main(np.asarray(rewards.scores, np.float32))
         with timed(timings, "adv"):
-            scores = jnp.asarray(rewards.scores, jnp.float32)
-            token_scores = scores_to_token_rewards(scores, response_mask)
-            token_rewards = token_scores
+            token_rewards, advantages, returns, kl_mean = self.advantage_step(
+                self._device(scores), response_mask, old.logprobs, ref_logprobs, values,
+                jnp.float32(self.kl_state.value))
             if ppo.use_kl_in_reward:
-                token_rewards, kl_mean = apply_kl_in_reward(token_scores, old.logprobs, ref_logprobs, response_mask,
-                                                            self.kl_state.value, ppo.kl_penalty)
-                metrics["actor/reward_kl_penalty"] = float(kl_mean)
+                kl_mean = float(to_host(kl_mean))
+                metrics["actor/reward_kl_penalty"] = kl_mean
                 metrics["actor/reward_kl_penalty_coeff"] = float(self.kl_state.value)
                 self.kl_state = kl_controller_update(ppo.kl_ctrl_type, self.kl_state, kl_mean, len(rows),
                                                      target=ppo.kl_target, horizon=ppo.kl_horizon)
-            group_ids = jnp.repeat(jnp.arange(ppo.train_batch_size), ppo.rollout_n)
-            advantages, returns = compute_advantages(
-                ppo.adv_estimator, token_rewards=token_rewards, values=values, response_mask=response_mask,
-                gamma=ppo.gamma, lam=ppo.lam, scores=None if ppo.use_kl_in_reward else scores, group_ids=group_ids,
-                num_groups=ppo.train_batch_size, norm_by_std=ppo.norm_adv_by_std_in_grpo)
         rollout = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, old.logprobs, ref_logprobs,
                                values, advantages, returns, ntl.target_digits, ntl.weights, ntl.layout)
         update_metrics = self.update(rollout, timings)
         metrics.update(update_metrics)
-        metrics.update(batch_metrics(gen, scores=np.asarray(rewards.scores), token_rewards=token_rewards,
+        metrics.update(batch_metrics(gen, scores=scores, token_rewards=token_rewards,
                                      advantages=advantages, returns=returns, values=values,
                                      max_response_length=ppo.max_response_length,
                                      with_critic=models.critic is not None, group_size=ppo.rollout_n))
@@ -350,7 +345,7 @@ class PPOTrainer:
                         models.policy.params, models.policy.opt_state, am = self.actor_update(
                             models.policy.params, models.policy.opt_state, mini, ntl_weight)
                         collected.append(am)
-        host = jax.device_get(collected)
+        host = tree_to_host(collected)
         merged: dict[str, list[float]] = {}
         for m in host:
             for k, v in m.items():
@@ -391,21 +386,22 @@ class PPOTrainer:
         pass
 
     def save_checkpoint(self) -> None:
-        tree = {**state_lib.train_state_tree(self.models), "rng": jax.random.key_data(self.base_rng)}
+        # The key as host data: the same on every process, saved once (a process-local jax.Array cannot be).
+        tree = {**state_lib.train_state_tree(self.models), "rng": np.asarray(jax.random.key_data(self.base_rng))}
         self.checkpoints.save(self.global_step, tree, self._meta(), force=True)
 
     def maybe_resume(self) -> bool:
         if self.run.resume_mode == "disable":
             return False
-        key_data = jax.random.key_data(self.base_rng)
+        key_data = np.asarray(jax.random.key_data(self.base_rng))
         abstract = {**state_lib.abstract_train_state(self.models),
-                    "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype)}
+                    "rng": np.zeros_like(key_data)}
         restored = self.checkpoints.restore(None, abstract)
         if restored is None:
             return False
         tree, meta, step = restored
         state_lib.load_train_state(self.models, tree)
-        self.base_rng = jax.random.wrap_key_data(tree["rng"])
+        self.base_rng = jax.random.wrap_key_data(np.asarray(tree["rng"]))
         self.global_step = int(meta["global_step"])
         self.loader.load_state_dict(meta["loader"])
         self.kl_state = KLControllerState(value=float(meta["kl_coef"]))
@@ -458,8 +454,9 @@ class PPOTrainer:
         result["end_step"] = self.global_step
         result["val_after"] = {k: v for k, v in (self.history[-1] if self.history else {}).items()
                                if k.startswith("val-")}
-        with open(os.path.join(self.output_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=2, default=float)
+        if is_main_process():
+            with open(os.path.join(self.output_dir, "result.json"), "w") as f:
+                json.dump(result, f, indent=2, default=float)
         return result
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from ntl_jax.data.verl_parquet import PromptDataset
+from ntl_jax.distributed.multihost import broadcast_from_main, to_host
 from ntl_jax.models.sampler import GenerationOutput
 
 
@@ -21,7 +22,7 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
 
 
 def _masked(values: Any, mask: np.ndarray) -> np.ndarray:
-    return np.asarray(jax.device_get(values))[mask > 0]
+    return to_host(values)[mask > 0]
 
 
 def group_score_metrics(scores: np.ndarray, group_size: int) -> dict[str, float]:
@@ -47,7 +48,7 @@ def batch_metrics(gen: GenerationOutput, *, scores: np.ndarray, token_rewards: A
     out.update(_stats("critic/score", scores))
     if group_size > 1:
         out.update(group_score_metrics(scores, group_size))
-    out.update(_stats("critic/rewards", np.asarray(jax.device_get(token_rewards)).sum(-1)))
+    out.update(_stats("critic/rewards", to_host(token_rewards).sum(-1)))
     out.update(_stats("critic/advantages", _masked(advantages, mask)))
     out.update(_stats("critic/returns", _masked(returns, mask)))
     if with_critic:
@@ -85,10 +86,13 @@ def evaluate(trainer: Any, rows: list[dict], *, n: int = 1) -> dict[str, float]:
                         "ground_truth": str(row["reward_model"]["ground_truth"]), "extra_info": row.get("extra_info")}
                        for (_, row, _), text in zip(items, texts)]
         result = trainer.val_runner.score(score_items)
-        for (_, row, _), score, extra in zip(items, result.scores, result.extras):
+        scores = broadcast_from_main(np.asarray(result.scores, np.float32))  # every process reports process 0's
+        accs = broadcast_from_main(np.asarray([float(e.get("acc", s)) for e, s in zip(result.extras, scores)],
+                                              np.float32))
+        for (_, row, _), score, acc, extra in zip(items, scores, accs, result.extras):
             bucket = per_source[row.get("data_source", "")]
             bucket["reward"].append(float(score))
-            bucket["acc"].append(float(extra.get("acc", score)))
+            bucket["acc"].append(float(acc))
             for key, value in extra.items():
                 if key != "acc" and isinstance(value, (int, float, bool)):
                     bucket[key].append(float(value))

@@ -1,0 +1,98 @@
+"""The main command on several real processes (jax.distributed over gloo on localhost): warm start, validation,
+PPO steps with NTL, a checkpoint in one shared folder, and a resume; every process logs the same metrics.
+
+Each process runs ``python -m ntl_jax.train --gin_file=configs/ntl_final.gin`` (the CLI's own code path, joined
+through ``NTL_JAX_*`` environment variables) on a shrunken embedded default; the worker only records the metrics
+each process logs (``PPOTrainer.log_metrics``), so non-main processes, which write no files, can be compared too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from multiprocess_harness import run_workers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "ntl_jax.EmbeddedTaskConfig.num_train = 400", "ntl_jax.EmbeddedTaskConfig.num_val = 16",
+    "ntl_jax.EmbeddedTaskConfig.hidden_size = 32", "ntl_jax.EmbeddedTaskConfig.intermediate_size = 64",
+    "ntl_jax.WarmStartConfig.max_steps = 30", "ntl_jax.WarmStartConfig.eval_every = 30",
+    "ntl_jax.WarmStartConfig.eval_samples = 16", "ntl_jax.WarmStartConfig.batch_size = 32",
+    "ntl_jax.PPOConfig.train_batch_size = 4", "ntl_jax.PPOConfig.rollout_n = 4",
+    "ntl_jax.PPOConfig.ppo_mini_batch_size = 2", "ntl_jax.PPOConfig.ppo_micro_batch_size_per_device = 1",
+    "ntl_jax.PPOConfig.max_response_length = 24", "ntl_jax.TrainerConfig.val_batch_size = 16",
+    "ntl_jax.TrainerConfig.test_freq = 2", "ntl_jax.TrainerConfig.save_freq = 2",
+    "ntl_jax.TrainerConfig.progress_bar = False", "ntl_jax.TrainerConfig.use_tensorboard = False",
+]
+
+WORKER = textwrap.dedent(
+    """
+    import json, math, sys
+    import ntl_jax.ppo.trainer as trainer_module
+    from ntl_jax import train
+
+    records = []
+    log_metrics = trainer_module.PPOTrainer.log_metrics
+
+    def recording(self, metrics):
+        records.append({"step": self.global_step, **{k: float(v) for k, v in metrics.items()
+                        if not k.startswith(("timing_s/", "perf/")) and math.isfinite(float(v))}})
+        log_metrics(self, metrics)
+
+    trainer_module.PPOTrainer.log_metrics = recording
+    sys.argv = ["ntl_jax.train", "--gin_file=configs/ntl_final.gin", f"--output_dir={sys.argv[1]}",
+                *[f"--gin_bindings={b}" for b in json.loads(sys.argv[2])]]
+    try:
+        train.run()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    import jax
+    print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                                  "devices": jax.device_count(), "code": code, "records": records}), flush=True)
+    """
+)
+
+
+def _run(tmp_path, out_dir, devices_per_process: int, steps: int) -> list[dict]:
+    bindings = TINY + [f"ntl_jax.TrainerConfig.total_training_steps = {steps}"]
+    cwd = os.getcwd()
+    os.chdir(REPO)  # configs/ntl_final.gin is found relative to the repository, as in the README
+    try:
+        return run_workers(WORKER, tmp_path, num_processes=2, devices_per_process=devices_per_process,
+                           timeout_s=300, args=(str(out_dir), json.dumps(bindings)))
+    finally:
+        os.chdir(cwd)
+
+
+def _assert_processes_agree(results: list[dict]) -> None:
+    first, second = results
+    assert [r["step"] for r in first["records"]] == [r["step"] for r in second["records"]]
+    for a, b in zip(first["records"], second["records"]):
+        assert set(a) == set(b)
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("devices_per_process", [1, 4])
+def test_main_command_on_two_processes_runs_checkpoints_resumes_and_agrees(tmp_path, devices_per_process):
+    out_dir = tmp_path / "run"  # one folder shared by both processes, as on a pod with a shared filesystem
+    results = _run(tmp_path, out_dir, devices_per_process, steps=2)
+    assert [r["code"] for r in results] == [0, 0]
+    assert {r["devices"] for r in results} == {2 * devices_per_process}
+    _assert_processes_agree(results)
+    records = results[0]["records"]
+    assert any("val-core/arithmetic/acc/mean@1" in r for r in records)  # validation before and during training
+    assert any("ntl/loss" in r and "actor/pg_loss" in r for r in records)
+    assert sorted(os.listdir(out_dir / "checkpoints")) == ["2"]
+    logged = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    assert [r["step"] for r in logged] == [0, 1, 2]  # written once, by process 0
+
+    resumed = _run(tmp_path, out_dir, devices_per_process, steps=3)
+    assert [r["code"] for r in resumed] == [0, 0]
+    _assert_processes_agree(resumed)
+    assert [r["step"] for r in resumed[0]["records"]] == [3]  # went on from the checkpoint
+    assert "3" in os.listdir(out_dir / "checkpoints")
