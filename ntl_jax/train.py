@@ -127,17 +127,45 @@ def _logged_validation_before(output_dir: str) -> dict[str, float]:
     return {}
 
 
+def check_backend(platform: str) -> str:
+    """Log the JAX backend, device kind and counts; one-line error when ``platform`` asks for what is not there."""
+    import jax
+
+    backend, devices = jax.default_backend(), jax.devices()
+    kind = getattr(devices[0], "device_kind", backend)
+    line = (f"JAX {jax.__version__}: backend {backend}, {len(devices)} x {kind} "
+            f"({jax.local_device_count()} local, process {jax.process_index() + 1} of {jax.process_count()})")
+    log.info(line)
+    wanted = {"any": None, "cpu": ("cpu",), "gpu": ("gpu", "cuda", "rocm"), "tpu": ("tpu",),
+              "accelerator": ("gpu", "cuda", "rocm", "tpu")}[platform]
+    if wanted is not None and backend not in wanted:
+        hint = ("install the accelerator build of JAX (README: Install on a GPU machine / a TPU VM)"
+                if backend == "cpu" else "run it where that backend is")
+        raise ValueError(f"TrainerConfig.platform={platform!r} but JAX runs on {backend}; {hint}, "
+                         "or bind ntl_jax.TrainerConfig.platform='any'")
+    return line
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
+
+
 def run_experiment(config) -> dict[str, Any]:
-    """Build the trainer the config asks for and train; returns ``PPOTrainer.fit``'s result."""
+    """Build the trainer the config asks for and train; returns ``PPOTrainer.fit``'s result.
+
+    Any failure before training starts (data, model, tokenizer, reward file, backend) is a ``SetupError`` with one
+    line; failures during training keep their traceback."""
     from ntl_jax.ppo.factory import create_ppo_trainer
 
-    os.makedirs(config.trainer.output_dir, exist_ok=True)
     try:
+        os.makedirs(config.trainer.output_dir, exist_ok=True)
+        check_backend(config.trainer.platform)
         tokenizer, policy_path, train_rows, val_rows, warm = _load_data(config)
         trainer = create_ppo_trainer(config, tokenizer, policy_path=policy_path, train_rows=train_rows,
                                      val_rows=val_rows)
-    except ValueError as err:  # bad input found while setting up: one line, no traceback (see main)
-        raise SetupError(str(err).strip().splitlines()[0]) from err
+    except Exception as err:  # noqa: BLE001 - every set-up failure is one line, no traceback (see main)
+        raise SetupError(_one_line(err)) from err
     from ntl_jax.distributed.multihost import is_main_process
 
     if is_main_process():
@@ -164,13 +192,13 @@ def main(argv: Sequence[str]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ntl_jax.distributed.multihost import initialize
 
-    initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
+        initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
         config = build_experiment(FLAGS.output_dir)
-    except ValueError as err:
+    except Exception as err:  # noqa: BLE001 - a start-up failure is one line, never a traceback
         # gin appends "In call to configurable ..." lines; the first line names the key, value and what is allowed.
-        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
     mode = (f"NTL ({config.ntl.method}, reward_mode={config.ntl.reward_mode})" if config.use_ntl_trainer
             else "standard PPO")

@@ -165,7 +165,7 @@ MACRO_MEANINGS: dict[str, str] = {
     "TRAIN_FILES": "GSM8K configs: training parquet files (`TrainerConfig.train_files`)",
     "VAL_FILES": "GSM8K configs: validation parquet files (`TrainerConfig.val_files`)",
     "MAX_RESPONSE_LENGTH": "GSM8K configs: `PPOConfig.max_response_length` (256 = verl's quick start)",
-    "PPO_MICRO_BATCH_SIZE": "GSM8K configs: global `PPOConfig.ppo_micro_batch_size`, 4 per data-parallel device",
+    "PPO_MICRO_BATCH_SIZE_PER_DEVICE": "GSM8K configs: `PPOConfig.ppo_micro_batch_size_per_device` (verl's ppo_micro_batch_size_per_gpu, 4)",
 }
 
 

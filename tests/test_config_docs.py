@@ -68,7 +68,7 @@ def test_every_parameter_of_every_configurable_is_documented_with_its_default():
 def test_every_macro_of_the_config_files_is_documented():
     text = _readme()
     macros = gen.config_macros()
-    assert {"use_ntl_trainer", "MODEL_PATH", "PPO_MICRO_BATCH_SIZE"} <= set(macros)
+    assert {"use_ntl_trainer", "MODEL_PATH", "PPO_MICRO_BATCH_SIZE_PER_DEVICE"} <= set(macros)
     for name in macros:
         assert re.search(rf"^\| `{name}` \|", text, re.MULTILINE), name
 

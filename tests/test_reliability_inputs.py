@@ -123,6 +123,31 @@ def test_cli_bad_value_is_one_error_line(tmp_path):
     assert after.strip() == "", after
 
 
+def test_cli_refuses_a_silent_cpu_fallback_in_one_line(tmp_path):
+    """A config that asks for an accelerator stops at start-up when JAX runs on the CPU (a CPU-only install)."""
+    proc = run_cli(tmp_path, "--gin_file=configs/standard.gin", f"--output_dir={tmp_path / 'out'}",
+                   "--gin_bindings=ntl_jax.TrainerConfig.platform = 'accelerator'")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_lines(proc.stderr) == [
+        "error: TrainerConfig.platform='accelerator' but JAX runs on cpu; install the accelerator build of JAX "
+        "(README: Install on a GPU machine / a TPU VM), or bind ntl_jax.TrainerConfig.platform='any'"]
+    assert "Traceback" not in proc.stderr
+    assert "backend cpu" in proc.stderr  # the backend, device kind and count are logged first
+
+
+def test_unexpected_set_up_failures_are_one_line_too(tmp_path, policy_dir, monkeypatch):
+    import ntl_jax.train as train_module
+
+    def broken(config):
+        raise OSError("disk quota exceeded\nmore detail")
+
+    monkeypatch.setattr(train_module, "_load_data", broken)
+    config = with_trainer(tiny_experiment(str(tmp_path)), model_path=policy_dir)
+    with pytest.raises(train_module.SetupError) as raised:
+        run_experiment(config)
+    assert str(raised.value) == "OSError: disk quota exceeded"
+
+
 def test_cli_bad_parquet_is_one_error_line(tmp_path, policy_dir):
     bad = tmp_path / "bad.parquet"
     row = {"data_source": "arithmetic", "prompt": [{"role": "user", "content": "1+1"}]}  # no reward_model
@@ -247,8 +272,9 @@ def test_batch_sizes_that_do_not_divide_the_devices_are_refused(tmp_path, policy
     config = with_trainer(tiny_experiment(str(tmp_path)), mesh_data=8)  # 8 responses, micro-batches of 2
     with pytest.raises(ValueError) as raised:
         build_trainer(config, policy_dir, mesh=None)
-    assert one_line(str(raised.value)) == ("ppo_micro_batch_size=2 is invalid; allowed: a multiple of the "
-                                           "data-parallel device count data*fsdp=8")
+    assert one_line(str(raised.value)) == ("PPOConfig.ppo_micro_batch_size=2 is invalid; allowed: a multiple of the "
+                                           "data-parallel device count data*fsdp=8 (or set "
+                                           "ppo_micro_batch_size_per_device)")
     with pytest.raises(ValueError) as raised:
         build_trainer(with_trainer(tiny_experiment(str(tmp_path)), mesh_data=3), policy_dir, mesh=None)
     assert "(product 3) do not divide the 8 devices" in one_line(str(raised.value))

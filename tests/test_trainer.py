@@ -287,3 +287,18 @@ def test_log_prob_micro_batches_give_the_unchunked_result(tmp_path, policy_dir):
         for key in ("actor/pg_loss", "actor/ppo_kl", "actor/kl_loss", "ntl/loss", "critic/values/mean",
                     "critic/vf_loss", "critic/score/mean"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def test_generation_config_eos_tokens_stop_sampling(tmp_path, policy_dir):
+    """A chat model's generation_config.json lists extra stop tokens (Qwen2.5: <|im_end|> and <|endoftext|>)."""
+    import shutil
+
+    model_dir = str(tmp_path / "policy")
+    shutil.copytree(policy_dir, model_dir)
+    with open(os.path.join(model_dir, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": [1, 7]}, f)
+    trainer = _trainer(tiny_experiment(str(tmp_path / "run")), model_dir)
+    try:
+        assert trainer.eos_ids == [1, 7] and trainer.sampler.eos_token_ids == (1, 7)
+    finally:
+        trainer.close()

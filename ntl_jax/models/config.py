@@ -190,3 +190,22 @@ class ModelConfig:
             d["id2label"] = {"0": "LABEL_0"}
             d["label2id"] = {"LABEL_0": 0}
         return d
+
+
+def generation_eos_token_ids(path: str | os.PathLike) -> tuple[int, ...]:
+    """``eos_token_id`` of ``<path>/generation_config.json`` (int or list) as a tuple; () when there is none.
+
+    HF ``generate`` stops on these; a chat model's (Qwen2.5-Instruct: ``<|im_end|>`` and ``<|endoftext|>``) often
+    differ from ``config.json``'s single ``eos_token_id``.
+    """
+    config_path = os.path.join(os.fspath(path), "generation_config.json")
+    if not os.path.isfile(config_path):
+        return ()
+    with open(config_path, encoding="utf-8") as f:
+        value = json.load(f).get("eos_token_id")
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"{config_path}: eos_token_id={value!r} is invalid; allowed: a token id or a list of them")
+    return tuple(values)

@@ -242,7 +242,9 @@ class DecoderBody(nnx.Module):
         cos, sin = rope_tables(positions, rope_inv_freq(self.config))
         first_slot = 0 if cache is None else cache_index
         attend = attention_allowed(attention_mask, input_ids.shape[1], first_slot)
-        apply_layer: Callable = nnx.remat(_apply_layer) if self.remat else _apply_layer
+        # Rematerialise only passes that are differentiated (no KV cache): decoding keeps nothing for a backward
+        # pass, and nnx.remat inside the sampler's while_loop would rebind Variables across trace levels.
+        apply_layer: Callable = nnx.remat(_apply_layer) if self.remat and cache is None else _apply_layer
         cache_k, cache_v = (None, None) if cache is None else cache
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache_k, cache_v, i)

@@ -21,6 +21,7 @@ KL_CTRL_TYPES = ("fixed", "adaptive")
 RESUME_MODES = ("auto", "disable")
 ROLLOUT_MODES = ("colocated", "ray")
 REWARD_RUNNERS = ("local", "ray")
+PLATFORMS = ("any", "cpu", "gpu", "tpu", "accelerator")
 
 
 def fail(cls: str, key: str, value: Any, allowed: str) -> None:
@@ -64,9 +65,7 @@ class PPOConfig:
     rollout_n: int = 1
     ppo_mini_batch_size: int = 16
     ppo_micro_batch_size: int = 16  # per micro-batch, in responses over all devices; gradients are accumulated
-    # Responses per device per micro-batch (verl's ppo_micro_batch_size_per_gpu); when > 0 it replaces
-    # ppo_micro_batch_size (= this x the data-parallel device count), so one config fits 1, 8 or 16 devices.
-    ppo_micro_batch_size_per_device: int = 0
+    ppo_micro_batch_size_per_device: int = 0  # verl's ppo_micro_batch_size_per_gpu; > 0 replaces the global one
     ppo_epochs: int = 1
     max_prompt_length: int = 64
     max_response_length: int = 32
@@ -109,6 +108,7 @@ class PPOConfig:
     max_consecutive_skipped_updates: int = 10
     logprob_chunk_size: int = 32  # sequence chunk of the log-prob/entropy/digit-slice scan (never [B,T,V] logits)
     log_prob_micro_batch_size: int = 0  # responses per forward in the old/ref log-prob and value passes; 0 = all
+    log_prob_micro_batch_size_per_device: int = 0  # the same per device (verl's *_per_gpu); > 0 replaces it
 
     def __post_init__(self) -> None:
         n = "PPOConfig"
@@ -117,7 +117,7 @@ class PPOConfig:
                     "logprob_chunk_size"):
             check_positive_int(n, key, getattr(self, key))
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
-                    "ppo_micro_batch_size_per_device"):
+                    "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
         check_choice(n, "adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
         check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
@@ -177,6 +177,20 @@ class PPOConfig:
                  f"ppo_mini_batch_size*rollout_n={mini_responses}")
         return mini_responses // micro
 
+    def log_prob_chunk(self, data_parallel: int) -> int:
+        """Responses per forward in the log-prob / value passes on ``data_parallel`` devices (0 = all at once)."""
+        if self.log_prob_micro_batch_size_per_device:
+            size, key = self.log_prob_micro_batch_size_per_device * data_parallel, "log_prob_micro_batch_size_per_device"
+            if self.responses_per_iteration % size:
+                fail("PPOConfig", key, self.log_prob_micro_batch_size_per_device,
+                     f"a per-device size whose total ({size} on {data_parallel} devices) divides "
+                     f"train_batch_size*rollout_n={self.responses_per_iteration}")
+            return size
+        if self.log_prob_micro_batch_size and self.log_prob_micro_batch_size % data_parallel:
+            fail("PPOConfig", "log_prob_micro_batch_size", self.log_prob_micro_batch_size,
+                 f"0 or a multiple of the data-parallel device count data*fsdp={data_parallel}")
+        return self.log_prob_micro_batch_size
+
 
 @gin.configurable(module="ntl_jax")
 @dataclasses.dataclass(frozen=True)
@@ -195,9 +209,7 @@ class TrainerConfig:
     save_freq: int = 10
     max_to_keep: int = 3
     resume_mode: str = "auto"
-    # Checkpoint folder, shared by all processes of a multi-host run: a local or NFS path, or gs://bucket/run
-    # (orbax writes it from every process); None = <output_dir>/checkpoints.
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = None  # shared by all processes: local/NFS path or gs://...; None = <output_dir>/checkpoints
     val_before_train: bool = True
     # Model.
     model_path: str | None = None
@@ -225,6 +237,7 @@ class TrainerConfig:
     # Rollout.
     rollout_mode: str = "colocated"
     rollout_num_workers: int = 1
+    platform: str = "any"  # backend the run needs: any, cpu, gpu, tpu, accelerator; CPU JAX then stops at start-up
     # Mesh: -1 = all remaining devices.
     mesh_data: int = -1
     mesh_fsdp: int = 1
@@ -247,6 +260,7 @@ class TrainerConfig:
         check_choice(n, "truncation", self.truncation, ("error", "left", "right"))
         check_choice(n, "reward_runner", self.reward_runner, REWARD_RUNNERS)
         check_choice(n, "rollout_mode", self.rollout_mode, ROLLOUT_MODES)
+        check_choice(n, "platform", self.platform, PLATFORMS)
         check_choice(n, "dtype", self.dtype, ("float32", "bfloat16"))
         check_choice(n, "param_dtype", self.param_dtype, ("float32", "bfloat16"))
         check_range(n, "reward_timeout_s", self.reward_timeout_s, 0.0, lo_open=True)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ntl_jax.data.verl_parquet import PromptBatch, PromptLoader
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.distributed.multihost import broadcast_from_main, is_main_process, put_global, to_host, tree_to_host
+from ntl_jax.models.config import generation_eos_token_ids
 from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams
 from ntl_jax.ntl.info import DigitTargets
 from ntl_jax.ppo import state as state_lib
@@ -69,9 +70,10 @@ def _take_rows(tree: Any, rows: jax.Array) -> Any:
     return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), tree)
 
 
-def _eos_ids(tokenizer: Any, model_eos: Any) -> list[int]:
+def _eos_ids(tokenizer: Any, *model_eos: Any) -> list[int]:
+    """Stop tokens: the tokenizer's eos, config.json's and generation_config.json's (HF generate stops on the last)."""
     ids = set()
-    for value in (tokenizer.eos_token_id, model_eos):
+    for value in (tokenizer.eos_token_id, *model_eos):
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, (list, tuple)):
@@ -118,7 +120,8 @@ class PPOTrainer:
                                              critic_path=self.run.critic_path, seed=self.run.seed)
         self.digit_ids = self.setup_digits()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.eos_ids = _eos_ids(tokenizer, self.models.model_config.eos_token_id)
+        self.eos_ids = _eos_ids(tokenizer, self.models.model_config.eos_token_id,
+                                generation_eos_token_ids(policy_path))
         self._build_steps()
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh)
@@ -150,6 +153,7 @@ class PPOTrainer:
     def _check_divisibility(self) -> None:
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.num_micro_batches = self.ppo.micro_batches(shards)
+        self.log_prob_chunk = self.ppo.log_prob_chunk(shards)
         if self.ppo.responses_per_iteration % shards:
             raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
                              f"a multiple of the data-parallel device count data*fsdp={shards}")
@@ -187,6 +191,12 @@ class PPOTrainer:
     def _build_rollout(self):
         if self.run.rollout_mode == "colocated":
             return ColocatedRollout(self.sampler)
+        if jax.default_backend() != "cpu" or jax.process_count() > 1:
+            # Ray samplers are CPU processes that get the weights through the host every iteration: on accelerators
+            # and pods the colocated sampler shares the trainer's devices and weights at no copy.
+            raise ValueError(f"TrainerConfig.rollout_mode='ray' is invalid on {jax.default_backend()} with "
+                             f"{jax.process_count()} process(es); allowed there: 'colocated' ('ray' is a "
+                             "single-process CPU option)")
         self._start_ray()
         kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
                       digit_ids=None if self.digit_ids is None else np.asarray(self.digit_ids))
@@ -308,7 +318,7 @@ class PPOTrainer:
 
     def _forward_in_chunks(self, step: Any, params: Any, arrays: tuple[jax.Array, ...]) -> Any:
         """Run a jitted forward over ``log_prob_micro_batch_size`` responses at a time (bounded activation memory)."""
-        size, total = self.ppo.log_prob_micro_batch_size, arrays[0].shape[0]
+        size, total = self.log_prob_chunk, arrays[0].shape[0]
         if not size or size >= total:
             return step(params, *arrays)
         parts = [step(params, *(x[start:start + size] for x in arrays)) for start in range(0, total, size)]
