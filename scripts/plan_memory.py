@@ -69,6 +69,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from ntl_jax.distributed.mesh import make_mesh
     from ntl_jax.models.config import ModelConfig
@@ -103,8 +104,11 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
     def abstract_optimizer(params, lr):
         tx = make_optimizer(lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip)
-        compiled = jax.jit(tx.init).lower(params).compile()
-        return tx, _abstract(jax.eval_shape(tx.init, params), compiled.output_shardings), compiled.output_shardings
+        # Moments follow their parameters' shardings; step counters are replicated (as ModuleState places them).
+        replicated = NamedSharding(mesh, PartitionSpec())
+        shardings = jax.tree.map(lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated,
+                                 jax.jit(tx.init).lower(params).compile().output_shardings)
+        return tx, _abstract(jax.eval_shape(tx.init, params), shardings), shardings
 
     actor_graph, actor_params, actor_shardings = abstract_module(CausalLM)
     actor_tx, actor_opt, actor_opt_shardings = abstract_optimizer(actor_params, ppo.actor_lr)

@@ -24,8 +24,8 @@ usage: $(basename "$0") --mode standard|ntl_final|ntl_all [options] [-- extra nt
   --raw_gsm8k_dir DIR    raw GSM8K train.jsonl/test.jsonl for the preparation (env GSM8K_RAW_DIR; default
                          ../shared/data/gsm8k when it exists, else the openai/gsm8k dataset, which needs network)
   --output_dir DIR       run directory (env OUTPUT_DIR; default: the config's outputs/gsm8k_qwen2_5_0_5b_<MODE>)
-  --micro_batch_size N   global PPO micro-batch in responses, 4 per data-parallel device (env PPO_MICRO_BATCH_SIZE;
-                         default 4 = one device)
+  --micro_batch_size N   PPO micro-batch in responses per device, as verl's ppo_micro_batch_size_per_gpu
+                         (env PPO_MICRO_BATCH_SIZE_PER_DEVICE; default the config's 4, valid on 1, 8 or 16 devices)
   --python BIN           Python with ntl_jax installed (env PYTHON; default python)
   --dry_run              print the commands and exit
   -h, --help             this help
@@ -37,7 +37,7 @@ MODEL_PATH="${MODEL_PATH:-}"
 DATA_DIR="${DATA_DIR:-}"
 GSM8K_RAW_DIR="${GSM8K_RAW_DIR:-}"
 OUTPUT_DIR="${OUTPUT_DIR:-}"
-MICRO_BATCH_SIZE="${PPO_MICRO_BATCH_SIZE:-}"
+MICRO_BATCH_SIZE="${PPO_MICRO_BATCH_SIZE_PER_DEVICE:-}"
 PYTHON="${PYTHON:-python}"
 EXTRA_ARGS=()
 
@@ -62,7 +62,7 @@ case "${MODE}" in
   *) die "--mode=${MODE} is invalid; allowed: standard, ntl_final, ntl_all" ;;
 esac
 if [[ -n "${MICRO_BATCH_SIZE}" && ! "${MICRO_BATCH_SIZE}" =~ ^[1-9][0-9]*$ ]]; then
-  die "--micro_batch_size=${MICRO_BATCH_SIZE} is invalid; allowed: a positive integer (4 per device)"
+  die "--micro_batch_size=${MICRO_BATCH_SIZE} is invalid; allowed: a positive integer (responses per device)"
 fi
 
 # User paths are relative to the caller's directory; defaults to the repository.
@@ -97,7 +97,7 @@ TRAIN_CMD=("${PYTHON}" -m ntl_jax.train
   "--gin_bindings=MODEL_PATH='${MODEL_PATH}'"
   "--gin_bindings=TRAIN_FILES=('${DATA_DIR}/train.parquet',)"
   "--gin_bindings=VAL_FILES=('${DATA_DIR}/test.parquet',)")
-[[ -z "${MICRO_BATCH_SIZE}" ]] || TRAIN_CMD+=("--gin_bindings=PPO_MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE}")
+[[ -z "${MICRO_BATCH_SIZE}" ]] || TRAIN_CMD+=("--gin_bindings=PPO_MICRO_BATCH_SIZE_PER_DEVICE=${MICRO_BATCH_SIZE}")
 [[ -z "${OUTPUT_DIR}" ]] || TRAIN_CMD+=("--output_dir=${OUTPUT_DIR}")
 TRAIN_CMD+=("${EXTRA_ARGS[@]}")
 

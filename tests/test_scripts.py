@@ -51,7 +51,7 @@ def stub_env(tmp_path):
         stub.write_text(f'#!/bin/bash\necho "{tool} $*" >> "{log}"\nexit 97\n')
         stub.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    for name in ("MODEL_PATH", "DATA_DIR", "GSM8K_RAW_DIR", "OUTPUT_DIR", "PPO_MICRO_BATCH_SIZE", "PYTHON", "RAY",
+    for name in ("MODEL_PATH", "DATA_DIR", "GSM8K_RAW_DIR", "OUTPUT_DIR", "PPO_MICRO_BATCH_SIZE_PER_DEVICE", "PYTHON", "RAY",
                  "TPU_NAME", "ZONE", "PROJECT", "NTL_JAX_GIT_URL", "RAY_AUTH_MODE"):
         env.pop(name, None)
     return env, log
@@ -111,7 +111,7 @@ def test_gsm8k_training_prepares_missing_data_then_trains(script, mode, stub_env
     raw = tmp_path / "raw"
     rc, commands, err = run_script(script, ["--dry_run", "--model_path", "models/qwen", "--data_dir",
                                             str(tmp_path / "data"), "--raw_gsm8k_dir", str(raw),
-                                            "--micro_batch_size", "32", "--output_dir", str(tmp_path / "run"),
+                                            "--micro_batch_size", "8", "--output_dir", str(tmp_path / "run"),
                                             "--", "--gin_bindings=ntl_jax.TrainerConfig.use_wandb=True"], env,
                                    cwd=str(tmp_path))
     assert rc == 0, err
@@ -123,7 +123,7 @@ def test_gsm8k_training_prepares_missing_data_then_trains(script, mode, stub_env
     assert flag(train, "gin_bindings") == [
         f"MODEL_PATH='{tmp_path}/models/qwen'",  # relative to the caller's directory
         f"TRAIN_FILES=('{tmp_path}/data/train.parquet',)", f"VAL_FILES=('{tmp_path}/data/test.parquet',)",
-        "PPO_MICRO_BATCH_SIZE=32", "ntl_jax.TrainerConfig.use_wandb=True"]
+        "PPO_MICRO_BATCH_SIZE_PER_DEVICE=8", "ntl_jax.TrainerConfig.use_wandb=True"]
     assert flag(train, "output_dir") == [str(tmp_path / "run")]
 
 
@@ -418,3 +418,54 @@ def test_quick_test_ntl_script_runs(tmp_path):
     assert "reusing the cached warm start" in proc.stderr  # ntl_all reused ntl_final's warm start
     for mode in ("ntl_final", "ntl_all"):
         assert (tmp_path / mode / "result.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ real-scale path
+def _script(name: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+@pytest.mark.slow  # AOT compilation of every step at Qwen2.5-0.5B shapes: ~2 min on 2 CPU cores
+def test_memory_plan_of_the_shipped_0_5b_recipe_fits_one_80_gb_device():
+    proc = _script("plan_memory.py", "--gin_file=configs/gsm8k_qwen2_5_0_5b_ntl_final.gin", "--devices=1",
+                   "--model_config=configs/models/qwen2.5-0.5b-instruct.json", "--limit_gib=80")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    assert "494.0M parameters" in proc.stdout and "total: 12.88 GiB" in proc.stdout  # float32 actor/critic/Adam/ref
+    phases = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "GiB |" in line]
+    assert [p.split(" | ")[0][2:] for p in phases] == [
+        "generation: prefill", "generation: decode loop", "old log-probs (+ NTL digit slice)", "reference log-probs",
+        "critic values", "actor update (16 micro-batches)", "critic update (16 micro-batches)"]
+    peak = float(proc.stdout.split("peak: ")[1].split(" GiB")[0])
+    assert 12.88 < peak <= 80
+
+
+@pytest.mark.slow  # the same for a 7B-class config sharded (fsdp) over 8 simulated devices
+def test_memory_plan_of_the_7b_config_with_fsdp_fits_8_devices_of_80_gb():
+    proc = _script("plan_memory.py", "--gin_file=configs/gsm8k_qwen2_5_7b_ntl_final.gin", "--devices=8",
+                   "--model_config=configs/models/qwen2.5-7b-instruct.json", "--limit_gib=80")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    assert "'fsdp': 8" in proc.stdout
+    resident = float(proc.stdout.split("total: ")[1].split(" GiB")[0])
+    assert 20 < resident < 35  # ~213 GiB of float32 state over 8 devices
+
+
+def test_memory_plan_refuses_a_missing_model_shape():
+    proc = _script("plan_memory.py", "--gin_file=configs/gsm8k_qwen2_5_0_5b_standard.gin", "--devices=1",
+                   timeout=300)
+    assert proc.returncode == 2
+    assert "error: model shape 'models/Qwen2.5-0.5B-Instruct/config.json' not found" in proc.stderr
+
+
+@pytest.mark.slow  # two PPO iterations of the GSM8K recipe on real prompts, shrunk to run on 2 CPU cores (~1 min)
+def test_real_shape_smoke_run_at_reduced_size():
+    proc = _script("smoke_real_shapes.py", "--layers", "2", "--hidden", "64", "--vocab", "4096", "--prompts", "8",
+                   "--prompt_length", "256", "--response_length", "32", "--platform", "any")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("iteration ")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "gen " in line and "update_actor " in line and "update_critic " in line and "tokens/s" in line
+    compiles = [int(line.split(" compilations")[0].rsplit(" ", 1)[1]) for line in lines]
+    assert compiles[1] == compiles[0] > 0  # the second iteration compiles nothing new
