@@ -24,7 +24,7 @@ from ntl_jax.models.decoder import CausalLM
 from ntl_jax.models.hf_io import save_pretrained
 from ntl_jax.models.tokenizers import build_char_tokenizer, load_tokenizer
 from ntl_jax.ntl.digits import digit_token_ids
-from ntl_jax.ppo.config import check_positive_int
+from ntl_jax.knobs import check_positive_int, fail, knob
 from ntl_jax.ppo.warm_start import WarmStartConfig, supervised_warm_start
 
 log = logging.getLogger(__name__)
@@ -35,25 +35,25 @@ log = logging.getLogger(__name__)
 class EmbeddedTaskConfig:
     """Size of the generated task and of the tiny decoder (Qwen2 layout, tied embeddings)."""
 
-    num_train: int = 20000
-    num_val: int = 1000
-    ops: str = "+-*"
-    min_digits: int = 1
-    max_digits: int = 2
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    data_seed: int = 1234
+    num_train: int = knob(20000, "generated training problems")
+    num_val: int = knob(1000, "generated held-out problems (validation; as many again select the warm start)")
+    ops: str = knob("+-*", "operators to draw from ('+', '-', '*')")
+    min_digits: int = knob(1, "fewest digits per operand")
+    max_digits: int = knob(2, "most digits per operand")
+    hidden_size: int = knob(64, "tiny decoder width")
+    num_layers: int = knob(2, "tiny decoder layers")
+    num_heads: int = knob(4, "tiny decoder attention heads")
+    num_kv_heads: int = knob(2, "tiny decoder key/value heads (grouped-query attention)")
+    intermediate_size: int = knob(256, "tiny decoder MLP width")
+    data_seed: int = knob(1234, "seed of the generated problems (held-out problems use data_seed + 1)")
 
     def __post_init__(self) -> None:
         for key in ("num_train", "num_val", "min_digits", "max_digits", "hidden_size", "num_layers", "num_heads",
                     "num_kv_heads", "intermediate_size"):
             check_positive_int("EmbeddedTaskConfig", key, getattr(self, key))
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError(f"EmbeddedTaskConfig hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
-                             f"num_kv_heads={self.num_kv_heads} is invalid; allowed: heads | hidden, kv_heads | heads")
+            fail("EmbeddedTaskConfig", "(hidden_size, num_heads, num_kv_heads)",
+                 (self.hidden_size, self.num_heads, self.num_kv_heads), "num_heads | hidden_size, num_kv_heads | num_heads")
 
 
 @dataclasses.dataclass

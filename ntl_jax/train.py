@@ -200,7 +200,7 @@ def main(argv: Sequence[str]) -> None:
         # gin appends "In call to configurable ..." lines; the first line names the key, value and what is allowed.
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    mode = (f"NTL ({config.ntl.method}, reward_mode={config.ntl.reward_mode})" if config.use_ntl_trainer
+    mode = (f"NTL ({config.ntl.method}, reward_mode={config.ntl.reward_mode})" if config.use_ntl
             else "standard PPO")
     print(f"ntl-jax: {mode}; output in {config.trainer.output_dir}", flush=True)
     try:

@@ -69,14 +69,13 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from ntl_jax.distributed.mesh import make_mesh
     from ntl_jax.models.config import ModelConfig
     from ntl_jax.models.decoder import CausalLM, ValueModel
     from ntl_jax.models.sampler import Sampler, SamplingParams, _bucket_for, DEFAULT_PROMPT_BUCKETS
     from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, state_shardings
-    from ntl_jax.ppo.state import DTYPES
+    from ntl_jax.ppo.state import DTYPES, optimizer_shardings
     from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
                                    make_critic_update, make_logprob_step, make_optimizer, make_value_step)
     from ntl_jax.train import build_experiment, parse_gin
@@ -102,23 +101,21 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
         shardings = state_shardings(state, mesh, LOGICAL_AXIS_RULES)
         return graphdef, _abstract(state, shardings), shardings
 
-    def abstract_optimizer(params, lr):
+    def abstract_optimizer(params, param_shardings, lr):
         tx = make_optimizer(lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip)
-        # Moments follow their parameters' shardings; step counters are replicated (as ModuleState places them).
-        replicated = NamedSharding(mesh, PartitionSpec())
-        shardings = jax.tree.map(lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated,
-                                 jax.jit(tx.init).lower(params).compile().output_shardings)
+        shardings = optimizer_shardings(tx, params, param_shardings, mesh)  # as ModuleState places them
         return tx, _abstract(jax.eval_shape(tx.init, params), shardings), shardings
 
     actor_graph, actor_params, actor_shardings = abstract_module(CausalLM)
-    actor_tx, actor_opt, actor_opt_shardings = abstract_optimizer(actor_params, ppo.actor_lr)
+    actor_tx, actor_opt, actor_opt_shardings = abstract_optimizer(actor_params, actor_shardings, ppo.actor_lr)
     resident = {"actor params": actor_params, "actor Adam": actor_opt}
     if ppo.uses_reference:
         resident["reference params"] = actor_params
     critic = None
     if ppo.uses_critic:
         critic_graph, critic_params, critic_shardings = abstract_module(ValueModel)
-        critic_tx, critic_opt, critic_opt_shardings = abstract_optimizer(critic_params, ppo.critic_lr)
+        critic_tx, critic_opt, critic_opt_shardings = abstract_optimizer(critic_params, critic_shardings,
+                                                                          ppo.critic_lr)
         resident.update({"critic params": critic_params, "critic Adam": critic_opt})
         critic = (critic_graph, critic_params, critic_shardings, critic_tx, critic_opt, critic_opt_shardings)
     resident_bytes = {name: _bytes_per_device(tree) for name, tree in resident.items()}
@@ -128,7 +125,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     rows = ppo.train_batch_size * ppo.rollout_n
     prompt_len = _bucket_for(ppo.max_prompt_length, DEFAULT_PROMPT_BUCKETS)
     seq = lambda n, t, dt=jnp.int32: jax.ShapeDtypeStruct((n, t), dt, sharding=data)  # noqa: E731
-    digit_ids = np.arange(10, dtype=np.int32) if config.use_ntl_trainer else None
+    digit_ids = np.arange(10, dtype=np.int32) if config.use_ntl else None
     phases = []
 
     def add(name, compiled, resident_args):
@@ -174,7 +171,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     f32 = lambda: seq(m, t, jnp.float32)  # noqa: E731
     batch = RolloutBatch(seq(m, prompt_len), seq(m, prompt_len), seq(m, t), f32(), f32(), f32(), f32(), f32(), f32(),
                          seq(m, t), f32())
-    settings = ActorLossSettings.from_config(ppo, config.ntl.method if config.use_ntl_trainer else None)
+    settings = ActorLossSettings.from_config(ppo, config.ntl.method if config.use_ntl else None)
     actor_update = make_actor_update(actor_graph, actor_tx, settings, digit_ids=digit_ids,
                                      num_micro_batches=num_micro, mesh=mesh, param_shardings=actor_shardings,
                                      opt_shardings=actor_opt_shardings)

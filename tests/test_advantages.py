@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from ntl_jax.ppo.advantages import (
+    ADVANTAGE_ESTIMATORS,
     compute_advantages,
     compute_gae,
     compute_grpo,
     compute_rloo,
-    masked_mean,
-    masked_var,
-    masked_whiten,
+    register_advantage_estimator,
     scores_to_token_rewards,
 )
+from ntl_jax.ppo.masked import masked_mean, masked_var, masked_whiten
 
 SQRT_HALF = 1.0 / np.sqrt(2.0)
 
@@ -165,9 +165,6 @@ def test_grpo_hand_computed_with_singleton_group():
 def test_drgrpo_is_score_minus_group_mean():
     advantages, _ = compute_grpo(GROUP_SCORES, GROUP_IDS, GROUP_MASK, num_groups=3, norm_by_std=False)
     np.testing.assert_allclose(advantages[:, 0], [2 / 3, 0.0, -1 / 3, 0.5, -1 / 3, 0.0], rtol=1e-6, atol=1e-7)
-    via_name, _ = compute_advantages("grpo_drgrpo", scores=GROUP_SCORES, group_ids=GROUP_IDS,
-                                     response_mask=GROUP_MASK, num_groups=3)
-    np.testing.assert_allclose(via_name, advantages)
 
 
 def test_rloo_hand_computed():
@@ -213,25 +210,24 @@ def test_compute_advantages_dispatches_each_estimator():
     token_rewards = scores_to_token_rewards(GROUP_SCORES, mask)
     values = jnp.asarray(rng.normal(size=(6, 5)).astype(np.float32))
     common = dict(token_rewards=token_rewards, values=values, response_mask=mask, gamma=0.9, lam=0.95,
-                  scores=GROUP_SCORES, group_ids=GROUP_IDS, num_groups=3)
+                  group_ids=GROUP_IDS, num_groups=3)
+    assert ADVANTAGE_ESTIMATORS == ("gae", "grpo", "rloo")
     gae = compute_advantages("gae", **common)
     np.testing.assert_allclose(gae[0], compute_gae(token_rewards, values, mask, 0.9, 0.95)[0])
+    # Outcome estimators score a response by the sum of its token rewards (verl sums them).
     grpo = compute_advantages("grpo", **common)
-    np.testing.assert_allclose(grpo[0], compute_grpo(GROUP_SCORES, GROUP_IDS, mask, num_groups=3)[0])
-    no_std = compute_advantages("grpo", norm_by_std=False, **common)
-    np.testing.assert_allclose(no_std[0], compute_advantages("grpo_drgrpo", **common)[0])
+    np.testing.assert_allclose(grpo[0], compute_grpo(GROUP_SCORES, GROUP_IDS, mask, num_groups=3)[0], rtol=1e-6)
+    no_std = compute_advantages("grpo", norm_by_std=False, **common)  # Dr.GRPO
+    np.testing.assert_allclose(no_std[0], compute_grpo(GROUP_SCORES, GROUP_IDS, mask, num_groups=3,
+                                                       norm_by_std=False)[0], rtol=1e-6)
     rloo = compute_advantages("rloo", **common)
-    np.testing.assert_allclose(rloo[0], compute_rloo(GROUP_SCORES, GROUP_IDS, mask, num_groups=3)[0])
-    # outcome estimators derive scores from token rewards when no scores are given (verl sums them)
-    without_scores = {k: v for k, v in common.items() if k != "scores"}
-    np.testing.assert_allclose(compute_advantages("grpo", **without_scores)[0], grpo[0], rtol=1e-6)
+    np.testing.assert_allclose(rloo[0], compute_rloo(GROUP_SCORES, GROUP_IDS, mask, num_groups=3)[0], rtol=1e-6)
 
 
-def test_compute_advantages_errors():
-    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'.*gae, grpo, grpo_drgrpo, rloo"):
-        compute_advantages("ppo", scores=GROUP_SCORES)
-    with pytest.raises(ValueError, match="needs argument"):
-        compute_advantages("gae", token_rewards=jnp.zeros((2, 3)), response_mask=jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match="unknown argument"):
-        compute_advantages("rloo", scores=GROUP_SCORES, group_ids=GROUP_IDS, response_mask=GROUP_MASK,
-                           num_groups=3, gama=1.0)
+def test_compute_advantages_errors_and_registry():
+    zeros = jnp.zeros((6, 3))
+    with pytest.raises(ValueError, match="advantage estimator 'ppo' is invalid; allowed: gae, grpo, rloo"):
+        compute_advantages("ppo", token_rewards=zeros, values=zeros, response_mask=zeros, group_ids=GROUP_IDS,
+                           num_groups=3)
+    with pytest.raises(ValueError, match="'grpo' is registered already"):
+        register_advantage_estimator("grpo")(lambda *a, **k: None)

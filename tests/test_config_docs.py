@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from ntl_jax.knobs import knob
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO_ROOT, "configs", "README.md")
 
@@ -80,48 +82,29 @@ def test_readme_is_what_the_generator_writes():
 
 def test_check_mode_flags_a_stale_file(tmp_path):
     stale = tmp_path / "README.md"
-    stale.write_text(_readme().replace("| `0.3` |", "| `0.4` |", 1))
+    stale.write_text(_readme().replace("| knob |", "| parameter |", 1))
     assert gen.main(["--check", "--output", str(stale)]) == 1
     assert gen.main(["--output", str(stale)]) == 0
     assert stale.read_text() == _readme()
 
 
-# Sources for the parser tests (inspect.getsource needs them in a real file).
 @dataclasses.dataclass(frozen=True)
-class _Commented:
-    """Docstring entries. beta / gamma: shared meaning. delta: from the docstring, allowed: anything."""
+class _WithoutHelp:
+    """A configurable whose second field has no help."""
 
-    # First group.
-    alpha: str = "a#b"  # the alpha, with '#' in its default
-    beta: int = 1
-    # Second group.
-    gamma: float = 0.5
-    delta: tuple = ()
-    epsilon: bool = True  # comment wins over FALLBACK_MEANINGS
-
-
-@dataclasses.dataclass(frozen=True)
-class _Undocumented:
-    """No entries here."""
-
-    documented: int = 1  # yes
+    documented: int = knob(1, "yes")
     orphan: int = 2
 
 
-def test_meanings_come_from_comments_then_docstring_then_fallback(monkeypatch):
-    monkeypatch.setitem(gen.FALLBACK_MEANINGS, "_Commented.epsilon", "unused")
-    doc = gen.document_class("t._Commented", _Commented)
-    by_name = {p.name: p for p in doc.params}
-    assert by_name["alpha"].meaning == "the alpha, with '#' in its default"
-    assert by_name["alpha"].default == "'a#b'"
-    assert by_name["beta"].meaning == by_name["gamma"].meaning == "shared meaning"
-    assert by_name["delta"].meaning == "from the docstring, allowed: anything"  # 'allowed' is no field
-    assert by_name["epsilon"].meaning == "comment wins over FALLBACK_MEANINGS"
-    assert [by_name[n].group for n in ("alpha", "beta", "gamma", "delta")] == [
-        "First group.", "First group.", "Second group.", "Second group."]
-    assert doc.summary.startswith("Docstring entries.")
+def test_a_knob_without_help_is_an_error():
+    with pytest.raises(ValueError, match=r"t\._WithoutHelp\.orphan has no help"):
+        gen.knob_rows("t._WithoutHelp", _WithoutHelp)
 
 
-def test_a_parameter_without_any_meaning_is_an_error():
-    with pytest.raises(ValueError, match=r"_Undocumented\.orphan has no meaning"):
-        gen.document_class("t._Undocumented", _Undocumented)
+def test_a_macro_without_a_meaning_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "a.gin").write_text("# A file.\nFOO = 3\n")
+    monkeypatch.setattr(gen, "CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="macro FOO .* has no meaning"):
+        gen.render()
+    (tmp_path / "b.gin").write_text("# B file.\nFOO = 4  # what foo is\n")
+    assert gen.config_macros()["FOO"] == ("3", ["a.gin", "b.gin"], "what foo is")

@@ -8,9 +8,9 @@ import pytest
 from ntl_jax.ntl.config import NTLConfig
 
 CONTRACT_DEFAULTS = dict(
-    enabled=False, method="wasserstein", weight=0.3, extract_during_generation=False, extract_during_log_prob=True,
-    pass_to_reward_function=True, reward_mode="final_answer", temperature=0.1, adaptive_temperature=False,
-    temperature_schedule=None, hybrid_weight=0.5, answer_extraction="strict_then_last",
+    enabled=False, method="wasserstein", weight=0.1, extract_during_generation=False, extract_during_log_prob=True,
+    pass_to_reward_function=True, reward_mode="final_answer", tau=0.1, adaptive_tau=False,
+    tau_schedule=None, hybrid_weight=0.5, answer_extraction="strict_then_last",
     debug_mode=False, save_digit_info=False, cache_digit_mappings=True, fallback_on_error=False, require_digits=False,
 )
 
@@ -35,12 +35,12 @@ def test_defaults_match_contract_and_frozen():
     ("answer_extraction", "first", "'strict', 'last', 'strict_then_last'"),
     ("weight", -0.1, "a finite number >= 0"),
     ("weight", float("inf"), "a finite number >= 0"),
-    ("temperature", 0.0, "a finite number > 0"),
-    ("hybrid_weight", 1.5, "a finite number in [0, 1]"),
+    ("tau", 0.0, "a finite number > 0"),
+    ("hybrid_weight", 1.5, "a finite number >= 0 and <= 1"),
     ("enabled", "yes", "True, False"),
-    ("temperature_schedule", "linear:2->1", "a float, 'constant:T'"),
-    ("temperature_schedule", "linear:1.0->-1.0@10", "a schedule whose temperatures stay > 0"),
-    ("temperature_schedule", 2.0, "None or a string"),
+    ("tau_schedule", "linear:2->1", "a float, 'constant:T'"),
+    ("tau_schedule", "linear:1.0->-1.0@10", "a schedule whose values stay > 0"),
+    ("tau_schedule", 2.0, "None or a string"),
 ])
 def test_invalid_values_get_one_line_error(key, value, allowed):
     with pytest.raises(ValueError) as err:
@@ -57,18 +57,18 @@ def test_exact_method_error_message():
 
 
 def test_tau_at():
-    assert NTLConfig(temperature=1.5).tau_at(10_000) == 1.5
-    scheduled = NTLConfig(temperature=9.0, temperature_schedule="linear:2.0->0.5@100")
+    assert NTLConfig(tau=1.5).tau_at(10_000) == 1.5
+    scheduled = NTLConfig(tau=9.0, tau_schedule="linear:2.0->0.5@100")
     assert scheduled.tau_at(0) == pytest.approx(2.0)
     assert scheduled.tau_at(50) == pytest.approx(1.25)
     assert scheduled.tau_at(1000) == pytest.approx(0.5)
-    adaptive = NTLConfig(temperature=0.2, adaptive_temperature=True)
+    adaptive = NTLConfig(tau=0.2, adaptive_tau=True)
     assert adaptive.tau_at(0) == 0.2  # no running mean yet
     # tau follows the running mean number error, clipped to [0.1, 10] x the scheduled tau.
     assert adaptive.tau_at(0, mean_number_error=0.5) == pytest.approx(0.5)
     assert adaptive.tau_at(0, mean_number_error=0.001) == pytest.approx(0.02)
     assert adaptive.tau_at(0, mean_number_error=50.0) == pytest.approx(2.0)
-    assert NTLConfig(temperature=0.2).tau_at(0, mean_number_error=0.5) == 0.2  # adaptive off ignores the mean
+    assert NTLConfig(tau=0.2).tau_at(0, mean_number_error=0.5) == 0.2  # adaptive off ignores the mean
 
 
 def test_gin_binding():
@@ -78,7 +78,7 @@ def test_gin_binding():
             ntl_jax.NTLConfig.method = 'number'
             NTLConfig.reward_mode = 'hybrid'
             NTLConfig.hybrid_weight = 0.25
-            NTLConfig.temperature_schedule = 'cosine:2.0->0.5@10'
+            NTLConfig.tau_schedule = 'cosine:2.0->0.5@10'
         """)
         config = NTLConfig()
     finally:

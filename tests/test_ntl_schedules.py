@@ -3,7 +3,6 @@
 import math
 import pickle
 
-import gin
 import pytest
 
 from ntl_jax.ntl import schedules
@@ -42,7 +41,7 @@ def test_parse_schedule_errors_name_the_string(bad):
     with pytest.raises(ValueError) as err:
         schedules.parse_schedule(bad)
     message = str(err.value)
-    assert f"temperature schedule {bad!r} is invalid" in message
+    assert f"tau schedule {bad!r} is invalid" in message
     assert "'linear:START->END@STEPS'" in message and "\n" not in message
 
 
@@ -55,25 +54,6 @@ def test_constructor_validation():
         schedules.exponential(0.0, 0.5, 10)
     with pytest.raises(ValueError, match="schedule True"):
         schedules.parse_schedule(True)
-
-
-def test_temperature_schedule_gin_configurable():
-    try:
-        gin.parse_config("""
-            temperature_schedule.kind = 'cosine'
-            ntl_jax.temperature_schedule.start = 3.0
-            temperature_schedule.end = 1.0
-            temperature_schedule.steps = 100
-        """)
-        sched = schedules.temperature_schedule()
-    finally:
-        gin.clear_config()
-    assert sched == schedules.cosine(3.0, 1.0, 100) and sched(50) == pytest.approx(2.0)
-    assert schedules.temperature_schedule() == schedules.constant(2.0)
-    with pytest.raises(ValueError, match="kind='linear' needs end and steps"):
-        schedules.temperature_schedule(kind="linear", start=1.0)
-    with pytest.raises(ValueError, match="kind='step' is invalid"):
-        schedules.temperature_schedule(kind="step", end=1.0, steps=3)
 
 
 def test_adaptive_tau_and_running_mean():

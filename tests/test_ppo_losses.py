@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntl_jax.ppo.losses import LOSS_AGG_MODES, agg_loss, entropy_from_logits, kl_penalty, policy_loss, value_loss
+from ntl_jax.ppo.losses import LOSS_AGG_MODES, agg_loss, kl_penalty, policy_loss, value_loss
 
 
 # ---------------------------------------------------------------- numpy reference (verl vanilla policy loss)
@@ -182,10 +182,3 @@ def test_low_var_kl_is_clamped_and_nonnegative():
 def test_kl_penalty_rejects_unknown_kind(kind):
     with pytest.raises(ValueError, match="allowed: kl, k1, abs, mse, k2, low_var_kl, k3"):
         kl_penalty(LOGP, REF, kind)
-
-
-def test_entropy_from_logits():
-    logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
-    probs = np.exp([1.0, 2.0, 3.0, 4.0]) / np.exp([1.0, 2.0, 3.0, 4.0]).sum()
-    np.testing.assert_allclose(entropy_from_logits(logits), [np.log(4.0), 0.0, -(probs * np.log(probs)).sum()],
-                               rtol=1e-5, atol=1e-6)

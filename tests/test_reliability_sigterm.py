@@ -49,7 +49,6 @@ REWARD = textwrap.dedent('''
 
 GIN = textwrap.dedent('''
     use_ntl_trainer = True
-    ntl_jax.ExperimentConfig.use_ntl_trainer = %use_ntl_trainer
     ntl_jax.NTLConfig.enabled = %use_ntl_trainer
     ntl_jax.NTLConfig.weight = 0.3
     ntl_jax.TrainerConfig.model_path = '{policy}'

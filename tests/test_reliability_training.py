@@ -15,7 +15,7 @@ import pytest
 from ntl_jax.data.verl_parquet import PromptLoader
 from ntl_jax.ppo.checkpoint import CORRUPT_SUFFIX
 from ntl_jax.ppo.metrics import read_metrics_jsonl
-from ntl_jax.ppo.ntl_trainer import NTLError
+from ntl_jax.ppo.ntl_step import NTLError
 from ntl_jax.ppo.trainer import TrainingError
 from test_reliability_support import (build_trainer, compile_cache, corrupt_checkpoint, fit,  # noqa: F401
                                       one_line, policy_dir)

@@ -113,3 +113,41 @@ def test_the_add_form_pays_near_misses_and_multiply_does_not(scored):
     multiplied = {a: s for a, _, s, _ in scored[("arithmetic", "1000", "multiply")]}
     assert added[999] > added[0] > 0.0  # the seed's per-digit bonus paid #### 0 more than #### 999
     assert multiplied[999] == multiplied[0] == 0.0
+
+
+def _confident_info(text: str, truth: str):
+    tokenizer = build_char_tokenizer()
+    digit_ids = digit_token_ids(tokenizer)
+    written_digit = {int(token): digit for digit, token in enumerate(digit_ids)}
+    ids = np.asarray([tokenizer.encode(text, add_special_tokens=False)], np.int32)
+    batch = build_batch_targets(ids, np.ones_like(ids), [truth], tokenizer, digit_ids, "final_answer")
+    written = np.vectorize(lambda i: written_digit.get(int(i), -1))(ids)
+    logits = np.where(written[..., None] == np.arange(10), 8.0, 0.0).astype(np.float32)
+    return compute_ntl_info(jnp.asarray(logits), DigitTargets.from_batch(batch), "wasserstein").to_host().sample_view(0)
+
+
+@pytest.mark.parametrize("answer, truth, error", [("2.5", "2.5", 0.0), ("2.5", "3", 0.5 / 3), ("40.25", "40", 0.25 / 40),
+                                                  ("0.75", "1", 0.25)])
+def test_decimal_places_count_as_tenths_and_hundredths(answer, truth, error):
+    view = _confident_info(f"#### {answer}", truth)
+    assert view["answer_error"] == pytest.approx(error, abs=0.02)  # logit 8 leaves ~1% of mass on other digits
+
+
+@pytest.mark.parametrize("answer", ["9" * 45, "1" + "0" * 60, "-" + "7" * 50])
+def test_an_answer_too_long_for_float32_gets_a_finite_error_and_no_bonus(answer):
+    """A sampled answer of 40+ digits once made number_error inf (10^39 overflows float32) and the reward raise."""
+    tokenizer = build_char_tokenizer()
+    digit_ids = digit_token_ids(tokenizer)
+    written_digit = {int(token): digit for digit, token in enumerate(digit_ids)}
+    text = f"#### {answer}"
+    ids = np.asarray([tokenizer.encode(text, add_special_tokens=False)], np.int32)
+    batch = build_batch_targets(ids, np.ones_like(ids), ["18"], tokenizer, digit_ids, "final_answer")
+    written = np.vectorize(lambda i: written_digit.get(int(i), -1))(ids)
+    logits = np.where(written[..., None] == np.arange(10), 8.0, 0.0).astype(np.float32)
+    info = compute_ntl_info(jnp.asarray(logits), DigitTargets.from_batch(batch), "wasserstein").to_host()
+    view = info.sample_view(0)
+    assert np.isfinite(view["number_error"]) and view["number_error"] > 1e15
+    assert np.isfinite(view["answer_error"]) and np.isfinite(view["ntl_loss"])
+    for combination in COMBINATIONS:
+        reward = custom_ntl_reward("arithmetic", text, "18", ntl_info=view, tau=0.1, combination=combination)
+        assert reward["ntl_bonus"] == 0.0 and reward["score"] == 0.0

@@ -10,8 +10,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import CausalLM
-from ntl_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, fit_spec_to_shape, logical_to_mesh,
-                                     shard_state, state_shardings)
+from ntl_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain_batch, fit_spec_to_shape,
+                                     logical_to_mesh, shard_state, sharded_activations, state_shardings)
 
 CONFIG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2)
@@ -113,3 +113,27 @@ def test_sharded_forward_and_gradient_step_match_single_device():
             np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=1e-5, err_msg=name)
     changed = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(reference[0]), initial))
     assert changed > 1e-3  # the step really moved the parameters
+
+
+def test_fsdp_forward_keeps_rows_on_their_devices_and_gathers_weights():
+    """Inside ``sharded_activations`` an fsdp forward computes each device's rows with gathered weights (at 7B
+    shapes XLA otherwise gathered the global batch and all-reduced partial sums: a 5 GB MLP activation per device,
+    which tests/test_scripts.py's 7B memory plan guards)."""
+    mesh = make_mesh(data=1, fsdp=8, tensor=1)
+    wide = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=512, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+    graphdef, params = nnx.split(CausalLM(wide, rngs=nnx.Rngs(0)), nnx.Param)
+    ids = jnp.zeros((64, 256), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(256), ids.shape)
+
+    def forward(state, input_ids, pos):
+        hidden, _ = nnx.merge(graphdef, state)(input_ids, pos, jnp.ones_like(input_ids))
+        return hidden
+
+    data = batch_sharding(mesh, 2)
+    hlo = jax.jit(sharded_activations(mesh, forward), in_shardings=(state_shardings(params, mesh), data, data),
+                  out_shardings=batch_sharding(mesh, 3)).lower(params, ids, positions).compile().as_text()
+    # No op carries a [64 * 256, mlp] activation (the global batch); weights are all-gathered instead.
+    assert "f32[16384,512]" not in hlo and "f32[2048,512]" in hlo and "all-gather" in hlo
+    x = jnp.ones((8, 3))
+    assert constrain_batch(x) is x  # outside sharded_activations it does nothing

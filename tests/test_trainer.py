@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import textwrap
@@ -11,7 +12,7 @@ import pytest
 
 from ntl_jax.ppo import factory
 from ntl_jax.ppo.metrics import read_metrics_jsonl
-from ntl_jax.ppo.ntl_trainer import NTLError, NTLPPOTrainer
+from ntl_jax.ppo.ntl_step import NTLError
 from ntl_jax.ppo.trainer import PPOTrainer
 from ntl_jax.rewards.registry import RewardFnSpec
 from trainer_fixtures import load_tiny_tokenizer, make_tiny_policy, tiny_experiment, tiny_rows, with_trainer
@@ -61,13 +62,13 @@ def test_standard_run_logs_verl_metrics(tmp_path, policy_dir):
 @pytest.mark.parametrize("reward_mode", ["final_answer", "all_tokens", "hybrid"])
 def test_ntl_modes_run_end_to_end(tmp_path, policy_dir, reward_mode):
     trainer, result = _run(tiny_experiment(str(tmp_path), use_ntl=True, reward_mode=reward_mode), policy_dir)
-    assert isinstance(trainer, NTLPPOTrainer)
+    assert type(trainer) is PPOTrainer and trainer.ntl.enabled and trainer.ntl.reward_mode == reward_mode
     assert result["end_step"] == 2
     last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
-    for key in ("ntl/loss", "ntl/digit_accuracy", "ntl/total_digits", "ntl/answer_error", "ntl/temperature",
+    for key in ("ntl/loss", "ntl/digit_accuracy", "ntl/total_digits", "ntl/answer_error", "ntl/tau",
                 "ntl/train_loss", "ntl/bad_ground_truth", "reward_extra/ntl_bonus/mean"):
         assert key in last, key
-    assert last["ntl/temperature"] == pytest.approx(0.1)
+    assert last["ntl/tau"] == pytest.approx(0.1)
     if reward_mode == "all_tokens":
         # A random policy emits digits somewhere in 8 x 12 tokens; all of them are targets in this mode.
         assert last["ntl/total_digits"] > 0
@@ -124,11 +125,11 @@ def test_one_binding_switches_mode(tmp_path):
     gin.clear_config()
     try:
         parse_gin(["configs/standard.gin"], [])
-        assert build_experiment().use_ntl_trainer is False
+        assert build_experiment().use_ntl is False
         gin.clear_config()
         parse_gin(["configs/standard.gin"], ["use_ntl_trainer = True"])
         config = build_experiment()
-        assert config.use_ntl_trainer is True and config.ntl.enabled is True
+        assert config.use_ntl is True and config.ntl.enabled is True
     finally:
         gin.clear_config()
 
@@ -139,7 +140,7 @@ def test_factory_functions(tmp_path, policy_dir):
     kwargs = dict(policy_path=policy_dir, train_rows=tiny_rows(), mesh=single_device_mesh())
     made = [
         factory.create_standard_trainer(config, tokenizer, **kwargs),
-        factory.create_ntl_trainer(config, tokenizer, method="mse", reward_mode="all_tokens", temperature=0.5,
+        factory.create_ntl_trainer(config, tokenizer, method="mse", reward_mode="all_tokens", tau=0.5,
                                    weight=0.2, extract_during_generation=True, debug_mode=True, **kwargs),
         factory.create_final_answer_ntl_trainer(config, tokenizer, **kwargs),
         factory.create_all_tokens_ntl_trainer(config, tokenizer, **kwargs),
@@ -147,17 +148,20 @@ def test_factory_functions(tmp_path, policy_dir):
         factory.create_ppo_trainer(config, tokenizer, **kwargs),
     ]
     try:
-        assert [type(t).__name__ for t in made] == ["PPOTrainer", "NTLPPOTrainer", "NTLPPOTrainer",
-                                                      "NTLPPOTrainer", "NTLPPOTrainer", "PPOTrainer"]
+        # One trainer class; standard and NTL differ by their NTLConfig.
+        assert all(type(t) is PPOTrainer for t in made)
+        assert [t.ntl.enabled for t in made] == [False, True, True, True, True, False]
         ntl = made[1].config.ntl
-        assert (ntl.method, ntl.reward_mode, ntl.temperature, ntl.weight, ntl.extract_during_generation,
+        assert (ntl.method, ntl.reward_mode, ntl.tau, ntl.weight, ntl.extract_during_generation,
                 ntl.debug_mode) == ("mse", "all_tokens", 0.5, 0.2, True, True)
+        with pytest.warns(DeprecationWarning, match="tau"):  # the seed's name of tau still works
+            made.append(factory.create_ntl_trainer(config, tokenizer, temperature=0.7, **kwargs))
+        assert made[-1].ntl.tau == 0.7
         assert made[2].config.ntl.reward_mode == "final_answer"
         assert made[3].config.ntl.reward_mode == "all_tokens"
-        assert set(factory.EXAMPLE_CONFIGS) >= {"final_answer_mode", "all_tokens_mode", "aggressive_ntl",
-                                                "forgiving_ntl", "debug_mode"}
-        assert factory.EXAMPLE_CONFIGS["aggressive_ntl"]["temperature"] == 0.03
-        assert factory.EXAMPLE_CONFIGS["forgiving_ntl"]["temperature"] == 0.3
+        preset = factory.create_ntl_trainer(config, tokenizer, **factory.EXAMPLE_CONFIGS["debug_mode"], **kwargs)
+        made.append(preset)
+        assert preset.ntl.debug_mode and preset.ntl.save_digit_info
         with pytest.raises(ValueError, match="method='bogus'"):
             factory.create_ntl_trainer(config, tokenizer, method="bogus", **kwargs)
     finally:
@@ -180,12 +184,12 @@ def test_resume_continues_with_identical_metrics(tmp_path, policy_dir):
 
 
 def test_ntl_failure_raises_or_falls_back(tmp_path, policy_dir, monkeypatch):
-    import ntl_jax.ppo.ntl_trainer as ntl_trainer
+    import ntl_jax.ppo.ntl_step as ntl_step
 
     def broken(*args, **kwargs):
         raise RuntimeError("target extraction exploded")
 
-    monkeypatch.setattr(ntl_trainer, "build_batch_targets", broken)
+    monkeypatch.setattr(ntl_step, "build_batch_targets", broken)
     with pytest.raises(NTLError, match="target extraction exploded"):
         _run(tiny_experiment(str(tmp_path / "strict"), use_ntl=True, steps=1), policy_dir)
     config = tiny_experiment(str(tmp_path / "fallback"), use_ntl=True, steps=2)
@@ -302,3 +306,18 @@ def test_generation_config_eos_tokens_stop_sampling(tmp_path, policy_dir):
         assert trainer.eos_ids == [1, 7] and trainer.sampler.eos_token_ids == (1, 7)
     finally:
         trainer.close()
+
+
+def test_example_configs_are_the_preset_files():
+    """EXAMPLE_CONFIGS[name] binds exactly what configs/presets/<name>.gin binds (NTL on, plus NTLConfig knobs)."""
+    presets = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "presets")
+    assert sorted(f[:-4] for f in os.listdir(presets) if f.endswith(".gin")) == sorted(factory.EXAMPLE_CONFIGS)
+    for name, settings in factory.EXAMPLE_CONFIGS.items():
+        bound = {}
+        with open(os.path.join(presets, name + ".gin")) as f:
+            for line in f:
+                line = line.split("#", 1)[0].strip()
+                if line.startswith("ntl_jax.NTLConfig."):
+                    key, value = (part.strip() for part in line[len("ntl_jax.NTLConfig."):].split("=", 1))
+                    bound[key] = ast.literal_eval(value)
+        assert bound == settings, name

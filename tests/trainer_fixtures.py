@@ -40,7 +40,7 @@ def tiny_experiment(output_dir: str, *, use_ntl: bool = False, reward_mode: str 
                             save_freq=1, val_before_train=False, use_tensorboard=False, progress_bar=False,
                             reward_fn_name="custom_ntl_final" if use_ntl else "compute_score")
     ntl = NTLConfig(enabled=use_ntl, reward_mode=reward_mode, weight=0.3)
-    return ExperimentConfig(ppo=PPOConfig(**ppo), trainer=trainer, ntl=ntl, use_ntl_trainer=use_ntl)
+    return ExperimentConfig(ppo=PPOConfig(**ppo), trainer=trainer, ntl=ntl)
 
 
 def with_trainer(config: ExperimentConfig, **changes) -> ExperimentConfig:

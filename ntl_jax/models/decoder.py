@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ntl_jax.models.config import ModelConfig
+from ntl_jax.models.sharding import constrain_batch
 
 DType = Any
 # Large negative but finite: a fully masked query row (left padding) softmaxes to a uniform row instead of NaN.
@@ -205,7 +206,7 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, cos, sin, attend, layer_cache, cache_index):
         attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, attend, layer_cache, cache_index)
-        x = x + attn_out
+        x = constrain_batch(x + attn_out)
         return x + self.mlp(self.post_attention_layernorm(x)), new_cache
 
 
@@ -238,7 +239,7 @@ class DecoderBody(nnx.Module):
                  cache: KVCache | None = None, cache_index: jax.Array | int | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
         _check_inputs(input_ids, positions, attention_mask, cache, cache_index)
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        x = constrain_batch(jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype))
         cos, sin = rope_tables(positions, rope_inv_freq(self.config))
         first_slot = 0 if cache is None else cache_index
         attend = attention_allowed(attention_mask, input_ids.shape[1], first_slot)
@@ -249,6 +250,7 @@ class DecoderBody(nnx.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache_k, cache_v, i)
             x, new_layer_cache = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index)
+            x = constrain_batch(x)
             if cache is not None:
                 cache_k, cache_v, _ = new_layer_cache
         new_cache = None if cache is None else KVCache(cache_k, cache_v)

@@ -150,6 +150,14 @@ def response_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def sequence_inputs(prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids: jax.Array,
+                    response_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Concatenate prompt and response: ``input_ids``, ``attention_mask`` (int32), ``positions = cumsum(mask) - 1``."""
+    input_ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+    attention_mask = jnp.concatenate([prompt_mask, response_mask.astype(prompt_mask.dtype)], axis=1).astype(jnp.int32)
+    return input_ids, attention_mask, response_positions(attention_mask)
+
+
 def sequence_logprobs(
     model: Any,
     prompt_ids: jax.Array,
@@ -175,9 +183,8 @@ def sequence_logprobs(
     prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
     if prompt_len < 1:
         raise ValueError(f"prompt length {prompt_len} is invalid; at least one prompt slot is needed to predict token 0")
-    input_ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
-    attention_mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-    hidden, _ = model(input_ids, response_positions(attention_mask), attention_mask)
+    input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    hidden, _ = model(input_ids, positions, attention_mask)
     hidden = jax.lax.slice_in_dim(hidden, prompt_len - 1, prompt_len - 1 + response_len, axis=1)
     return token_logprobs(
         hidden,

@@ -27,7 +27,7 @@ from ntl_jax.distributed.multihost import put_global, tree_to_host
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import KVCache, init_kv_cache
 from ntl_jax.models.logprobs import response_positions
-from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, named_sharding, shard_state
+from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, named_sharding, shard_state, sharded_activations
 
 DEFAULT_PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -252,7 +252,9 @@ class Sampler:
             # loop then updates that buffer in place instead of copying it.
             return final.tokens, final.mask, final.logprobs, final.digit_logits, final.step, final.cache
 
-        return jax.jit(prefill), jax.jit(decode, donate_argnums=(1,))
+        # Prefill pins its rows to their devices (fsdp gathers weights); decode does not: one token per row is
+        # cheaper to all-reduce than a layer's weights are to gather, and pinning it gathered every layer at once.
+        return jax.jit(sharded_activations(mesh, prefill)), jax.jit(decode, donate_argnums=(1,))
 
     def _programs_for(self, prompt_len: int, batch: int, params: SamplingParams, with_digits: bool) -> tuple[Any, Any]:
         key = (prompt_len, batch, params, with_digits)

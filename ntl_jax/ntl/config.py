@@ -1,118 +1,87 @@
 """Gin-configurable ``NTLConfig``: the keys users of the verl NTL guide know, validated on construction.
 
-In a gin file: ``NTLConfig.enabled = True``, ``NTLConfig.method = 'wasserstein'`` (or the full selector
-``ntl_jax.NTLConfig.method``). A bad value raises one line naming the key, the value and what is allowed.
+In a gin file: ``NTLConfig.enabled = True`` (the configs bind it through the macro ``use_ntl_trainer``),
+``NTLConfig.method = 'wasserstein'``. A bad value raises one line naming the key, the value and what is allowed.
+``tau`` is the NTL reward's temperature; the rollout's sampling temperature is ``PPOConfig.temperature``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
 
 import gin
 
+from ntl_jax.knobs import check_bool, check_choice, check_range, fail, knob
 from ntl_jax.ntl import schedules
 from ntl_jax.ntl.losses import METHODS
+from ntl_jax.ntl.targets import ANSWER_EXTRACTIONS, REWARD_MODES
 
-REWARD_MODES = ("final_answer", "all_tokens", "hybrid")
-ANSWER_EXTRACTIONS = ("strict", "last", "strict_then_last")
-_BOOL_KEYS = (
-    "enabled", "extract_during_generation", "extract_during_log_prob", "pass_to_reward_function",
-    "adaptive_temperature", "debug_mode", "save_digit_info", "cache_digit_mappings",
-    "fallback_on_error", "require_digits",
-)
-
-
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"NTLConfig.{key}={value!r} is invalid; allowed: {allowed}")
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(key, value, ", ".join(repr(c) for c in choices))
+_NAME = "NTLConfig"
 
 
 @gin.configurable(module="ntl_jax")
 @dataclasses.dataclass(frozen=True)
 class NTLConfig:
-    """Number Token Loss settings.
+    """Number Token Loss settings (docs/NTL.md)."""
 
-    enabled: compute NTL at all. method: 'mse' | 'wasserstein' | 'number' (see ``ntl_jax.ntl.losses``).
-    weight: lambda of ``actor loss + lambda * NTL``, NTL aggregated over response tokens like the policy-gradient
-    loss (``loss_agg_mode``): lambda = 1 gives an NTL of 1 at one digit position the pull of a policy-gradient loss
-    of 1 at one token. 0 keeps NTL as a reward signal only.
-    extract_during_generation / extract_during_log_prob: where the digit-logit slice is gathered (sampler vs
-    the log-prob pass that runs before rewards). pass_to_reward_function: hand ``ntl_info`` and ``tau`` to
-    ``compute_score``. reward_mode: which digits get targets ('final_answer' | 'all_tokens' | 'hybrid', the
-    latter weighting final-answer targets ``hybrid_weight`` and the rest ``1 - hybrid_weight``).
-    temperature: tau of the reward bonus ``exp(-number_error / tau)``, the relative answer error at which the bonus
-    falls to 1/e (``ntl_jax.rewards.ntl_rewards``); temperature_schedule: a ``schedules.parse_schedule`` string
-    that overrides it per step; adaptive_temperature: tau follows the running mean number error, clipped to
-    [0.1, 10] x the scheduled tau, so a response at the running mean always earns ``exp(-1)``. answer_extraction: 'strict' (``#### n``), 'last' (last number) or
-    'strict_then_last'. debug_mode / save_digit_info: logging depth. cache_digit_mappings: cache
-    the digit token ids per tokenizer. fallback_on_error: on an NTL failure log and continue without NTL
-    instead of raising. require_digits: treat a batch in which no response has a digit target as an error.
-    """
-
-    enabled: bool = False
-    method: str = "wasserstein"
-    weight: float = 0.3
-    extract_during_generation: bool = False
-    extract_during_log_prob: bool = True
-    pass_to_reward_function: bool = True
-    reward_mode: str = "final_answer"
-    temperature: float = 0.1
-    adaptive_temperature: bool = False
-    temperature_schedule: str | None = None
-    hybrid_weight: float = 0.5
-    answer_extraction: str = "strict_then_last"
-    debug_mode: bool = False
-    save_digit_info: bool = False
-    cache_digit_mappings: bool = True
-    fallback_on_error: bool = False
-    require_digits: bool = False
+    enabled: bool = knob(False, "the switch between standard PPO and PPO + NTL (gin macro use_ntl_trainer)")
+    method: str = knob("wasserstein", "per-digit loss: " + ", ".join(METHODS))
+    weight: float = knob(0.1, "lambda of actor loss + lambda * NTL, NTL aggregated over response tokens like the "
+                              "policy-gradient loss (1 = an NTL of 1 at a digit pulls like a PG loss of 1 at a "
+                              "token); 0 keeps NTL as a reward signal only")
+    extract_during_generation: bool = knob(False, "take the digit slice from the sampler instead of the log-prob pass")
+    extract_during_log_prob: bool = knob(True, "take the digit slice from the log-prob pass that runs before rewards")
+    pass_to_reward_function: bool = knob(True, "give compute_score ntl_info and tau")
+    reward_mode: str = knob("final_answer", "which digits get targets: " + ", ".join(REWARD_MODES))
+    tau: float = knob(0.1, "temperature of the reward bonus exp(-number_error / tau): the relative answer error at "
+                           "which it falls to 1/e")
+    adaptive_tau: bool = knob(False, "tau follows the running mean number error, clipped to [0.1, 10] x the "
+                                     "scheduled tau (a response at the mean earns exp(-1))")
+    tau_schedule: str | None = knob(None, "a schedule string that overrides tau per step: "
+                                          + schedules.ACCEPTED_FORMS)
+    hybrid_weight: float = knob(0.5, "hybrid mode: weight of answer digits; checked steps get 1 - this")
+    answer_extraction: str = knob("strict_then_last", "where the answer is: strict ('#### n'), last (last number), "
+                                                      "strict_then_last")
+    debug_mode: bool = knob(False, "log targets and predictions of a few samples per step")
+    save_digit_info: bool = knob(False, "append every sample's digit record to <output_dir>/digit_info.jsonl")
+    cache_digit_mappings: bool = knob(True, "cache the digit token ids per tokenizer")
+    fallback_on_error: bool = knob(False, "on an NTL failure run the step as standard PPO (warned, counted) "
+                                          "instead of stopping")
+    require_digits: bool = knob(False, "treat a batch in which no response has a digit target as an NTL failure")
 
     def __post_init__(self) -> None:
-        for key in _BOOL_KEYS:
-            if not isinstance(getattr(self, key), bool):
-                _fail(key, getattr(self, key), "True, False")
-        _check_choice("method", self.method, METHODS)
-        _check_choice("reward_mode", self.reward_mode, REWARD_MODES)
-        _check_choice("answer_extraction", self.answer_extraction, ANSWER_EXTRACTIONS)
-        if not (_is_finite_number(self.weight) and self.weight >= 0):
-            _fail("weight", self.weight, "a finite number >= 0")
-        if not (_is_finite_number(self.temperature) and self.temperature > 0):
-            _fail("temperature", self.temperature, "a finite number > 0")
-        if not (_is_finite_number(self.hybrid_weight) and 0 <= self.hybrid_weight <= 1):
-            _fail("hybrid_weight", self.hybrid_weight, "a finite number in [0, 1]")
-        if self.temperature_schedule is not None:
+        for field in dataclasses.fields(self):
+            if field.type == "bool":
+                check_bool(_NAME, field.name, getattr(self, field.name))
+        check_choice(_NAME, "method", self.method, METHODS)
+        check_choice(_NAME, "reward_mode", self.reward_mode, REWARD_MODES)
+        check_choice(_NAME, "answer_extraction", self.answer_extraction, ANSWER_EXTRACTIONS)
+        check_range(_NAME, "weight", self.weight, 0.0)
+        check_range(_NAME, "tau", self.tau, 0.0, lo_open=True)
+        check_range(_NAME, "hybrid_weight", self.hybrid_weight, 0.0, 1.0)
+        if self.tau_schedule is not None:
             self._check_schedule()
 
     def _check_schedule(self) -> None:
-        spec = self.temperature_schedule
+        spec = self.tau_schedule
         if not isinstance(spec, str):
-            _fail("temperature_schedule", spec, f"None or a string: {schedules.ACCEPTED_FORMS}")
+            fail(_NAME, "tau_schedule", spec, f"None or a string: {schedules.ACCEPTED_FORMS}")
         try:
             lowest, _ = schedules.parse_schedule(spec).bounds()
         except ValueError:
-            _fail("temperature_schedule", spec, schedules.ACCEPTED_FORMS)
+            fail(_NAME, "tau_schedule", spec, schedules.ACCEPTED_FORMS)
         if lowest <= 0:
-            _fail("temperature_schedule", spec, "a schedule whose temperatures stay > 0")
+            fail(_NAME, "tau_schedule", spec, "a schedule whose values stay > 0")
 
     def schedule(self) -> schedules.Schedule:
-        """The tau schedule: ``temperature_schedule`` parsed, else constant ``temperature``."""
-        if self.temperature_schedule is None:
-            return schedules.constant(self.temperature)
-        return schedules.parse_schedule(self.temperature_schedule)
+        """The tau schedule: ``tau_schedule`` parsed, else constant ``tau``."""
+        if self.tau_schedule is None:
+            return schedules.constant(self.tau)
+        return schedules.parse_schedule(self.tau_schedule)
 
     def tau_at(self, step: int, mean_number_error: float | None = None) -> float:
-        """tau at ``step``; with ``adaptive_temperature`` and a running ``mean_number_error``, that mean (clipped)."""
+        """tau at ``step``; with ``adaptive_tau`` and a running ``mean_number_error``, that mean (clipped)."""
         tau = self.schedule()(step)
-        if self.adaptive_temperature and mean_number_error is not None:
+        if self.adaptive_tau and mean_number_error is not None:
             tau = schedules.adaptive_tau(tau, mean_number_error, reference_loss=tau)
         return tau

@@ -186,7 +186,11 @@ class NTLInfo:
 
 
 def _relative_error(estimate: jax.Array, truth: jax.Array) -> jax.Array:
-    return jnp.abs(estimate - truth) / jnp.maximum(jnp.abs(truth), 1.0)
+    """``|estimate - truth| / max(|truth|, 1)``, kept finite (a truth beyond float32, ~3.4e38, reads as the largest
+    float32 error) so a reward ``exp(-error / tau)`` is 0 there rather than an error."""
+    error = jnp.abs(estimate - truth) / jnp.maximum(jnp.abs(truth), 1.0)
+    largest = jnp.finfo(jnp.float32).max
+    return jnp.nan_to_num(error, nan=largest, posinf=largest)
 
 
 def _ntl_info_arrays(digit_logits: jax.Array, targets: DigitTargets, method: str) -> NTLInfo:
@@ -209,7 +213,7 @@ def _ntl_info_arrays(digit_logits: jax.Array, targets: DigitTargets, method: str
     per_sequence = row_total / jnp.where(row_weight > 0, row_weight, 1.0)
 
     # Number-level errors: the answer (a row sum over its digits) and every targeted number (segments).
-    place_value = jnp.power(10.0, targets.layout.places.astype(jnp.float32))
+    place_value = losses.place_value(targets.layout.places)
     expected = losses.expected_digit(digit_logits)
     answer_digits = targets.is_final_answer & (target_digits >= 0)
     # |sign * M - Y| = |M - sign * Y|: the magnitude the model expects against the truth as the answer's sign sees it.

@@ -100,6 +100,17 @@ class NumberLayout:
     truth: jax.Array  # float32, the true value of the digit's number (0 outside numbers)
 
 
+def place_value(places: jax.Array) -> jax.Array:
+    """``10^place`` in float32, the place clamped to ``[-(MAX_NUMBER_LENGTH - 1), MAX_NUMBER_LENGTH - 1]``.
+
+    Negative places are decimals. The clamp keeps every number the model can write finite: an answer of 40
+    digits would overflow float32 (``10^39 > 3.4e38``) and turn its error into inf or nan; clamped, it is still
+    wrong by ``>= 10^19``.
+    """
+    limit = MAX_NUMBER_LENGTH - 1
+    return jnp.power(10.0, jnp.clip(places, -limit, limit).astype(jnp.float32))
+
+
 def layout_from_runs(target_digits: jax.Array, mask: jax.Array) -> NumberLayout:
     """Numbers = maximal runs of consecutive positions with ``mask > 0`` and a target in 0..9 (along the last axis).
 
@@ -119,7 +130,7 @@ def layout_from_runs(target_digits: jax.Array, mask: jax.Array) -> NumberLayout:
     num_segments = num_rows * (seq_len + 1)
     run_length = jax.ops.segment_sum(in_run.astype(jnp.int32).ravel(), segment_ids.ravel(), num_segments)
     places = jnp.clip(run_length[segment_ids] - (positions - start_position + 1), 0, MAX_NUMBER_LENGTH - 1)
-    digit_value = _target_values(target_digits).reshape(-1, seq_len) * jnp.power(10.0, places.astype(jnp.float32))
+    digit_value = _target_values(target_digits).reshape(-1, seq_len) * place_value(places)
     truth = jax.ops.segment_sum(jnp.where(in_run, digit_value, 0.0).ravel(), segment_ids.ravel(), num_segments)
     return NumberLayout(number_ids=jnp.where(in_run, run_index, -1).reshape(batch_shape).astype(jnp.int32),
                         places=jnp.where(in_run, places, 0).reshape(batch_shape).astype(jnp.int32),
@@ -138,8 +149,8 @@ def expected_number(digit_logits: jax.Array, layout: NumberLayout, in_number: ja
     counted = in_number.reshape(-1, seq_len) & (ids >= 0)
     num_rows = ids.shape[0]
     segment_ids = jnp.where(counted, jnp.clip(ids, 0, seq_len - 1) + 1, 0) + (seq_len + 1) * jnp.arange(num_rows)[:, None]
-    place_value = jnp.power(10.0, layout.places.reshape(-1, seq_len).astype(jnp.float32))
-    contribution = jnp.where(counted, expected_digit(digit_logits).reshape(-1, seq_len) * place_value, 0.0)
+    contribution = jnp.where(counted, expected_digit(digit_logits).reshape(-1, seq_len)
+                             * place_value(layout.places.reshape(-1, seq_len)), 0.0)
     totals = jax.ops.segment_sum(contribution.ravel(), segment_ids.ravel(), num_rows * (seq_len + 1))
     return jnp.where(counted, totals[segment_ids], 0.0).reshape(batch_shape)
 

@@ -1,4 +1,4 @@
-"""Temperature (tau) schedules for the NTL reward ``exp(-ntl / tau)``.
+"""Schedules of tau, the temperature of the NTL reward bonus ``exp(-number_error / tau)``.
 
 With ``s = clip(step, 0, steps)`` and ``f = s / steps``:
 
@@ -18,7 +18,6 @@ import math
 import re
 from typing import Any
 
-import gin
 
 KINDS = ("constant", "linear", "cosine", "exponential")
 ACCEPTED_FORMS = (
@@ -117,24 +116,8 @@ def parse_schedule(spec: str | float | Schedule) -> Schedule:
                 kind, start, end, steps = ramp_match.groups()
                 return _RAMPS[kind](float(start), float(end), int(steps))
         except ValueError as err:
-            raise ValueError(f"temperature schedule {spec!r} is invalid ({err}); accepted: {ACCEPTED_FORMS}") from None
-    raise ValueError(f"temperature schedule {spec!r} is invalid; accepted: {ACCEPTED_FORMS}")
-
-
-@gin.configurable(module="ntl_jax")
-def temperature_schedule(
-    kind: str = "constant", start: float = 2.0, end: float | None = None, steps: int | None = None
-) -> Schedule:
-    """Gin-built schedule: ``kind`` in KINDS; ``end`` and ``steps`` are required for all but 'constant'."""
-    if kind == "constant":
-        if end is not None and end != start:
-            raise ValueError(f"temperature_schedule end={end!r} is invalid for kind='constant'; allowed: None")
-        return constant(start)
-    if kind not in _RAMPS:
-        raise ValueError(f"temperature_schedule kind={kind!r} is invalid; allowed: {', '.join(map(repr, KINDS))}")
-    if end is None or steps is None:
-        raise ValueError(f"temperature_schedule kind={kind!r} needs end and steps; got end={end!r}, steps={steps!r}")
-    return _RAMPS[kind](start, end, steps)
+            raise ValueError(f"tau schedule {spec!r} is invalid ({err}); accepted: {ACCEPTED_FORMS}") from None
+    raise ValueError(f"tau schedule {spec!r} is invalid; accepted: {ACCEPTED_FORMS}")
 
 
 def adaptive_tau(

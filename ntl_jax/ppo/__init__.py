@@ -1,4 +1,4 @@
-"""PPO engine: advantages, losses, KL control, jitted steps, rollout, trainers, factory.
+"""PPO engine: advantages, losses, KL control, jitted steps, rollout, the trainer, factory.
 
 The trainers and factory are imported lazily (``from ntl_jax.ppo import create_ppo_trainer``) so that importing
 the pure algorithm modules stays light.
@@ -6,7 +6,6 @@ the pure algorithm modules stays light.
 
 _LAZY = {
     "PPOTrainer": "ntl_jax.ppo.trainer",
-    "NTLPPOTrainer": "ntl_jax.ppo.ntl_trainer",
     "PPOConfig": "ntl_jax.ppo.config",
     "TrainerConfig": "ntl_jax.ppo.config",
     "ExperimentConfig": "ntl_jax.ppo.config",

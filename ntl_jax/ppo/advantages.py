@@ -4,86 +4,21 @@ Shapes: B sequences, T response tokens. ``response_mask`` is 1.0 on response tok
 padding (float weights are accepted by the masked statistics). Every estimator returns
 ``(advantages [B,T], returns [B,T])`` with masked entries set to 0.
 
-Estimators (names as in verl's ``algorithm.adv_estimator``):
+Estimators (names as in verl's ``algorithm.adv_estimator``; a registry, ``register_advantage_estimator``):
   - ``gae``: generalised advantage estimation with a critic, whitened advantages.
-  - ``grpo``: per-group (prompt) normalised outcome scores; ``grpo_drgrpo`` (or ``norm_by_std=False``) is Dr.GRPO.
+  - ``grpo``: per-group (prompt) normalised outcome scores; ``norm_by_std=False`` is Dr.GRPO.
   - ``rloo``: leave-one-out baseline over the group.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 
-ADVANTAGE_ESTIMATORS = ("gae", "grpo", "grpo_drgrpo", "rloo")
-
-# verl's masked_whiten adds this to the variance before rsqrt.
-_WHITEN_EPS = 1e-8
-
-
-def _as_float(x: jax.Array) -> jax.Array:
-    return jnp.asarray(x, dtype=jnp.float32)
-
-
-def masked_sum(x: jax.Array, mask: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
-    """sum(x * mask) over ``axis``; entries with mask == 0 contribute exactly 0 (even if x is inf/nan there)."""
-    chex.assert_equal_shape((x, mask))
-    mask = _as_float(mask)
-    return jnp.sum(jnp.where(mask != 0, x * mask, 0.0), axis=axis)
-
-
-def masked_mean(x: jax.Array, mask: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
-    """Masked mean (verl ``masked_mean``).
-
-    mean = sum(x * mask, axis) / sum(mask, axis)
-
-    Unlike verl (which returns nan for an empty mask) an all-zero mask gives 0, with finite gradients, so padded
-    micro-batches stay finite under jit.
-    """
-    chex.assert_equal_shape((x, mask))
-    mask = _as_float(mask)
-    total = masked_sum(x, mask, axis)
-    count = jnp.sum(mask, axis=axis)
-    safe_count = jnp.where(count != 0, count, 1.0)
-    return jnp.where(count != 0, total / safe_count, 0.0)
-
-
-def masked_var(x: jax.Array, mask: jax.Array, unbiased: bool = True) -> jax.Array:
-    """Masked variance over all entries (verl ``masked_var``).
-
-    var = masked_mean((x - masked_mean(x))^2) * (n / (n - 1) if unbiased),  n = sum(mask)
-
-    verl raises for n <= 1; that cannot be checked under jit, so here n <= 1 skips the Bessel correction
-    (a single entry has variance 0, an empty mask gives 0).
-    """
-    chex.assert_equal_shape((x, mask))
-    mask = _as_float(mask)
-    mean = masked_mean(x, mask)
-    variance = masked_mean(jnp.square(x - mean), mask)
-    if unbiased:
-        count = jnp.sum(mask)
-        safe_denominator = jnp.where(count > 1, count - 1.0, 1.0)
-        variance = jnp.where(count > 1, variance * count / safe_denominator, variance)
-    return variance
-
-
-def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
-    """Whiten with masked statistics (verl ``masked_whiten``).
-
-    whitened = (x - mean) * rsqrt(var + 1e-8)   [+ mean when shift_mean is False]
-    with mean = masked_mean(x, mask) and var = masked_var(x, mask, unbiased=True) over all entries.
-    Masked entries are transformed too (callers zero them); they never enter the statistics.
-    """
-    chex.assert_equal_shape((x, mask))
-    mean = masked_mean(x, mask)
-    variance = masked_var(x, mask, unbiased=True)
-    whitened = (x - mean) * jax.lax.rsqrt(variance + _WHITEN_EPS)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened
+from ntl_jax.ppo.masked import as_float, masked_sum, masked_whiten
 
 
 def compute_gae(
@@ -116,11 +51,11 @@ def compute_gae(
     """
     chex.assert_rank(token_rewards, 2)
     chex.assert_equal_shape((token_rewards, values, response_mask))
-    rewards = _as_float(token_rewards)
-    values = _as_float(values)
-    mask = _as_float(response_mask)
-    gamma = _as_float(gamma)
-    lam = _as_float(lam)
+    rewards = as_float(token_rewards)
+    values = as_float(values)
+    mask = as_float(response_mask)
+    gamma = as_float(gamma)
+    lam = as_float(lam)
 
     def step(carry, inputs):
         next_value, next_advantage = carry
@@ -188,10 +123,10 @@ def compute_grpo(
       num_groups: static number of segments (ids >= num_groups are dropped by segment_sum: keep them in range).
     """
     _check_group_inputs(scores, group_ids, response_mask, num_groups)
-    scores = _as_float(scores)
+    scores = as_float(scores)
     _, mean, std = _group_statistics(scores, group_ids, num_groups)
     sample_advantage = (scores - mean) / (std + eps) if norm_by_std else scores - mean
-    advantages = sample_advantage[:, None] * _as_float(response_mask)
+    advantages = sample_advantage[:, None] * as_float(response_mask)
     return advantages, advantages
 
 
@@ -205,11 +140,11 @@ def compute_rloo(
     A group of one sample has no leave-one-out baseline: verl leaves its score unchanged (baseline 0), a_i = s_i.
     """
     _check_group_inputs(scores, group_ids, response_mask, num_groups)
-    scores = _as_float(scores)
+    scores = as_float(scores)
     count, mean, _ = _group_statistics(scores, group_ids, num_groups)
     scale = count / jnp.maximum(count - 1.0, 1.0)
     sample_advantage = jnp.where(count > 1, scores * scale - mean * scale, scores)
-    advantages = sample_advantage[:, None] * _as_float(response_mask)
+    advantages = sample_advantage[:, None] * as_float(response_mask)
     return advantages, advantages
 
 
@@ -224,51 +159,62 @@ def scores_to_token_rewards(scores: jax.Array, response_mask: jax.Array) -> jax.
     length = valid.shape[1]
     last_index = length - 1 - jnp.argmax(valid[:, ::-1], axis=1)
     is_last = (jnp.arange(length)[None, :] == last_index[:, None]) & jnp.any(valid, axis=1, keepdims=True)
-    return jnp.where(is_last, _as_float(scores)[:, None], 0.0)
+    return jnp.where(is_last, as_float(scores)[:, None], 0.0)
 
 
-_ESTIMATOR_ARGS = {
-    "gae": (("token_rewards", "values", "response_mask"), ("gamma", "lam")),
-    "grpo": (("scores", "group_ids", "response_mask", "num_groups"), ("norm_by_std", "eps")),
-    "grpo_drgrpo": (("scores", "group_ids", "response_mask", "num_groups"), ("eps",)),
-    "rloo": (("scores", "group_ids", "response_mask", "num_groups"), ()),
-}
-_KNOWN_ARGS = frozenset(
-    name for required, optional in _ESTIMATOR_ARGS.values() for name in required + optional
-) | {"token_rewards"}
+# ---------------------------------------------------------------- registry (verl's algorithm.adv_estimator)
+AdvantageEstimator = Callable[..., tuple[jax.Array, jax.Array]]
+_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
-def compute_advantages(estimator: str, **kwargs: Any) -> tuple[jax.Array, jax.Array]:
-    """Dispatch to an estimator by verl name; returns (advantages [B,T], returns [B,T]).
+def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Register ``fn(token_rewards, values, response_mask, group_ids, *, num_groups, gamma, lam, norm_by_std)
+    -> (advantages, returns)`` under ``name`` (the value of ``PPOConfig.adv_estimator``)."""
+    def register(fn: AdvantageEstimator) -> AdvantageEstimator:
+        if name in _ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is registered already")
+        _ESTIMATORS[name] = fn
+        return fn
+    return register
 
-    - 'gae':         compute_gae(token_rewards, values, response_mask, gamma=1.0, lam=1.0)
-    - 'grpo':        compute_grpo(scores, group_ids, response_mask, num_groups, norm_by_std=True, eps=1e-6)
-    - 'grpo_drgrpo': compute_grpo(..., norm_by_std=False)  (same as 'grpo' with norm_by_std=False)
-    - 'rloo':        compute_rloo(scores, group_ids, response_mask, num_groups)
-    Outcome estimators accept ``token_rewards`` instead of ``scores``: scores = sum_t token_rewards * mask
-    (verl sums token_level_rewards, so a KL-in-reward penalty is included). Keyword arguments that belong to
-    another estimator are ignored, so a trainer may pass one superset; an unknown keyword raises ValueError.
+
+@register_advantage_estimator("gae")
+def _gae(token_rewards, values, response_mask, group_ids, *, num_groups, gamma, lam, norm_by_std):
+    del group_ids, num_groups, norm_by_std
+    return compute_gae(token_rewards, values, response_mask, gamma, lam)
+
+
+def _outcome_scores(token_rewards: jax.Array, response_mask: jax.Array) -> jax.Array:
+    """One score per response: the sum of its token rewards (verl sums token_level_rewards; includes KL in reward)."""
+    return masked_sum(token_rewards, response_mask, axis=-1)
+
+
+@register_advantage_estimator("grpo")
+def _grpo(token_rewards, values, response_mask, group_ids, *, num_groups, gamma, lam, norm_by_std):
+    del values, gamma, lam
+    return compute_grpo(_outcome_scores(token_rewards, response_mask), group_ids, response_mask,
+                        num_groups=num_groups, norm_by_std=norm_by_std)
+
+
+@register_advantage_estimator("rloo")
+def _rloo(token_rewards, values, response_mask, group_ids, *, num_groups, gamma, lam, norm_by_std):
+    del values, gamma, lam, norm_by_std
+    return compute_rloo(_outcome_scores(token_rewards, response_mask), group_ids, response_mask,
+                        num_groups=num_groups)
+
+
+ADVANTAGE_ESTIMATORS: tuple[str, ...] = tuple(_ESTIMATORS)
+
+
+def compute_advantages(estimator: str, *, token_rewards: jax.Array, values: jax.Array, response_mask: jax.Array,
+                       group_ids: jax.Array, num_groups: int, gamma: float = 1.0, lam: float = 1.0,
+                       norm_by_std: bool = True) -> tuple[jax.Array, jax.Array]:
+    """(advantages [B,T], returns [B,T]) of the registered ``estimator`` ('gae', 'grpo', 'rloo', ...).
+
+    Outcome estimators score each response by the sum of its token rewards (verl), so a KL-in-reward penalty is
+    included; GAE uses the token rewards and the critic's values; ``norm_by_std=False`` is Dr.GRPO.
     """
-    if estimator not in _ESTIMATOR_ARGS:
-        raise ValueError(f"unknown advantage estimator {estimator!r}; allowed: {', '.join(ADVANTAGE_ESTIMATORS)}")
-    unknown = sorted(set(kwargs) - _KNOWN_ARGS)
-    if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for compute_advantages; allowed: {sorted(_KNOWN_ARGS)}")
-    required, optional = _ESTIMATOR_ARGS[estimator]
-    if estimator != "gae" and kwargs.get("scores") is None and kwargs.get("token_rewards") is not None:
-        kwargs = dict(kwargs, scores=masked_sum(kwargs["token_rewards"], kwargs["response_mask"], axis=-1))
-    missing = [name for name in required if kwargs.get(name) is None]
-    if missing:
-        raise ValueError(f"estimator {estimator!r} needs argument(s) {missing}; got {sorted(kwargs)}")
-    chosen = {name: kwargs[name] for name in required + optional if kwargs.get(name) is not None}
-    if estimator == "gae":
-        return compute_gae(
-            chosen["token_rewards"], chosen["values"], chosen["response_mask"],
-            gamma=chosen.get("gamma", 1.0), lam=chosen.get("lam", 1.0),
-        )
-    group_args = (chosen.pop("scores"), chosen.pop("group_ids"), chosen.pop("response_mask"))
-    if estimator == "rloo":
-        return compute_rloo(*group_args, num_groups=chosen["num_groups"])
-    if estimator == "grpo_drgrpo":
-        chosen["norm_by_std"] = False
-    return compute_grpo(*group_args, **chosen)
+    if estimator not in _ESTIMATORS:
+        raise ValueError(f"advantage estimator {estimator!r} is invalid; allowed: {', '.join(_ESTIMATORS)}")
+    return _ESTIMATORS[estimator](token_rewards, values, response_mask, group_ids, num_groups=num_groups,
+                                  gamma=gamma, lam=lam, norm_by_std=norm_by_std)

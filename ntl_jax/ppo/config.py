@@ -1,54 +1,31 @@
 """Gin-configurable PPO and run configuration.
 
 Names and defaults follow verl's ``ppo_trainer.yaml`` (``actor_rollout_ref.actor.*``, ``algorithm.*``,
-``trainer.*``) so a verl user recognises every knob; where ntl-jax differs the field says why.
-Every value is checked on construction: a bad one raises a one-line ``ValueError`` naming the key, the value
-and what is allowed.
+``trainer.*``) so a verl user recognises every knob; where ntl-jax differs the help text says why. Each field
+carries its help text (``ntl_jax.knobs.knob``), and every value is checked on construction: a bad one raises a
+one-line ``ValueError`` naming the key, the value and what is allowed. Choices come from the registries that
+implement them (advantage estimators, loss aggregations, KL estimators, KL controllers).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import gin
 
-ADV_ESTIMATORS = ("gae", "grpo", "rloo")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_TYPES = ("kl", "abs", "mse", "low_var_kl")
-KL_CTRL_TYPES = ("fixed", "adaptive")
+from ntl_jax.knobs import check_bool, check_choice, check_positive_int, check_range, fail, knob
+from ntl_jax.ntl.config import NTLConfig
+from ntl_jax.ppo.advantages import ADVANTAGE_ESTIMATORS
+from ntl_jax.ppo.kl_control import KL_CONTROLLER_KINDS
+from ntl_jax.ppo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
+
 RESUME_MODES = ("auto", "disable")
 ROLLOUT_MODES = ("colocated", "ray")
 REWARD_RUNNERS = ("local", "ray")
 PLATFORMS = ("any", "cpu", "gpu", "tpu", "accelerator")
-
-
-def fail(cls: str, key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{cls}.{key}={value!r} is invalid; allowed: {allowed}")
-
-
-def check_choice(cls: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        fail(cls, key, value, ", ".join(repr(c) for c in choices))
-
-
-def check_range(cls: str, key: str, value: float, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value <= hi
-    if not ok:
-        lo_txt = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        hi_txt = "" if hi is None else f"<= {hi}"
-        fail(cls, key, value, " ".join(["a finite number", " and ".join(t for t in (lo_txt, hi_txt) if t)]).strip())
-
-
-def check_positive_int(cls: str, key: str, value: Any, allow_zero: bool = False) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        fail(cls, key, value, "an integer >= " + ("0" if allow_zero else "1"))
+TRUNCATIONS = ("error", "left", "right")
+DTYPE_NAMES = ("float32", "bfloat16")
 
 
 @gin.configurable(module="ntl_jax")
@@ -60,55 +37,49 @@ class PPOConfig:
     and the actor takes ``train_batch_size / ppo_mini_batch_size`` optimiser steps per epoch.
     """
 
-    # Batch geometry.
-    train_batch_size: int = 32
-    rollout_n: int = 1
-    ppo_mini_batch_size: int = 16
-    ppo_micro_batch_size: int = 16  # per micro-batch, in responses over all devices; gradients are accumulated
-    ppo_micro_batch_size_per_device: int = 0  # verl's ppo_micro_batch_size_per_gpu; > 0 replaces the global one
-    ppo_epochs: int = 1
-    max_prompt_length: int = 64
-    max_response_length: int = 32
-    # Advantages.
-    adv_estimator: str = "gae"
-    gamma: float = 1.0
-    lam: float = 1.0
-    norm_adv_by_std_in_grpo: bool = True
-    # Policy loss.
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.2
-    clip_ratio_c: float = 3.0
-    loss_agg_mode: str = "token-mean"
-    entropy_coeff: float = 0.0
-    use_kl_loss: bool = False
-    kl_loss_coef: float = 0.001
-    kl_loss_type: str = "low_var_kl"
-    # KL in reward.
-    use_kl_in_reward: bool = False
-    kl_penalty: str = "kl"
-    kl_ctrl_type: str = "fixed"
-    kl_coef: float = 0.001
-    kl_target: float = 0.1
-    kl_horizon: int = 10000
-    # Critic.
-    cliprange_value: float = 0.5
-    critic_warmup: int = 0  # the actor updates from step critic_warmup on, steps counted from 1 as in verl
-    # Optimisers.
-    actor_lr: float = 1e-6
-    critic_lr: float = 1e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    lr_warmup_steps: int = 0
-    # Rollout sampling (verl: actor_rollout_ref.rollout.*).
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    val_temperature: float = 0.0  # 0 = greedy validation, verl's default
-    # Robustness.
-    max_consecutive_skipped_updates: int = 10
-    logprob_chunk_size: int = 32  # sequence chunk of the log-prob/entropy/digit-slice scan (never [B,T,V] logits)
-    log_prob_micro_batch_size: int = 0  # responses per forward in the old/ref log-prob and value passes; 0 = all
-    log_prob_micro_batch_size_per_device: int = 0  # the same per device (verl's *_per_gpu); > 0 replaces it
+    train_batch_size: int = knob(32, "prompts per iteration (verl data.train_batch_size)")
+    rollout_n: int = knob(1, "responses sampled per prompt (GRPO/RLOO group size)")
+    ppo_mini_batch_size: int = knob(16, "prompts per optimiser step; train_batch_size / this = steps per epoch")
+    ppo_micro_batch_size: int = knob(16, "responses per gradient-accumulation step, over all devices")
+    ppo_micro_batch_size_per_device: int = knob(0, "the same per device (verl's ppo_micro_batch_size_per_gpu); "
+                                                   "> 0 replaces ppo_micro_batch_size")
+    ppo_epochs: int = knob(1, "passes over each iteration's responses")
+    max_prompt_length: int = knob(64, "longest prompt in tokens (longer ones: TrainerConfig.truncation)")
+    max_response_length: int = knob(32, "tokens generated per response at most")
+    adv_estimator: str = knob("gae", "advantage estimator: " + ", ".join(ADVANTAGE_ESTIMATORS) + " (gae uses a critic)")
+    gamma: float = knob(1.0, "GAE discount")
+    lam: float = knob(1.0, "GAE lambda")
+    norm_adv_by_std_in_grpo: bool = knob(True, "GRPO divides by the group's std; False is Dr.GRPO")
+    clip_ratio_low: float = knob(0.2, "PPO clip below 1 (ratio >= 1 - this)")
+    clip_ratio_high: float = knob(0.2, "PPO clip above 1 (ratio <= 1 + this; DAPO's clip-higher raises it)")
+    clip_ratio_c: float = knob(3.0, "dual-clip bound for negative advantages (> 1)")
+    loss_agg_mode: str = knob("token-mean", "how token losses become one number: " + ", ".join(LOSS_AGG_MODES))
+    entropy_coeff: float = knob(0.0, "entropy bonus coefficient")
+    use_kl_loss: bool = knob(False, "add kl_loss_coef * KL(policy || reference) to the actor loss (GRPO style)")
+    kl_loss_coef: float = knob(0.001, "coefficient of the KL loss")
+    kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss: " + ", ".join(KL_ESTIMATORS))
+    use_kl_in_reward: bool = knob(False, "subtract kl_coef * KL from the token rewards (PPO/GAE style)")
+    kl_penalty: str = knob("kl", "KL estimator of the reward penalty: " + ", ".join(KL_ESTIMATORS))
+    kl_ctrl_type: str = knob("fixed", "KL-in-reward coefficient controller: " + ", ".join(KL_CONTROLLER_KINDS))
+    kl_coef: float = knob(0.001, "initial KL-in-reward coefficient")
+    kl_target: float = knob(0.1, "adaptive controller's target KL")
+    kl_horizon: int = knob(10000, "adaptive controller's horizon")
+    cliprange_value: float = knob(0.5, "value clip around the old values")
+    critic_warmup: int = knob(0, "the actor updates from step critic_warmup on, steps counted from 1 (verl)")
+    actor_lr: float = knob(1e-6, "actor learning rate (AdamW)")
+    critic_lr: float = knob(1e-5, "critic learning rate (AdamW)")
+    weight_decay: float = knob(0.01, "AdamW weight decay of actor and critic")
+    grad_clip: float = knob(1.0, "global gradient-norm clip")
+    lr_warmup_steps: int = knob(0, "linear learning-rate warm-up, in optimiser steps")
+    temperature: float = knob(1.0, "rollout sampling temperature; log-probs, entropy and KL are of logits / this")
+    top_k: int = knob(0, "sample among the k most likely tokens (0 = all)")
+    top_p: float = knob(1.0, "nucleus sampling mass (1 = all)")
+    val_temperature: float = knob(0.0, "validation temperature; 0 = greedy (verl's default)")
+    max_consecutive_skipped_updates: int = knob(10, "stop after this many non-finite updates in a row")
+    logprob_chunk_size: int = knob(32, "sequence positions per chunk of the log-prob / entropy / digit-slice scan "
+                                       "(never [B, T, V] logits at once)")
+    log_prob_micro_batch_size: int = knob(0, "responses per forward in the old/ref log-prob and value passes; 0 = all")
+    log_prob_micro_batch_size_per_device: int = knob(0, "the same per device (verl's *_per_gpu); > 0 replaces it")
 
     def __post_init__(self) -> None:
         n = "PPOConfig"
@@ -119,11 +90,13 @@ class PPOConfig:
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
                     "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
-        check_choice(n, "adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
+        for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward"):
+            check_bool(n, key, getattr(self, key))
+        check_choice(n, "adv_estimator", self.adv_estimator, ADVANTAGE_ESTIMATORS)
         check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
-        check_choice(n, "kl_loss_type", self.kl_loss_type, KL_TYPES)
-        check_choice(n, "kl_penalty", self.kl_penalty, KL_TYPES)
-        check_choice(n, "kl_ctrl_type", self.kl_ctrl_type, KL_CTRL_TYPES)
+        check_choice(n, "kl_loss_type", self.kl_loss_type, KL_ESTIMATORS)
+        check_choice(n, "kl_penalty", self.kl_penalty, KL_ESTIMATORS)
+        check_choice(n, "kl_ctrl_type", self.kl_ctrl_type, KL_CONTROLLER_KINDS)
         for key in ("gamma", "lam", "top_p"):
             check_range(n, key, getattr(self, key), 0.0, 1.0)
         for key in ("clip_ratio_low", "clip_ratio_high", "entropy_coeff", "kl_loss_coef", "kl_coef", "weight_decay",
@@ -156,10 +129,6 @@ class PPOConfig:
     @property
     def responses_per_iteration(self) -> int:
         return self.train_batch_size * self.rollout_n
-
-    @property
-    def num_mini_batches(self) -> int:
-        return self.train_batch_size // self.ppo_mini_batch_size
 
     def micro_batches(self, data_parallel: int) -> int:
         """Micro-batches per mini-batch on ``data_parallel`` (data x fsdp) devices; one-line error if they do not fit."""
@@ -201,52 +170,47 @@ class TrainerConfig:
     trained on the generated arithmetic task after a short supervised warm start.
     """
 
-    output_dir: str = "outputs/run"
-    seed: int = 0
-    total_epochs: int = 1
-    total_training_steps: int = 0  # 0 = total_epochs * steps_per_epoch
-    test_freq: int = 10
-    save_freq: int = 10
-    max_to_keep: int = 3
-    resume_mode: str = "auto"
-    checkpoint_dir: str | None = None  # shared by all processes: local/NFS path or gs://...; None = <output_dir>/checkpoints
-    val_before_train: bool = True
-    # Model.
-    model_path: str | None = None
-    tokenizer_path: str | None = None
-    critic_path: str | None = None
-    dtype: str = "float32"  # compute dtype of the forward/backward passes
-    param_dtype: str = "float32"  # storage dtype of parameters and optimiser moments (keep float32 for small lrs)
-    remat: bool = False  # rematerialise each decoder layer in the backward pass (less memory, ~1/3 more compute)
-    # Data.
-    train_files: tuple[str, ...] = ()
-    val_files: tuple[str, ...] = ()
-    val_batch_size: int = 256
-    val_max_samples: int = 0  # 0 = all
-    truncation: str = "error"
-    filter_overlong_prompts: bool = True
-    # Rewards.
-    reward_fn_path: str | None = None
-    # None: 'custom_ntl_reward' (correctness * NTL bonus) when NTL is on, else 'compute_score' (correctness only).
-    reward_fn_name: str | None = None
-    reward_fn_kwargs: tuple[tuple[str, Any], ...] = ()
-    reward_runner: str = "local"
-    reward_num_workers: int = 2
-    reward_timeout_s: float = 30.0
-    reward_fallback_score: float = 0.0
-    # Rollout.
-    rollout_mode: str = "colocated"
-    rollout_num_workers: int = 1
-    platform: str = "any"  # backend the run needs: any, cpu, gpu, tpu, accelerator; CPU JAX then stops at start-up
-    # Mesh: -1 = all remaining devices.
-    mesh_data: int = -1
-    mesh_fsdp: int = 1
-    mesh_tensor: int = 1
-    # Logging.
-    use_tensorboard: bool = True
-    use_wandb: bool = False
-    wandb_project: str = "ntl-jax"
-    progress_bar: bool = True
+    output_dir: str = knob("outputs/run", "run directory: metrics.jsonl, tensorboard/, checkpoints/, operative config")
+    seed: int = knob(0, "seeds the whole run: warm start, data order, sampling")
+    total_epochs: int = knob(1, "epochs over the training prompts (when total_training_steps is 0)")
+    total_training_steps: int = knob(0, "PPO iterations; 0 = total_epochs * steps_per_epoch")
+    test_freq: int = knob(10, "validate every this many iterations (and after the last)")
+    save_freq: int = knob(10, "checkpoint every this many iterations (and after the last)")
+    max_to_keep: int = knob(3, "checkpoints kept")
+    resume_mode: str = knob("auto", "auto: continue from the newest readable checkpoint; disable: start fresh")
+    checkpoint_dir: str | None = knob(None, "checkpoint folder shared by all processes (local, NFS or gs://); "
+                                            "None = <output_dir>/checkpoints")
+    val_before_train: bool = knob(True, "validate before the first iteration")
+    model_path: str | None = knob(None, "HF model folder of the policy; None = the embedded default")
+    tokenizer_path: str | None = knob(None, "tokenizer folder; None = model_path")
+    critic_path: str | None = knob(None, "HF folder of the critic; None = from the policy (new value head)")
+    dtype: str = knob("float32", "compute dtype of forward and backward passes: float32, bfloat16")
+    param_dtype: str = knob("float32", "storage dtype of parameters and Adam moments (keep float32 for small lrs)")
+    remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
+    train_files: tuple[str, ...] = knob((), "verl parquet file(s) of training prompts (with a model_path)")
+    val_files: tuple[str, ...] = knob((), "verl parquet file(s) of validation prompts")
+    val_batch_size: int = knob(256, "prompts per validation generation batch")
+    val_max_samples: int = knob(0, "validate on the first this many prompts; 0 = all")
+    truncation: str = knob("error", "overlong prompts when not filtered: error, left, right")
+    filter_overlong_prompts: bool = knob(True, "drop prompts longer than max_prompt_length (with a warning)")
+    reward_fn_path: str | None = knob(None, "Python file of a custom reward function (verl custom_reward_function)")
+    reward_fn_name: str | None = knob(None, "function name in reward_fn_path, or a built-in; None = "
+                                            "'custom_ntl_reward' with NTL on, else 'compute_score'")
+    reward_fn_kwargs: tuple[tuple[str, Any], ...] = knob((), "keyword arguments bound to the reward function")
+    reward_runner: str = knob("local", "where rewards run: local (in-process, timeout per sample), ray (actors)")
+    reward_num_workers: int = knob(2, "Ray reward actors")
+    reward_timeout_s: float = knob(30.0, "seconds per sample before its reward counts as failed")
+    reward_fallback_score: float = knob(0.0, "score of a sample whose reward failed or timed out (counted)")
+    rollout_mode: str = knob("colocated", "colocated: sample on the trainer's devices; ray: CPU sampler actors")
+    rollout_num_workers: int = knob(1, "Ray sampler actors")
+    platform: str = knob("any", "backend the run needs: " + ", ".join(PLATFORMS) + "; CPU JAX then stops at start-up")
+    mesh_data: int = knob(-1, "data-parallel mesh axis (-1 = the remaining devices)")
+    mesh_fsdp: int = knob(1, "fully-sharded data-parallel axis: parameters and Adam state sharded (-1 = the rest)")
+    mesh_tensor: int = knob(1, "tensor-parallel axis (heads, MLP, vocabulary; -1 = the rest)")
+    use_tensorboard: bool = knob(True, "write TensorBoard scalars under <output_dir>/tensorboard")
+    use_wandb: bool = knob(False, "log to Weights & Biases (pip install wandb)")
+    wandb_project: str = knob("ntl-jax", "W&B project")
+    progress_bar: bool = knob(True, "tqdm progress bars")
 
     def __post_init__(self) -> None:
         n = "TrainerConfig"
@@ -257,12 +221,15 @@ class TrainerConfig:
                     "rollout_num_workers"):
             check_positive_int(n, key, getattr(self, key))
         check_choice(n, "resume_mode", self.resume_mode, RESUME_MODES)
-        check_choice(n, "truncation", self.truncation, ("error", "left", "right"))
+        check_choice(n, "truncation", self.truncation, TRUNCATIONS)
         check_choice(n, "reward_runner", self.reward_runner, REWARD_RUNNERS)
         check_choice(n, "rollout_mode", self.rollout_mode, ROLLOUT_MODES)
         check_choice(n, "platform", self.platform, PLATFORMS)
-        check_choice(n, "dtype", self.dtype, ("float32", "bfloat16"))
-        check_choice(n, "param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
+        check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
+        for key in ("val_before_train", "remat", "filter_overlong_prompts", "use_tensorboard", "use_wandb",
+                    "progress_bar"):
+            check_bool(n, key, getattr(self, key))
         check_range(n, "reward_timeout_s", self.reward_timeout_s, 0.0, lo_open=True)
         check_range(n, "reward_fallback_score", self.reward_fallback_score)
         for key in ("train_files", "val_files"):  # verl accepts one path or a list; a bare str must not be iterated
@@ -286,26 +253,24 @@ class TrainerConfig:
 @gin.configurable(module="ntl_jax")
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """The whole run: algorithm, run settings, NTL settings, and which trainer to build.
+    """The whole run: algorithm (``ppo``), run settings (``trainer``) and NTL settings (``ntl``).
 
-    ``use_ntl_trainer`` is the one switch between standard PPO and PPO + NTL (in gin: the macro
-    ``use_ntl_trainer = True``, which also sets ``NTLConfig.enabled``).
+    ``ntl.enabled`` is the one switch between standard PPO and PPO + NTL; in gin the macro
+    ``use_ntl_trainer = True`` binds it (``ntl_jax.NTLConfig.enabled = %use_ntl_trainer`` in configs/base.gin).
     """
 
-    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
-    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    ntl: Any = None  # NTLConfig; None = NTLConfig() with gin bindings
-    use_ntl_trainer: bool = False
+    ppo: PPOConfig = knob(None, "algorithm settings", factory=PPOConfig)
+    trainer: TrainerConfig = knob(None, "run settings", factory=TrainerConfig)
+    ntl: NTLConfig = knob(None, "Number Token Loss settings; NTLConfig.enabled switches NTL on", factory=NTLConfig)
 
     def __post_init__(self) -> None:
-        from ntl_jax.ntl.config import NTLConfig
+        for key, cls in (("ppo", PPOConfig), ("trainer", TrainerConfig), ("ntl", NTLConfig)):
+            if not isinstance(getattr(self, key), cls):
+                fail("ExperimentConfig", key, type(getattr(self, key)).__name__, f"a {cls.__name__}")
 
-        if self.ntl is None:
-            object.__setattr__(self, "ntl", NTLConfig())
-        if not isinstance(self.ntl, NTLConfig):
-            fail("ExperimentConfig", "ntl", type(self.ntl).__name__, "an NTLConfig")
-        if self.use_ntl_trainer and not self.ntl.enabled:
-            object.__setattr__(self, "ntl", dataclasses.replace(self.ntl, enabled=True))
+    @property
+    def use_ntl(self) -> bool:
+        return self.ntl.enabled
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)

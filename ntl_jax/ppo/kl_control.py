@@ -12,7 +12,7 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-from ntl_jax.ppo.advantages import masked_mean
+from ntl_jax.ppo.masked import masked_mean
 from ntl_jax.ppo.losses import kl_penalty
 
 KL_CONTROLLER_KINDS = ("fixed", "adaptive")

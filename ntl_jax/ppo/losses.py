@@ -13,10 +13,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ntl_jax.ppo.advantages import masked_mean, masked_sum
+from ntl_jax.ppo.masked import masked_mean, masked_sum
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_PENALTY_KINDS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
 
 # verl clamps log-ratios to +-20 before exp (ratio and low_var_kl) and the low_var_kl value to +-10.
 _LOG_RATIO_CLAMP = 20.0
@@ -85,16 +84,6 @@ def agg_loss(
     else:
         seq_losses = masked_sum(loss_mat, mask, axis=-1)
     return _safe_divide(jnp.sum(seq_losses), normalizer.num_seqs)
-
-
-def entropy_from_logits(logits: jax.Array) -> jax.Array:
-    """Entropy of softmax(logits) over the last axis (verl ``entropy_from_logits``), float32.
-
-    H = logsumexp(z) - sum_k softmax(z)_k z_k
-    """
-    logits = jnp.asarray(logits, jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1)
-    return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(probs * logits, axis=-1)
 
 
 def _check_clip_ratio_c(clip_ratio_c: float | jax.Array) -> None:
@@ -178,6 +167,28 @@ def value_loss(
     return loss, {"vf_clipfrac": vf_clipfrac}
 
 
+def _k1(log_ratio: jax.Array) -> jax.Array:
+    return log_ratio
+
+
+def _abs(log_ratio: jax.Array) -> jax.Array:
+    return jnp.abs(log_ratio)
+
+
+def _k2(log_ratio: jax.Array) -> jax.Array:
+    return 0.5 * jnp.square(log_ratio)
+
+
+def _k3(log_ratio: jax.Array) -> jax.Array:
+    ref_minus_logp = jnp.clip(-log_ratio, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    return jnp.clip(jnp.exp(ref_minus_logp) - ref_minus_logp - 1.0, -_LOW_VAR_KL_CLAMP, _LOW_VAR_KL_CLAMP)
+
+
+# verl's kl_penalty names (and J. Schulman's k1/k2/k3 aliases) -> estimator of d = logp - logp_ref.
+_KL_ESTIMATORS = {"kl": _k1, "k1": _k1, "abs": _abs, "mse": _k2, "k2": _k2, "low_var_kl": _k3, "k3": _k3}
+KL_ESTIMATORS: tuple[str, ...] = tuple(_KL_ESTIMATORS)
+
+
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str) -> jax.Array:
     """Per-token KL estimate between the policy and the reference (verl ``kl_penalty``; J. Schulman's k1/k2/k3).
 
@@ -189,15 +200,6 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str) -> jax.A
     'full' (needs full-vocabulary logits) is not supported, as in verl.
     """
     chex.assert_equal_shape((logprobs, ref_logprobs))
-    log_ratio = jnp.asarray(logprobs, jnp.float32) - jnp.asarray(ref_logprobs, jnp.float32)
-    if kind in ("kl", "k1"):
-        return log_ratio
-    if kind == "abs":
-        return jnp.abs(log_ratio)
-    if kind in ("mse", "k2"):
-        return 0.5 * jnp.square(log_ratio)
-    if kind in ("low_var_kl", "k3"):
-        ref_minus_logp = jnp.clip(-log_ratio, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-        estimate = jnp.exp(ref_minus_logp) - ref_minus_logp - 1.0
-        return jnp.clip(estimate, -_LOW_VAR_KL_CLAMP, _LOW_VAR_KL_CLAMP)
-    raise ValueError(f"kl penalty kind {kind!r} is not supported; allowed: {', '.join(KL_PENALTY_KINDS)}")
+    if kind not in _KL_ESTIMATORS:
+        raise ValueError(f"kl penalty kind {kind!r} is not supported; allowed: {', '.join(KL_ESTIMATORS)}")
+    return _KL_ESTIMATORS[kind](jnp.asarray(logprobs, jnp.float32) - jnp.asarray(ref_logprobs, jnp.float32))

@@ -157,10 +157,6 @@ class MetricsLogger:
 
             self._tensorboard = SummaryWriter(logdir=str(self.output_dir / TENSORBOARD_SUBDIR))
 
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.output_dir / TENSORBOARD_SUBDIR
-
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record `metrics` (name -> scalar) at `step`; values are checked on every process so errors show everywhere."""
         if isinstance(step, bool) or not isinstance(step, (numbers.Integral, np.integer)) or step < 0:

@@ -27,11 +27,28 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _on_mesh(x: jax.Array, mesh: Mesh) -> jax.Array:
-    """Keep a leaf that already lives on ``mesh``; replicate the rest (e.g. optimiser step counters)."""
-    if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
-        return x
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings of ``tx.init(params)``: a leaf whose tree path ends with a parameter's path (Adam's mu and nu mirror
+    the parameter tree) takes that parameter's sharding; the rest (step counters) are replicated.
+
+    XLA's propagation does not do this by itself (the moments are zeros that depend on no sharded input), and
+    replicated moments would put the whole optimiser state on every device of an fsdp mesh.
+    """
+    def key(path: Any) -> tuple[str, ...]:
+        return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+    by_path = {key(path): sharding for path, sharding in
+               jax.tree_util.tree_flatten_with_path(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def sharding_of(path: Any, leaf: Any) -> NamedSharding:
+        names = key(path)
+        for start in range(len(names)):
+            if names[start:] in by_path:
+                return by_path[names[start:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(sharding_of, jax.eval_shape(tx.init, params))
 
 
 @dataclasses.dataclass
@@ -53,13 +70,9 @@ class ModuleState:
         shardings = tree_shardings(params)
         state = cls(graphdef, params, shardings, tx)
         if tx is not None:
-            # Optimiser moments inherit their parameter's sharding through jit's propagation.
-            state.opt_state = jax.tree.map(lambda x: _on_mesh(x, mesh), jax.jit(tx.init)(params))
-            state.opt_shardings = tree_shardings(state.opt_state)
+            state.opt_shardings = optimizer_shardings(tx, params, shardings, mesh)
+            state.opt_state = jax.jit(tx.init, out_shardings=state.opt_shardings)(params)
         return state
-
-    def module(self) -> nnx.Module:
-        return nnx.merge(self.graphdef, self.params)
 
     def copy_params(self) -> Any:
         """A second buffer of the parameters (the updates donate the live one)."""
@@ -128,6 +141,3 @@ def load_train_state(models: PPOModels, tree: dict[str, Any]) -> None:
         models.critic.params = tree["critic"]
         models.critic.opt_state = tree["critic_opt"]
 
-
-def param_count(params: Any) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(params)))

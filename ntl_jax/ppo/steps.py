@@ -28,7 +28,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ntl_jax.models.logprobs import TokenLogProbs, sequence_logprobs
+from ntl_jax.models.logprobs import TokenLogProbs, sequence_inputs, sequence_logprobs
+from ntl_jax.models.sharding import sharded_activations
 from ntl_jax.ntl.losses import NumberLayout, effective_weights, ntl_per_position
 from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
 from ntl_jax.ppo.config import PPOConfig
@@ -74,15 +75,6 @@ def tree_shardings(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def sequence_inputs(prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids: jax.Array,
-                    response_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Concatenate prompt and response: ``input_ids``, ``attention_mask``, ``positions = cumsum(mask) - 1``."""
-    input_ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
-    attention_mask = jnp.concatenate([prompt_mask, response_mask.astype(prompt_mask.dtype)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
-    return input_ids, attention_mask.astype(jnp.int32), positions
-
-
 def response_values(critic: nnx.Module, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
     """Critic value of the state before each response token: slot ``P - 1 + t`` (verl's ``values[:, -T-1:-1]``)."""
     input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
@@ -107,7 +99,8 @@ def make_logprob_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any, 
 
     out = TokenLogProbs(logprobs=data, entropy=data if compute_entropy else None,
                         digit_logits=data if digit_ids is not None else None)
-    return jax.jit(step, in_shardings=(state_shardings, data, data, data, data), out_shardings=out)
+    return jax.jit(sharded_activations(mesh, step), in_shardings=(state_shardings, data, data, data, data),
+                   out_shardings=out)
 
 
 def make_value_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any) -> Callable[..., jax.Array]:
@@ -117,7 +110,8 @@ def make_value_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any) ->
     def step(state, prompt_ids, prompt_mask, response_ids, response_mask):
         return response_values(nnx.merge(graphdef, state), prompt_ids, prompt_mask, response_ids, response_mask)
 
-    return jax.jit(step, in_shardings=(state_shardings, data, data, data, data), out_shardings=data)
+    return jax.jit(sharded_activations(mesh, step), in_shardings=(state_shardings, data, data, data, data),
+                   out_shardings=data)
 
 
 def make_advantage_step(cfg: PPOConfig, mesh: Mesh) -> Callable[..., tuple[jax.Array, ...]]:
@@ -136,8 +130,8 @@ def make_advantage_step(cfg: PPOConfig, mesh: Mesh) -> Callable[..., tuple[jax.A
                                                         kl_coef, cfg.kl_penalty)
         advantages, returns = compute_advantages(
             cfg.adv_estimator, token_rewards=token_rewards, values=values, response_mask=response_mask,
-            gamma=cfg.gamma, lam=cfg.lam, scores=None if cfg.use_kl_in_reward else scores,
-            group_ids=jnp.asarray(group_ids), num_groups=cfg.train_batch_size, norm_by_std=cfg.norm_adv_by_std_in_grpo)
+            group_ids=jnp.asarray(group_ids), num_groups=cfg.train_batch_size, gamma=cfg.gamma, lam=cfg.lam,
+            norm_by_std=cfg.norm_adv_by_std_in_grpo)
         return token_rewards, advantages, returns, kl_mean
 
     return jax.jit(step, in_shardings=(data, data, data, data, data, rep), out_shardings=(data, data, data, rep))
@@ -265,10 +259,11 @@ def make_update_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, l
                 return loss_fn(nnx.merge(graphdef, p), micro_batch, normalizer, *extra)
 
             (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-            grad_sum = jax.tree.map(jnp.add, carry, grads)
+            # Gradients stay sharded like their parameters (reduce-scattered, not gathered whole on every device).
+            grad_sum = jax.lax.with_sharding_constraint(jax.tree.map(jnp.add, carry, grads), param_shardings)
             return grad_sum, (loss, metrics)
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), param_shardings)
         grads, (losses, metrics) = jax.lax.scan(micro_grad, zeros, micro)
         grad_norm = optax.tree.norm(grads)
         loss = jnp.sum(losses)
@@ -285,7 +280,8 @@ def make_update_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, l
         return new_params, new_opt_state, out_metrics
 
     def jitted(num_extra: int):  # ``data`` is a prefix: every leaf of the batch is sharded on its leading axis
-        return jax.jit(step, in_shardings=(param_shardings, opt_shardings, data) + (rep,) * num_extra,
+        return jax.jit(sharded_activations(mesh, step),
+                       in_shardings=(param_shardings, opt_shardings, data) + (rep,) * num_extra,
                        out_shardings=(param_shardings, opt_shardings, rep), donate_argnums=(0, 1))
 
     return jitted

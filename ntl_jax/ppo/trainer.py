@@ -1,27 +1,21 @@
-"""The PPO loop shared by standard and NTL training.
+"""The PPO loop, standard and NTL alike: ``PPOTrainer.train_step`` is one iteration, read top to bottom.
 
-One iteration (``train_step``), in this order:
+    generate -> log-probs (+ NTL digit slice, NTLInfo) -> reference, values -> rewards (see ntl_info)
+             -> advantages -> critic and actor updates -> metrics
 
-1. generate responses (colocated sampler or Ray rollout workers);
-2. one jitted forward of the current policy over prompt+response: old log-probs, entropy and (NTL mode) the
-   digit logit slice, turned into ``NTLInfo`` with the configured targets, *before* rewards;
-3. reference log-probs and critic values;
-4. rewards (``compute_score`` per sample, with ``ntl_info`` and ``tau`` in NTL mode);
-5. KL in reward, advantages;
-6. critic update, then actor update (``ppo_epochs`` x mini-batches, micro-batch gradient accumulation);
-7. metrics, validation, checkpoint.
-
-The NTL additions are hooks (``prepare_ntl``, ``reward_kwargs``, ...) that :class:`NTLPPOTrainer` fills in;
-the standard trainer's hooks do nothing, so the two share every other line.
+It is verl's order with the log-prob pass moved before the rewards, so reward functions can see NTL. Standard PPO
+and PPO + NTL differ by data, not by code path: with ``NTLConfig.enabled`` off, the iteration's ``NTLStep`` has
+no targets and weight 0, and the NTL functions (``ntl_jax.ppo.ntl_step``) return at once. Every hot step is a
+plain ``jax.jit`` over explicit shardings (``ntl_jax.ppo.steps``); Python only orchestrates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Any, Iterator
 
@@ -35,22 +29,23 @@ from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.distributed.multihost import broadcast_from_main, is_main_process, put_global, to_host, tree_to_host
 from ntl_jax.models.config import generation_eos_token_ids
 from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams
-from ntl_jax.ntl.info import DigitTargets
+from ntl_jax.ntl.digits import digit_token_ids
+from ntl_jax.ppo import ntl_step
 from ntl_jax.ppo import state as state_lib
+from ntl_jax.ppo.batch_stats import batch_metrics
 from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
 from ntl_jax.ppo.config import ExperimentConfig
+from ntl_jax.ppo.evaluation import evaluate
 from ntl_jax.ppo.kl_control import KLControllerState, kl_controller_update
 from ntl_jax.ppo.metrics import MetricsLogger
 from ntl_jax.ppo.rollout import ColocatedRollout, RayRollout
 from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
                                make_advantage_step, make_critic_update, make_logprob_step, make_value_step)
-from ntl_jax.ppo.validation import batch_metrics, evaluate
 from ntl_jax.rewards.registry import RewardFnSpec
-from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner
+from ntl_jax.rewards.scoring import reward_item
+from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner, RewardResult, ensure_ray, ray_temp_dir
 
 log = logging.getLogger(__name__)
-
-RAY_TEMP_DIR_MAX_CHARS = 43  # 107-byte AF_UNIX limit minus Ray's "/session_<time>_<pid>/sockets/plasma_store"
 
 
 class TrainingError(RuntimeError):
@@ -83,42 +78,45 @@ def _eos_ids(tokenizer: Any, *model_eos: Any) -> list[int]:
     return sorted(ids)
 
 
-def ray_temp_dir(output_dir: str) -> str:
-    """``<output_dir>/ray`` when it is short enough for Ray's unix-socket paths (AF_UNIX allows 107 bytes and Ray
-    appends ~64), else a short folder under /tmp that ``<output_dir>/ray`` links to, so the files stay findable."""
-    preferred = os.path.join(os.path.abspath(output_dir), "ray")
-    if len(preferred) <= RAY_TEMP_DIR_MAX_CHARS:
-        return preferred
-    short = tempfile.mkdtemp(prefix="ntl_ray_", dir="/tmp" if os.path.isdir("/tmp") else None)
-    if len(short) > RAY_TEMP_DIR_MAX_CHARS:
-        raise ValueError(f"no Ray temp dir of at most {RAY_TEMP_DIR_MAX_CHARS} characters: {preferred!r} and "
-                         f"{short!r} are too long; allowed: a shorter TrainerConfig.output_dir")
-    if not os.path.lexists(preferred):
-        os.symlink(short, preferred)
-    log.info("Ray temp dir %s (linked from %s; the output path is too long for Ray's sockets)", short, preferred)
-    return short
+@dataclasses.dataclass
+class Sequences:
+    """One iteration's prompts and sampled responses: host rows and texts, device arrays (rows sharded)."""
+
+    rows: list[dict]  # the verl row of each response (a prompt's row rollout_n times)
+    texts: list[str]
+    generation: GenerationOutput
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    response_ids: jax.Array
+    response_mask: jax.Array  # float32
+
+    @property
+    def arrays(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        return self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask
 
 
 class PPOTrainer:
-    """Standard PPO (policy + critic + frozen reference) over a mesh. ``fit()`` runs the loop."""
-
-    use_ntl = False
+    """PPO (policy + critic + frozen reference), with or without NTL, over a mesh. ``fit()`` runs the loop."""
 
     def __init__(self, config: ExperimentConfig, tokenizer: Any, *, policy_path: str, train_rows: list[dict],
                  val_rows: list[dict] | None = None, mesh: Any = None, reward_fn: Any = None):
-        self.config = config
-        self.ppo, self.run = config.ppo, config.trainer
-        self.tokenizer = tokenizer
-        self.policy_path = policy_path
-        self.output_dir = self.run.output_dir
+        self.config, self.ppo, self.run, self.ntl = config, config.ppo, config.trainer, config.ntl
+        self.tokenizer, self.policy_path, self.output_dir = tokenizer, policy_path, config.trainer.output_dir
         os.makedirs(self.output_dir, exist_ok=True)
         self.mesh = mesh if mesh is not None else make_mesh(self.run.mesh_data, self.run.mesh_fsdp,
                                                              self.run.mesh_tensor)
-        self._check_divisibility()
+        data_parallel = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        self.num_micro_batches = self.ppo.micro_batches(data_parallel)
+        self.log_prob_chunk = self.ppo.log_prob_chunk(data_parallel)
+        if self.ppo.responses_per_iteration % data_parallel:
+            raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
+                             f"a multiple of the data-parallel device count data*fsdp={data_parallel}")
         self.models = state_lib.build_models(policy_path, self.ppo, self.mesh, dtype=self.run.dtype,
                                              param_dtype=self.run.param_dtype, remat=self.run.remat,
-                                             critic_path=self.run.critic_path, seed=self.run.seed)
-        self.digit_ids = self.setup_digits()
+                                             critic_path=self.run.critic_path)
+        self.digit_ids = (np.asarray(digit_token_ids(tokenizer, logits_dim=self.models.model_config.vocab_size,
+                                                     cache=self.ntl.cache_digit_mappings), np.int32)
+                          if self.ntl.enabled else None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = _eos_ids(tokenizer, self.models.model_config.eos_token_id,
                                 generation_eos_token_ids(policy_path))
@@ -126,18 +124,19 @@ class PPOTrainer:
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh)
         self.rollout = self._build_rollout()
-        self.reward_spec = reward_fn if isinstance(reward_fn, RewardFnSpec) else RewardFnSpec(
-            path=self.run.reward_fn_path, name=self.reward_fn_name(), kwargs=dict(self.run.reward_fn_kwargs))
-        self.reward_runner = self._build_reward_runner(self.reward_spec)
-        self.val_runner = self.reward_runner
+        if not isinstance(reward_fn, RewardFnSpec):
+            default_name = "custom_ntl_reward" if self.ntl.enabled and self.run.reward_fn_path is None else "compute_score"
+            reward_fn = RewardFnSpec(path=self.run.reward_fn_path, name=self.run.reward_fn_name or default_name,
+                                     kwargs=dict(self.run.reward_fn_kwargs))
+        self.reward_spec = reward_fn
+        self.reward_runner = self._build_reward_runner(reward_fn)
         self.loader = PromptLoader(train_rows, tokenizer, self.ppo.train_batch_size, seed=self.run.seed,
                                    max_prompt_length=self.ppo.max_prompt_length, truncation=self.run.truncation,
                                    filter_overlong_prompts=self.run.filter_overlong_prompts, source="train")
-        self.val_rows = list(val_rows or [])
-        if self.run.val_max_samples:
-            self.val_rows = self.val_rows[: self.run.val_max_samples]
+        self.val_rows = list(val_rows or [])[: self.run.val_max_samples or None]
         self.total_steps = self.run.total_training_steps or self.run.total_epochs * self.loader.steps_per_epoch
         self.kl_state = KLControllerState(value=float(self.ppo.kl_coef))
+        self.ntl_tracker = ntl_step.NTLTracker()
         self.global_step = 0
         self.consecutive_skips = 0
         self.counters = {"update_skipped_total": 0}
@@ -150,43 +149,26 @@ class PPOTrainer:
         self.history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- set-up
-    def _check_divisibility(self) -> None:
-        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        self.num_micro_batches = self.ppo.micro_batches(shards)
-        self.log_prob_chunk = self.ppo.log_prob_chunk(shards)
-        if self.ppo.responses_per_iteration % shards:
-            raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
-                             f"a multiple of the data-parallel device count data*fsdp={shards}")
-
-    def reward_fn_name(self) -> str:
-        """``TrainerConfig.reward_fn_name``, or by default the correctness-only scorer."""
-        return self.run.reward_fn_name or "compute_score"
-
-    def setup_digits(self) -> jax.Array | None:
-        """Digit token ids for the sampler and NTL (None in standard mode)."""
-        return None
-
     def _build_steps(self) -> None:
         models, mesh, ppo = self.models, self.mesh, self.ppo
-        ntl_method = self.config.ntl.method if self.use_ntl else None
-        self.logprob_step = make_logprob_step(models.policy.graphdef, mesh, models.policy.shardings,
-                                              digit_ids=self.digit_ids if self.use_ntl else None,
+        policy = models.policy
+        self.logprob_step = make_logprob_step(policy.graphdef, mesh, policy.shardings, digit_ids=self.digit_ids,
                                               chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature)
-        self.ref_logprob_step = make_logprob_step(models.policy.graphdef, mesh, models.policy.shardings,
-                                                  digit_ids=None, chunk_size=ppo.logprob_chunk_size,
-                                                  temperature=ppo.temperature, compute_entropy=False)
-        settings = ActorLossSettings.from_config(ppo, ntl_method)
-        self.actor_update = make_actor_update(models.policy.graphdef, models.policy.tx, settings,
-                                              digit_ids=self.digit_ids, num_micro_batches=self.num_micro_batches,
-                                              mesh=mesh, param_shardings=models.policy.shardings,
-                                              opt_shardings=models.policy.opt_shardings)
+        self.ref_logprob_step = make_logprob_step(policy.graphdef, mesh, policy.shardings, digit_ids=None,
+                                                  chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature,
+                                                  compute_entropy=False)
+        settings = ActorLossSettings.from_config(ppo, self.ntl.method if self.ntl.enabled else None)
+        self.actor_update = make_actor_update(policy.graphdef, policy.tx, settings, digit_ids=self.digit_ids,
+                                              num_micro_batches=self.num_micro_batches, mesh=mesh,
+                                              param_shardings=policy.shardings, opt_shardings=policy.opt_shardings)
         self.advantage_step = make_advantage_step(ppo, mesh)
         if models.critic is not None:
-            self.value_step = make_value_step(models.critic.graphdef, mesh, models.critic.shardings)
-            self.critic_update = make_critic_update(models.critic.graphdef, models.critic.tx, ppo,
+            critic = models.critic
+            self.value_step = make_value_step(critic.graphdef, mesh, critic.shardings)
+            self.critic_update = make_critic_update(critic.graphdef, critic.tx, ppo,
                                                     num_micro_batches=self.num_micro_batches, mesh=mesh,
-                                                    param_shardings=models.critic.shardings,
-                                                    opt_shardings=models.critic.opt_shardings)
+                                                    param_shardings=critic.shardings,
+                                                    opt_shardings=critic.opt_shardings)
 
     def _build_rollout(self):
         if self.run.rollout_mode == "colocated":
@@ -197,46 +179,18 @@ class PPOTrainer:
             raise ValueError(f"TrainerConfig.rollout_mode='ray' is invalid on {jax.default_backend()} with "
                              f"{jax.process_count()} process(es); allowed there: 'colocated' ('ray' is a "
                              "single-process CPU option)")
-        self._start_ray()
-        kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id,
-                      digit_ids=None if self.digit_ids is None else np.asarray(self.digit_ids))
+        ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
+        kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id, digit_ids=self.digit_ids)
         return RayRollout(self.models.model_config, kwargs, self.run.rollout_num_workers)
 
     def _build_reward_runner(self, spec: RewardFnSpec):
         if self.run.reward_runner == "local":
             return LocalRewardRunner(spec, timeout_s=self.run.reward_timeout_s,
                                      fallback_score=self.run.reward_fallback_score)
-        self._start_ray()
+        ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
         return RayRewardRunner(spec, num_workers=self.run.reward_num_workers, timeout_s=self.run.reward_timeout_s,
                                fallback_score=self.run.reward_fallback_score)
 
-    def _start_ray(self) -> None:
-        """Start Ray (once per process) with its temp files beside the run; see :func:`ray_temp_dir`."""
-        import ray
-
-        from ntl_jax.rewards.workers import ensure_ray
-
-        if not ray.is_initialized():
-            ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
-
-    # ----------------------------------------------------------------- NTL hooks (no-ops here)
-    def prepare_ntl(self, gen: GenerationOutput, rows: list[dict]) -> DigitTargets:
-        """The batch's NTL targets: none in standard PPO."""
-        return DigitTargets.empty(gen.response_ids.shape)
-
-    def ntl_after_logprobs(self, gen: GenerationOutput, digit_logits: Any, targets: DigitTargets,
-                           texts: list[str]) -> dict[str, float]:
-        """Build NTLInfo from the log-prob pass (NTL mode); returns metrics."""
-        return {}
-
-    def reward_kwargs(self, index: int) -> dict[str, Any]:
-        """Extra kwargs of sample ``index``'s ``compute_score`` call (``ntl_info``, ``tau`` in NTL mode)."""
-        return {}
-
-    def ntl_weight(self) -> float:
-        return 0.0
-
-    # ----------------------------------------------------------------- one iteration
     def sampling_params(self, validation: bool = False) -> SamplingParams:
         ppo = self.ppo
         if validation:
@@ -253,118 +207,114 @@ class PPOTrainer:
         """Host arrays (the same on every process) with their rows sharded over the data-parallel devices."""
         return jax.tree.map(lambda x: put_global(x, batch_sharding(self.mesh)), tree)
 
+    # ----------------------------------------------------------------- one iteration
     def train_step(self, batch: PromptBatch) -> dict[str, float]:
-        ppo, models = self.ppo, self.models
-        timings: dict[str, float] = {}
-        step_start = time.perf_counter()
-        rng = self.step_rng(self.global_step)
+        """One PPO iteration on a batch of prompts; returns its metrics (verl's names, plus ntl/*)."""
+        ppo, models, timings, start = self.ppo, self.models, {}, time.perf_counter()
+
+        # 1. Sample rollout_n responses per prompt with the current policy.
         with timed(timings, "gen"):
-            gen = self.rollout.generate(models.policy.params, batch.prompt_token_ids, self.sampling_params(), rng,
-                                        prompt_indices=batch.indices,
-                                        return_digit_logits=self.use_ntl and self.config.ntl.extract_during_generation)
-        rows = [row for row in batch.rows for _ in range(ppo.rollout_n)]
-        texts = self.tokenizer.batch_decode(np.where(gen.response_mask > 0, gen.response_ids, self.pad_id),
-                                            skip_special_tokens=True)
-        prompt_ids, prompt_mask = self._device(gen.prompt_ids), self._device(gen.prompt_mask)
-        response_ids = self._device(gen.response_ids)
-        response_mask = self._device(gen.response_mask.astype(np.float32))
-        arrays = (prompt_ids, prompt_mask, response_ids, response_mask)
+            sequences = self.generate(batch)
         with timed(timings, "ntl_targets"):
-            ntl = self._device(self.prepare_ntl(gen, rows))
+            ntl = ntl_step.targets(self.ntl, self.ntl_tracker, sequences.generation, sequences.rows,
+                                   self.tokenizer, self.digit_ids, self.global_step)
+            ntl_targets = self._device(ntl.targets)
+
+        # 2. Log-probs and entropy at the rollout temperature, and the digit slice -> NTLInfo, before rewards.
         with timed(timings, "old_log_prob"):
-            old = self._forward_in_chunks(self.logprob_step, models.policy.params, arrays)
-            metrics = self.ntl_after_logprobs(gen, old.digit_logits, ntl, texts)
-        ref_logprobs = old.logprobs
+            old = self.forward(self.logprob_step, models.policy.params, sequences)
+            ntl, metrics = ntl_step.summarize(self.ntl, self.ntl_tracker, ntl, old.digit_logits,
+                                              sequences.generation, sequences.texts, self.global_step,
+                                              self.output_dir)
+
+        # 3. The frozen reference's log-probs (KL) and the critic's values (GAE).
+        ref_logprobs, values = old.logprobs, jnp.zeros_like(old.logprobs)
         if models.reference is not None:
             with timed(timings, "ref"):
-                ref_logprobs = self._forward_in_chunks(self.ref_logprob_step, models.reference, arrays).logprobs
-        values = jnp.zeros_like(old.logprobs)
+                ref_logprobs = self.forward(self.ref_logprob_step, models.reference, sequences).logprobs
         if models.critic is not None:
             with timed(timings, "values"):
-                values = self._forward_in_chunks(self.value_step, models.critic.params, arrays)
+                values = self.forward(self.value_step, models.critic.params, sequences)
+
+        # 4. Rewards: compute_score per response, with ntl_info and tau when NTL is on.
         with timed(timings, "reward"):
-            items = [{"data_source": row.get("data_source", ""), "solution_str": text,
-                      "ground_truth": str(row["reward_model"]["ground_truth"]), "extra_info": row.get("extra_info"),
-                      **self.reward_kwargs(i)} for i, (row, text) in enumerate(zip(rows, texts))]
-            rewards = self.reward_runner.score(items)
+            rewards = self.reward_runner.score(
+                [reward_item(row, text, **ntl_step.reward_kwargs(self.ntl, ntl, i))
+                 for i, (row, text) in enumerate(zip(sequences.rows, sequences.texts))])
             # Every process scores the same texts; process 0's scores are used, so all train on the same signal.
             scores = broadcast_from_main(np.asarray(rewards.scores, np.float32))
+
+        # 5. Token rewards (minus KL when it is in the reward) and advantages.
         with timed(timings, "adv"):
             token_rewards, advantages, returns, kl_mean = self.advantage_step(
-                self._device(scores), response_mask, old.logprobs, ref_logprobs, values,
+                self._device(scores), sequences.response_mask, old.logprobs, ref_logprobs, values,
                 jnp.float32(self.kl_state.value))
             if ppo.use_kl_in_reward:
-                kl_mean = float(to_host(kl_mean))
-                metrics["actor/reward_kl_penalty"] = kl_mean
-                metrics["actor/reward_kl_penalty_coeff"] = float(self.kl_state.value)
-                self.kl_state = kl_controller_update(ppo.kl_ctrl_type, self.kl_state, kl_mean, len(rows),
-                                                     target=ppo.kl_target, horizon=ppo.kl_horizon)
-        rollout = RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask, old.logprobs, ref_logprobs,
-                               values, advantages, returns, ntl.target_digits, ntl.weights, ntl.layout)
-        update_metrics = self.update(rollout, timings)
-        metrics.update(update_metrics)
-        metrics.update(batch_metrics(gen, scores=scores, token_rewards=token_rewards,
+                metrics.update(self._update_kl_controller(float(to_host(kl_mean)), len(sequences.rows)))
+
+        # 6. Critic and actor updates: ppo_epochs passes over mini-batches, gradients accumulated over micro-batches.
+        rollout = RolloutBatch(*sequences.arrays, old.logprobs, ref_logprobs, values, advantages, returns,
+                               ntl_targets.target_digits, ntl_targets.weights, ntl_targets.layout)
+        metrics.update(self.update(rollout, ntl.weight, timings))
+
+        # 7. Metrics.
+        metrics.update(batch_metrics(sequences.generation, scores=scores, token_rewards=token_rewards,
                                      advantages=advantages, returns=returns, values=values,
                                      max_response_length=ppo.max_response_length,
                                      with_critic=models.critic is not None, group_size=ppo.rollout_n))
         metrics.update(self._reward_extras(rewards))
-        timings["timing_s/step"] = time.perf_counter() - step_start
-        num_tokens = int(gen.response_mask.sum() + gen.prompt_mask.sum())
-        metrics.update(timings)
-        metrics["perf/total_num_tokens"] = num_tokens
-        metrics["perf/time_per_step"] = timings["timing_s/step"]
-        metrics["perf/throughput"] = num_tokens / max(timings["timing_s/step"], 1e-9) / len(jax.devices())
-        return metrics
+        return self._timing_metrics(metrics, timings, sequences.generation, start)
 
-    def _forward_in_chunks(self, step: Any, params: Any, arrays: tuple[jax.Array, ...]) -> Any:
-        """Run a jitted forward over ``log_prob_micro_batch_size`` responses at a time (bounded activation memory)."""
-        size, total = self.log_prob_chunk, arrays[0].shape[0]
+    def generate(self, batch: PromptBatch) -> Sequences:
+        """rollout_n sampled responses per prompt (row i * rollout_n + j is prompt i's j-th), placed on the mesh."""
+        gen = self.rollout.generate(self.models.policy.params, batch.prompt_token_ids, self.sampling_params(),
+                                    self.step_rng(self.global_step), prompt_indices=batch.indices,
+                                    return_digit_logits=self.ntl.enabled and self.ntl.extract_during_generation)
+        texts = self.tokenizer.batch_decode(np.where(gen.response_mask > 0, gen.response_ids, self.pad_id),
+                                            skip_special_tokens=True)
+        rows = [row for row in batch.rows for _ in range(self.ppo.rollout_n)]
+        prompt_ids, prompt_mask, response_ids, response_mask = self._device(
+            (gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask.astype(np.float32)))
+        return Sequences(rows, texts, gen, prompt_ids, prompt_mask, response_ids, response_mask)
+
+    def forward(self, step: Any, params: Any, sequences: Sequences) -> Any:
+        """A jitted forward over ``log_prob_micro_batch_size`` responses at a time (bounded activation memory)."""
+        arrays, size = sequences.arrays, self.log_prob_chunk
+        total = arrays[0].shape[0]
         if not size or size >= total:
             return step(params, *arrays)
         parts = [step(params, *(x[start:start + size] for x in arrays)) for start in range(0, total, size)]
         return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
-    def _reward_extras(self, rewards: Any) -> dict[str, float]:
-        out = {"reward/errors": float(rewards.num_errors), "reward/timeouts": float(rewards.num_timeouts)}
-        keys = {k for extra in rewards.extras for k, v in extra.items() if isinstance(v, (int, float, bool))}
-        for key in sorted(keys):
-            values = [float(e[key]) for e in rewards.extras if isinstance(e.get(key), (int, float, bool))]
-            if values:
-                out[f"reward_extra/{key}/mean"] = float(np.mean(values))
-        return out
-
-    def update(self, rollout: RolloutBatch, timings: dict[str, float]) -> dict[str, float]:
+    def update(self, rollout: RolloutBatch, ntl_weight: float, timings: dict[str, float]) -> dict[str, float]:
         """Critic then actor: ``ppo_epochs`` passes over shuffled mini-batches (advantages are already fixed)."""
         ppo, models = self.ppo, self.models
         mini_size = ppo.ppo_mini_batch_size * ppo.rollout_n
         collected: list[dict[str, Any]] = []
         rng = np.random.default_rng([self.run.seed, self.global_step])
-        ntl_weight = jnp.asarray(self.ntl_weight(), jnp.float32)
-        for epoch in range(ppo.ppo_epochs):
+        for _ in range(ppo.ppo_epochs):
             order = rng.permutation(rollout.size)
             for start in range(0, rollout.size, mini_size):
-                idx = self._device(np.sort(order[start:start + mini_size]))
-                mini = _take_rows(rollout, idx)
+                mini = _take_rows(rollout, self._device(np.sort(order[start:start + mini_size])))
                 if models.critic is not None:
                     with timed(timings, "update_critic"):
-                        models.critic.params, models.critic.opt_state, cm = self.critic_update(
+                        models.critic.params, models.critic.opt_state, critic_metrics = self.critic_update(
                             models.critic.params, models.critic.opt_state, mini)
-                        collected.append(cm)
+                        collected.append(critic_metrics)
                 if ppo.critic_warmup <= self.global_step + 1:  # verl counts steps from 1
                     with timed(timings, "update_actor"):
-                        models.policy.params, models.policy.opt_state, am = self.actor_update(
-                            models.policy.params, models.policy.opt_state, mini, ntl_weight)
-                        collected.append(am)
-        host = tree_to_host(collected)
+                        models.policy.params, models.policy.opt_state, actor_metrics = self.actor_update(
+                            models.policy.params, models.policy.opt_state, mini, jnp.float32(ntl_weight))
+                        collected.append(actor_metrics)
         merged: dict[str, list[float]] = {}
-        for m in host:
-            for k, v in m.items():
-                merged.setdefault(k, []).append(float(v))
-            self._count_skip(m)
+        for update_metrics in tree_to_host(collected):
+            for key, value in update_metrics.items():
+                merged.setdefault(key, []).append(float(value))
+            self._count_skip(update_metrics)
         if self.consecutive_skips >= ppo.max_consecutive_skipped_updates:
             raise TrainingError(f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient "
                                 f"(max_consecutive_skipped_updates={ppo.max_consecutive_skipped_updates}); stopping")
-        out = {k: float(np.mean(v)) for k, v in merged.items()}
+        out = {key: float(np.mean(values)) for key, values in merged.items()}
         out["training/update_skipped_total"] = float(self.counters["update_skipped_total"])
         out["actor/lr"] = float(ppo.actor_lr)
         return out
@@ -377,23 +327,44 @@ class PPOTrainer:
                 self.counters["update_skipped_total"] += int(skipped)
                 self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
 
-    # ----------------------------------------------------------------- validation, state
+    def _update_kl_controller(self, kl_mean: float, batch_size: int) -> dict[str, float]:
+        metrics = {"actor/reward_kl_penalty": kl_mean, "actor/reward_kl_penalty_coeff": float(self.kl_state.value)}
+        self.kl_state = kl_controller_update(self.ppo.kl_ctrl_type, self.kl_state, kl_mean, batch_size,
+                                             target=self.ppo.kl_target, horizon=self.ppo.kl_horizon)
+        return metrics
+
+    @staticmethod
+    def _reward_extras(rewards: RewardResult) -> dict[str, float]:
+        out = rewards.to_metrics()
+        keys = {k for extra in rewards.extras for k, v in extra.items() if isinstance(v, (int, float, bool))}
+        for key in sorted(keys):
+            values = [float(e[key]) for e in rewards.extras if isinstance(e.get(key), (int, float, bool))]
+            out[f"reward_extra/{key}/mean"] = float(np.mean(values))
+        return out
+
+    @staticmethod
+    def _timing_metrics(metrics: dict[str, float], timings: dict[str, float], gen: GenerationOutput,
+                        start: float) -> dict[str, float]:
+        timings["timing_s/step"] = time.perf_counter() - start
+        num_tokens = int(gen.response_mask.sum() + gen.prompt_mask.sum())
+        return {**metrics, **timings, "perf/total_num_tokens": num_tokens, "perf/time_per_step": timings["timing_s/step"],
+                "perf/throughput": num_tokens / max(timings["timing_s/step"], 1e-9) / len(jax.devices())}
+
+    # ----------------------------------------------------------------- validation, state, loop
     def validate(self) -> dict[str, float]:
         if not self.val_rows:
             return {}
-        return evaluate(self, self.val_rows)
+        run = self.run
+        return evaluate(self.rollout, self.models.policy.params, self.val_rows, self.tokenizer, self.reward_runner,
+                        self.sampling_params(validation=True), max_prompt_length=self.ppo.max_prompt_length,
+                        truncation=run.truncation, filter_overlong_prompts=run.filter_overlong_prompts,
+                        batch_size=run.val_batch_size, seed=run.seed, pad_id=self.pad_id)
 
     def _meta(self) -> dict[str, Any]:
         return {"global_step": self.global_step, "loader": self.loader.state_dict(),
                 "kl_coef": float(self.kl_state.value), "consecutive_skips": self.consecutive_skips,
                 "counters": self.counters, "reference_policy_path": self.policy_path,
-                **self.extra_meta()}
-
-    def extra_meta(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_meta(self, meta: dict[str, Any]) -> None:
-        pass
+                **self.ntl_tracker.state_dict()}
 
     def save_checkpoint(self) -> None:
         # The key as host data: the same on every process, saved once (a process-local jax.Array cannot be).
@@ -404,9 +375,8 @@ class PPOTrainer:
         if self.run.resume_mode == "disable":
             return False
         key_data = np.asarray(jax.random.key_data(self.base_rng))
-        abstract = {**state_lib.abstract_train_state(self.models),
-                    "rng": np.zeros_like(key_data)}
-        restored = self.checkpoints.restore(None, abstract)
+        restored = self.checkpoints.restore(None, {**state_lib.abstract_train_state(self.models),
+                                                   "rng": np.zeros_like(key_data)})
         if restored is None:
             return False
         tree, meta, step = restored
@@ -417,7 +387,7 @@ class PPOTrainer:
         self.kl_state = KLControllerState(value=float(meta["kl_coef"]))
         self.consecutive_skips = int(meta.get("consecutive_skips", 0))
         self.counters.update(meta.get("counters", {}))
-        self.load_extra_meta(meta)
+        self.ntl_tracker.load_state_dict(meta)
         log.info("resumed from step %d (%s)", step, self.checkpoints.directory)
         return True
 

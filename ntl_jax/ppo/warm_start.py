@@ -24,8 +24,8 @@ from ntl_jax.models.logprobs import sequence_logprobs
 from ntl_jax.models.sampler import Sampler, SamplingParams
 from ntl_jax.ntl.digits import digit_value_of_tokens
 from ntl_jax.ntl.losses import METHODS, ntl_loss
-from ntl_jax.ppo.config import check_choice, check_positive_int, check_range
-from ntl_jax.rewards.registry import default_compute_score, normalize_reward_output
+from ntl_jax.knobs import check_choice, check_positive_int, check_range, knob
+from ntl_jax.rewards.scoring import default_compute_score, normalize_reward_output
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,16 @@ log = logging.getLogger(__name__)
 class WarmStartConfig:
     """Supervised warm start: ``loss = CE(solution) + ntl_weight * NTL(solution digits)``."""
 
-    max_steps: int = 3000
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    ntl_weight: float = 0.3
-    ntl_method: str = "wasserstein"
-    eval_every: int = 100
-    eval_samples: int = 256
-    target_accuracy: float = 0.35
-    seed: int | None = None  # None: the run's TrainerConfig.seed, so one seed binding varies the whole run
+    max_steps: int = knob(3000, "most supervised steps (the warm start stops earlier at target_accuracy)")
+    batch_size: int = knob(128, "supervised batch size")
+    learning_rate: float = knob(3e-3, "peak AdamW learning rate (warm-up, then cosine decay to 10%)")
+    warmup_steps: int = knob(100, "linear warm-up steps")
+    ntl_weight: float = knob(0.3, "weight of NTL in CE + ntl_weight * NTL")
+    ntl_method: str = knob("wasserstein", "NTL variant of the warm start: " + ", ".join(METHODS))
+    eval_every: int = knob(100, "steps between greedy evaluations on the selection problems")
+    eval_samples: int = knob(256, "selection problems per evaluation")
+    target_accuracy: float = knob(0.35, "stop once greedy selection accuracy reaches this")
+    seed: int | None = knob(None, "None: the run's TrainerConfig.seed, so one seed binding varies the whole run")
 
     def __post_init__(self) -> None:
         n = "WarmStartConfig"

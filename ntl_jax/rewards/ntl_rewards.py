@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ntl_jax.rewards.registry import default_compute_score, normalize_reward_output, scorer_found_answer
+from ntl_jax.rewards.scoring import default_compute_score, normalize_reward_output, scorer_found_answer
 
 COMBINATIONS = ("multiply", "add")
 DEFAULT_TAU = 0.1

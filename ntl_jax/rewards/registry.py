@@ -1,55 +1,19 @@
-"""Reward function lookup: the built-in dispatcher, verl-style loading from a file, and output normalisation.
-
-Every reward function has verl's signature
-``fn(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float | dict``;
-the trainer calls it with keyword arguments and may add ``ntl_info`` and ``tau`` to ``kwargs``.
-"""
+"""Which reward function a run uses: a built-in by name, or verl-style a function in a Python file by path."""
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
 import importlib.util
-import math
-import numbers
 import os
 import sys
 from typing import Any, Callable
 
-import numpy as np
-
-from ntl_jax.rewards import arithmetic, gsm8k
+from ntl_jax.rewards import ntl_rewards
+from ntl_jax.rewards.scoring import (KNOWN_DATA_SOURCES, default_compute_score, normalize_reward_output,  # noqa: F401
+                                     reward_item, scorer_found_answer)
 
 RewardFn = Callable[..., Any]
-
-_SCORERS: dict[str, RewardFn] = {
-    "openai/gsm8k": lambda solution_str, ground_truth: gsm8k.compute_score(solution_str, ground_truth, method="strict"),
-    "arithmetic": arithmetic.compute_score,
-}
-_SCORERS["gsm8k"] = _SCORERS["openai/gsm8k"]
-KNOWN_DATA_SOURCES: tuple[str, ...] = tuple(sorted(_SCORERS))
-
-
-def default_compute_score(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
-) -> float | dict:
-    """Score with the built-in scorer for ``data_source`` (gsm8k: verl strict; arithmetic: numeric match).
-
-    ``extra_info`` and ``kwargs`` (e.g. ``ntl_info``, ``tau``) are accepted and ignored, as verl's dispatcher does.
-    """
-    scorer = _SCORERS.get(data_source)
-    if scorer is None:
-        raise ValueError(f"data_source={data_source!r} has no built-in reward; known: {', '.join(KNOWN_DATA_SOURCES)}")
-    return scorer(solution_str, ground_truth)
-
-
-def scorer_found_answer(data_source: str, solution_str: str, extras: dict) -> bool | None:
-    """Whether the built-in scorer of ``data_source`` extracted an answer (None: not a built-in scorer)."""
-    if data_source == "arithmetic":
-        return bool(extras.get("has_answer", arithmetic.extract_answer(solution_str) is not None))
-    if data_source in ("openai/gsm8k", "gsm8k"):
-        return gsm8k.extract_solution(solution_str, method="strict") is not None
-    return None
 
 
 @dataclasses.dataclass
@@ -85,8 +49,6 @@ def _import_file(path: str):
 
 
 def _builtin_reward_function(name: str) -> RewardFn:
-    from ntl_jax.rewards import ntl_rewards  # imports this module: resolve at call time
-
     builtins = {
         "compute_score": default_compute_score,
         "default_compute_score": default_compute_score,
@@ -117,25 +79,3 @@ def load_reward_function(spec: RewardFnSpec) -> RewardFn:
     if not callable(fn):
         raise ValueError(f"{spec.name!r} in {path!r} is a {type(fn).__name__}, not a function")
     return functools.partial(fn, **spec.kwargs)
-
-
-def _as_score(value: Any, what: str) -> float:
-    if isinstance(value, (bool, np.bool_, numbers.Real)):
-        score = float(value)
-    elif getattr(value, "shape", None) == () and hasattr(value, "item"):  # 0-d numpy / jax / torch value
-        return _as_score(value.item(), what)
-    else:
-        raise TypeError(f"{what} must be a float, int, bool or dict with 'score', got {type(value).__name__}")
-    if not math.isfinite(score):
-        raise ValueError(f"{what} is {score}; a reward must be finite")
-    return score
-
-
-def normalize_reward_output(out: Any) -> tuple[float, dict]:
-    """``float | int | bool | {'score': x, ...}`` -> ``(float(x), other keys)``; non-finite or other types raise."""
-    if isinstance(out, dict):
-        if "score" not in out:
-            raise ValueError(f"reward dict has no 'score' key (keys: {sorted(map(str, out))})")
-        extras = {key: value for key, value in out.items() if key != "score"}
-        return _as_score(out["score"], "reward dict 'score'"), extras
-    return _as_score(out, "reward"), {}

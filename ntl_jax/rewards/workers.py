@@ -28,13 +28,14 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 import queue
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -57,12 +58,6 @@ class RewardResult(NamedTuple):
 
     def to_metrics(self) -> dict[str, float]:
         return {"reward/errors": float(self.num_errors), "reward/timeouts": float(self.num_timeouts)}
-
-
-class RewardRunner(Protocol):
-    def score(self, items: list[dict]) -> RewardResult: ...
-
-    def close(self) -> None: ...
 
 
 def _check_items(items: list[dict]) -> list[dict]:
@@ -197,6 +192,22 @@ class LocalRewardRunner:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def ray_temp_dir(output_dir: str) -> str:
+    """``<output_dir>/ray`` when it is short enough for Ray's unix-socket paths, else a short folder under /tmp that
+    ``<output_dir>/ray`` links to, so the files stay findable."""
+    preferred = os.path.join(os.path.abspath(output_dir), "ray")
+    if len(preferred) <= _RAY_MAX_TEMP_DIR_CHARS:
+        return preferred
+    short = tempfile.mkdtemp(prefix="ntl_ray_", dir="/tmp" if os.path.isdir("/tmp") else None)
+    if len(short) > _RAY_MAX_TEMP_DIR_CHARS:
+        raise ValueError(f"no Ray temp dir of at most {_RAY_MAX_TEMP_DIR_CHARS} characters: {preferred!r} and "
+                         f"{short!r} are too long; allowed: a shorter TrainerConfig.output_dir")
+    if not os.path.lexists(preferred):
+        os.symlink(short, preferred)
+    logger.info("Ray temp dir %s (linked from %s; the output path is too long for Ray's sockets)", short, preferred)
+    return short
 
 
 def ensure_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> None:

@@ -1,0 +1,147 @@
+"""The NTL part of one PPO iteration: targets before the log-prob pass, ``NTLInfo`` after it, before rewards.
+
+Standard PPO and PPO + NTL run the same loop (``ntl_jax.ppo.trainer``); what differs is data. With NTL off an
+iteration's :class:`NTLStep` has no targets, weight 0 and no ``ntl_info``, and nothing here touches the batch.
+With NTL on:
+
+1. :func:`targets` turns the sampled responses and their ground truths into per-token digit targets
+   (``ntl_jax.ntl.targets``, docs/NTL.md);
+2. :func:`summarize` turns the log-prob pass's digit slice and those targets into ``NTLInfo`` and the step's tau;
+3. :func:`reward_kwargs` gives each ``compute_score`` call its ``ntl_info`` view and ``tau``;
+4. the actor loss adds ``weight * NTL`` from its own forward's digit slice (``ntl_jax.ppo.steps.actor_loss``).
+
+What NTL carries from one iteration to the next (failure counters, the running mean number error that an
+adaptive tau follows) is an :class:`NTLTracker`, saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ntl_jax.models.sampler import GenerationOutput
+from ntl_jax.ntl.config import NTLConfig
+from ntl_jax.ntl.info import DigitTargets, NTLInfo, compute_ntl_info
+from ntl_jax.ntl.schedules import update_running_mean
+from ntl_jax.ntl.targets import build_batch_targets
+
+log = logging.getLogger(__name__)
+
+
+class NTLError(RuntimeError):
+    """NTL could not be computed for a batch and ``fallback_on_error`` is off."""
+
+
+@dataclasses.dataclass
+class NTLTracker:
+    """NTL's state across iterations: failure counters and the running mean number error (adaptive tau)."""
+
+    counters: dict[str, int] = dataclasses.field(default_factory=lambda: {
+        "extraction_failures": 0, "batches_without_digits": 0, "bad_ground_truths": 0})
+    running_error: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        finite = self.running_error is not None and math.isfinite(self.running_error)
+        return {"ntl_counters": dict(self.counters), "ntl_running_number_error": self.running_error if finite else None}
+
+    def load_state_dict(self, meta: dict[str, Any]) -> None:
+        self.counters.update(meta.get("ntl_counters", {}))
+        self.running_error = meta.get("ntl_running_number_error")
+
+
+@dataclasses.dataclass(frozen=True)
+class NTLStep:
+    """The NTL record of one iteration: host targets, whether NTL applies this step, then ``info`` and ``tau``."""
+
+    targets: DigitTargets
+    weight: float  # NTLConfig.weight, or 0 (NTL off, or the step fell back to standard PPO)
+    info: NTLInfo | None = None
+    tau: float = 0.0
+
+
+def targets(cfg: NTLConfig, tracker: NTLTracker, gen: GenerationOutput, rows: list[dict], tokenizer: Any,
+            digit_ids: np.ndarray | None, step: int) -> NTLStep:
+    """Digit targets of the sampled responses (none, weight 0, with NTL off or after a tolerated failure)."""
+    empty = NTLStep(DigitTargets.empty(gen.response_ids.shape), weight=0.0)
+    if not cfg.enabled:
+        return empty
+
+    def fallback(reason: str) -> NTLStep:
+        tracker.counters["extraction_failures"] += 1
+        if not cfg.fallback_on_error:
+            raise NTLError(f"NTL failed at step {step}: {reason} (set NTLConfig.fallback_on_error=True to continue "
+                           "with standard PPO for such steps)")
+        log.warning("NTL failed at step %d (%s); running this step as standard PPO (fallback_on_error)", step, reason)
+        return empty
+
+    ground_truths = [str(row["reward_model"]["ground_truth"]) for row in rows]
+    try:
+        batch = build_batch_targets(gen.response_ids, gen.response_mask, ground_truths, tokenizer, digit_ids,
+                                    cfg.reward_mode, answer_extraction=cfg.answer_extraction,
+                                    hybrid_weight=cfg.hybrid_weight)
+    except Exception as err:  # noqa: BLE001 - any extraction failure is handled by the configured policy
+        return fallback(f"{type(err).__name__}: {err}")
+    tracker.counters["bad_ground_truths"] += int(batch.bad_ground_truth.sum())
+    if not np.any(batch.weights > 0):
+        if cfg.require_digits:
+            return fallback("no response in the batch has a digit target (require_digits=True)")
+        tracker.counters["batches_without_digits"] += 1
+        log.info("step %d: no digit targets in the batch; rewards are standard for this step", step)
+    answer_weight = cfg.hybrid_weight if cfg.reward_mode == "hybrid" else 1.0
+    return NTLStep(DigitTargets.from_batch(batch, answer_weight), weight=float(cfg.weight))
+
+
+def summarize(cfg: NTLConfig, tracker: NTLTracker, ntl: NTLStep, digit_logits: Any, gen: GenerationOutput,
+              texts: list[str], step: int, output_dir: str) -> tuple[NTLStep, dict[str, float]]:
+    """``NTLInfo`` of the step from the digit slice of the log-prob pass (or of the sampler), and ``ntl/*``
+    metrics; updates the running mean number error and picks the step's tau."""
+    metrics = {f"ntl/{k}": float(v) for k, v in tracker.counters.items()} if cfg.enabled else {}
+    if ntl.weight == 0.0 and not np.any(np.asarray(ntl.targets.weights) > 0):
+        return ntl, metrics
+    if cfg.extract_during_generation and gen.digit_logits is not None:
+        digit_logits = gen.digit_logits
+    elif not cfg.extract_during_log_prob:
+        return ntl, metrics
+    info = compute_ntl_info(digit_logits, ntl.targets, cfg.method,
+                            sequence_strings=texts if cfg.debug_mode else None).to_host()
+    has_answer = np.asarray(info.has_answer)
+    if has_answer.any():
+        tracker.running_error = update_running_mean(tracker.running_error,
+                                                    float(np.mean(np.asarray(info.number_error)[has_answer])))
+    tau = float(cfg.tau_at(step, tracker.running_error))
+    metrics.update(info.to_metrics())
+    metrics["ntl/tau"] = tau
+    if cfg.debug_mode:
+        _log_debug(info, step)
+    if cfg.save_digit_info:
+        _save_digit_info(info, texts, step, output_dir)
+    return dataclasses.replace(ntl, info=info, tau=tau), metrics
+
+
+def reward_kwargs(cfg: NTLConfig, ntl: NTLStep, index: int) -> dict[str, Any]:
+    """``ntl_info`` (sample ``index``'s view) and ``tau`` for ``compute_score``; nothing without NTL."""
+    if ntl.info is None or not cfg.pass_to_reward_function:
+        return {}
+    return {"ntl_info": ntl.info.sample_view(index), "tau": ntl.tau}
+
+
+def _log_debug(info: NTLInfo, step: int) -> None:
+    for i in range(min(info.batch_size, 4)):
+        view = info.sample_view(i)
+        log.info("[ntl debug] step=%d sample=%d text=%r positions=%s targets=%s predictions=%s missing=%d "
+                 "sign_wrong=%s ntl=%.4f answer_error=%.4f acc=%.3f", step, i,
+                 info.sequence_strings[i] if info.sequence_strings else None, view["digit_positions"],
+                 view["digit_ground_truth"], view["digit_predictions"], view["missing_digits"],
+                 view["sign_wrong"], view["ntl_loss"], view["answer_error"], view["digit_accuracy"])
+
+
+def _save_digit_info(info: NTLInfo, texts: list[str], step: int, output_dir: str) -> None:
+    with open(os.path.join(output_dir, "digit_info.jsonl"), "a") as f:
+        for i in range(info.batch_size):
+            f.write(json.dumps({"step": step, "sample": i, "text": texts[i], **info.sample_view(i)}) + "\n")
