@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -473,3 +474,25 @@ def test_real_shape_smoke_run_at_reduced_size():
         assert "gen " in line and "update_actor " in line and "update_critic " in line and "tokens/s" in line
     compiles = [int(line.split(" compilations")[0].rsplit(" ", 1)[1]) for line in lines]
     assert compiles[1] == compiles[0] > 0  # the second iteration compiles nothing new
+
+
+def test_the_compilation_cache_makes_a_second_process_load_instead_of_compile(tmp_path):
+    """enable_compilation_cache (on by default in run_experiment): the first process writes the compiled step,
+    a second process with the same program finds it and writes nothing new."""
+    cache = tmp_path / "xla"
+    program = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp
+        from ntl_jax.train import enable_compilation_cache
+        assert enable_compilation_cache({str(cache)!r}) == {str(cache)!r}
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        step = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+        print(float(step(jnp.ones((64, 64)))))
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "the first process wrote no cache entry"
+    second = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0 and second.stdout == first.stdout, second.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == entries  # a hit: nothing compiled, nothing written

@@ -204,6 +204,9 @@ class TrainerConfig:
     rollout_mode: str = knob("colocated", "colocated: sample on the trainer's devices; ray: CPU sampler actors")
     rollout_num_workers: int = knob(1, "Ray sampler actors")
     platform: str = knob("any", "backend the run needs: " + ", ".join(PLATFORMS) + "; CPU JAX then stops at start-up")
+    compilation_cache_dir: str = knob("~/.cache/ntl_jax/xla", "persistent XLA compilation cache (JAX's "
+                                      "jax_compilation_cache_dir): a later run with the same shapes loads the "
+                                      "compiled steps instead of compiling them; '' turns it off")
     mesh_data: int = knob(-1, "data-parallel mesh axis (-1 = the remaining devices)")
     mesh_fsdp: int = knob(1, "fully-sharded data-parallel axis: parameters and Adam state sharded (-1 = the rest)")
     mesh_tensor: int = knob(1, "tensor-parallel axis (heads, MLP, vocabulary; -1 = the rest)")
@@ -230,6 +233,8 @@ class TrainerConfig:
         for key in ("val_before_train", "remat", "filter_overlong_prompts", "use_tensorboard", "use_wandb",
                     "progress_bar"):
             check_bool(n, key, getattr(self, key))
+        if not isinstance(self.compilation_cache_dir, str):
+            fail(n, "compilation_cache_dir", self.compilation_cache_dir, "a folder path, or '' for no cache")
         check_range(n, "reward_timeout_s", self.reward_timeout_s, 0.0, lo_open=True)
         check_range(n, "reward_fallback_score", self.reward_fallback_score)
         for key in ("train_files", "val_files"):  # verl accepts one path or a list; a bare str must not be iterated
