@@ -55,10 +55,10 @@ def test_non_finite_updates_are_skipped_counted_and_stop_after_n(tmp_path, polic
     snapshots = []
     original_update = trainer.update
 
-    def update(rollout, timings):
+    def update(rollout, ntl_weight, timings):
         before = host_copy((trainer.models.policy.params, trainer.models.policy.opt_state))
         try:
-            return original_update(rollout, timings)
+            return original_update(rollout, ntl_weight, timings)
         finally:
             snapshots.append((before, host_copy((trainer.models.policy.params, trainer.models.policy.opt_state))))
 

@@ -299,7 +299,7 @@ def test_gsm8k_configs_mirror_the_verl_ntl_recipe(parse_config, name, reward_fn,
     assert run.reward_fn_name == reward_fn and run.output_dir == f"outputs/gsm8k_qwen2_5_0_5b_{name}"
     assert config.use_ntl == (reward_mode is not None) == ntl.enabled
     if reward_mode:
-        assert (ntl.reward_mode, ntl.temperature, ntl.method, ntl.answer_extraction) == (
+        assert (ntl.reward_mode, ntl.tau, ntl.method, ntl.answer_extraction) == (
             reward_mode, 0.1, "wasserstein", "strict")
 
 
@@ -463,7 +463,12 @@ def test_memory_plan_refuses_a_missing_model_shape():
     assert "error: model shape 'models/Qwen2.5-0.5B-Instruct/config.json' not found" in proc.stderr
 
 
+SHARED_GSM8K = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "gsm8k")
+
+
 @pytest.mark.slow  # two PPO iterations of the GSM8K recipe on real prompts, shrunk to run on 2 CPU cores (~1 min)
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_GSM8K, "train.jsonl")),
+                    reason=f"no GSM8K copy at {SHARED_GSM8K} (the script's default --gsm8k_dir)")
 def test_real_shape_smoke_run_at_reduced_size():
     proc = _script("smoke_real_shapes.py", "--layers", "2", "--hidden", "64", "--vocab", "4096", "--prompts", "8",
                    "--prompt_length", "256", "--response_length", "32", "--platform", "any")
