@@ -20,10 +20,6 @@ def knob(default: Any, help: str, *, factory: Any = None) -> Any:  # noqa: A002 
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def help_of(field: dataclasses.Field) -> str | None:
-    return field.metadata.get("help")
-
-
 def fail(cls: str, key: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{cls}.{key}={value!r} is invalid; allowed: {allowed}")
 
