@@ -8,8 +8,8 @@ exact match) and no evaluation.
 
 - ntl-jax: the real `PPOTrainer` built by `ntl_jax.ppo.factory.create_ppo_trainer` with `adv_estimator='grpo'`
   (no critic, no reference), local reward runner, no validation; `fit()` writes one checkpoint, at the last
-  step (the fewest the config allows). It also runs verl's separate old-log-prob pass, which TRL skips when
-  `num_iterations=1`.
+  step (the fewest the config allows). With one actor step per iteration it skips the separate old-log-prob pass
+  (`PPOConfig.skip_on_policy_old_log_prob`, verl's on_policy), as TRL does with `num_iterations=1`.
 - TRL: `GRPOTrainer(use_cpu=True, gradient_checkpointing=False, save_strategy='no', beta=0.0)`; PyTorch with 1
   thread (and 2 threads with a passive wait policy in full mode; the faster is the baseline).
 

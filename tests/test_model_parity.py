@@ -172,8 +172,9 @@ def test_value_model_from_policy_and_transformers_token_classification(tmp_path)
     np.testing.assert_allclose(np.asarray(again), values, atol=1e-6)
 
 
-def test_remat_gives_same_loss_and_gradients():
-    config = ModelConfig(**TINY)
+@pytest.mark.parametrize("remat, scan_layers", [(True, False), (False, True), (True, True)])
+def test_remat_and_scanned_layers_give_the_loops_loss_and_gradients(remat, scan_layers):
+    config = ModelConfig(**dict(TINY, num_hidden_layers=3))
     ids, mask, positions = (jnp.asarray(a, jnp.int32) for a in left_padded_batch(config.vocab_size, seed=6))
 
     def loss(model):
@@ -181,10 +182,28 @@ def test_remat_gives_same_loss_and_gradients():
         return jnp.mean(model.logits(hidden) ** 2)
 
     plain = nnx.value_and_grad(loss)(CausalLM(config, rngs=nnx.Rngs(0)))
-    remat = nnx.value_and_grad(loss)(CausalLM(config, rngs=nnx.Rngs(0), remat=True))
-    np.testing.assert_allclose(float(plain[0]), float(remat[0]), rtol=1e-6)
-    for g_plain, g_remat in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
-        np.testing.assert_allclose(np.asarray(g_plain), np.asarray(g_remat), atol=1e-6)
+    variant = CausalLM(config, rngs=nnx.Rngs(0), remat=remat, scan_layers=scan_layers)
+    # Scanning changes how the layers run, not how their weights are stored (HF load/save are unchanged).
+    assert jax.tree.structure(nnx.state(variant)) == jax.tree.structure(nnx.state(CausalLM(config, rngs=nnx.Rngs(0))))
+    other = nnx.value_and_grad(loss)(variant)
+    np.testing.assert_allclose(float(plain[0]), float(other[0]), rtol=1e-6)
+    for g_plain, g_other in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(other[1])):
+        np.testing.assert_allclose(np.asarray(g_plain), np.asarray(g_other), atol=1e-6)
+
+
+def test_scanned_layers_leave_cached_decoding_and_the_critic_copy_alone(tmp_path):
+    """The KV-cache path keeps the loop; a critic made from a scanning policy scans too."""
+    config = ModelConfig(**TINY)
+    ids, mask, positions = (jnp.asarray(a, jnp.int32) for a in left_padded_batch(config.vocab_size, seed=7))
+    plain, scanned = (CausalLM(config, rngs=nnx.Rngs(0), scan_layers=flag) for flag in (False, True))
+    cache = init_kv_cache(config, ids.shape[0], ids.shape[1])
+    hidden_plain, cache_plain = plain(ids, positions, mask, cache=cache, cache_index=0)
+    hidden_scanned, cache_scanned = scanned(ids, positions, mask, cache=cache, cache_index=0)
+    np.testing.assert_array_equal(np.asarray(hidden_plain), np.asarray(hidden_scanned))
+    np.testing.assert_array_equal(np.asarray(cache_plain.k), np.asarray(cache_scanned.k))
+    assert ValueModel.from_policy(scanned, rngs=nnx.Rngs(1)).model.scan_layers
+    save_pretrained(scanned, tmp_path)
+    assert from_pretrained(tmp_path, scan_layers=True).model.scan_layers
 
 
 def test_bfloat16_compute_stays_close_to_float32():

@@ -443,10 +443,10 @@ def test_memory_plan_of_the_shipped_0_5b_recipe_fits_one_80_gb_device():
 
 
 @pytest.mark.slow  # the same for a 7B-class config sharded (fsdp) over 8 simulated devices
-def test_memory_plan_of_the_7b_config_with_fsdp_fits_8_devices_of_141_gb():
-    """The plan the 7B config's comment quotes: it fits 8 x H200 (141 GB); the updates exceed 80 GB (see there)."""
+def test_memory_plan_of_the_7b_config_with_fsdp_fits_8_devices_of_80_gb():
+    """The plan the 7B config's comment quotes: it fits 8 x 80 GB cards (A100/H100 80GB) with room to spare."""
     proc = _script("plan_memory.py", "--gin_file=configs/gsm8k_qwen2_5_7b_ntl_final.gin", "--devices=8",
-                   "--model_config=configs/models/qwen2.5-7b-instruct.json", "--limit_gib=130")
+                   "--model_config=configs/models/qwen2.5-7b-instruct.json", "--limit_gib=70")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     assert "'fsdp': 8" in proc.stdout
     resident = float(proc.stdout.split("total: ")[1].split(" GiB")[0])
@@ -454,6 +454,8 @@ def test_memory_plan_of_the_7b_config_with_fsdp_fits_8_devices_of_141_gb():
     phases = {line.split(" | ")[0][2:]: float(line.rsplit("| ", 2)[1].split()[0])
               for line in proc.stdout.splitlines() if line.startswith("| ") and "GiB |" in line}
     assert phases["generation: prefill"] < 40  # rows stay on their devices (once 65 GiB: the batch was gathered)
+    # scan_layers: one layer's gathered weights at a time in the backward (unrolled: 92 GiB, ~2.3 GiB per layer)
+    assert phases["actor update (4 micro-batches)"] < 45 and phases["critic update (4 micro-batches)"] < 45
 
 
 def test_memory_plan_refuses_a_missing_model_shape():

@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from ntl_jax.ppo import factory
 from ntl_jax.ppo.metrics import read_metrics_jsonl
@@ -72,6 +73,48 @@ def test_ntl_modes_run_end_to_end(tmp_path, policy_dir, reward_mode):
     if reward_mode == "all_tokens":
         # A random policy emits digits somewhere in 8 x 12 tokens; all of them are targets in this mode.
         assert last["ntl/total_digits"] > 0
+
+
+def test_scan_layers_trains_like_the_layer_loop(tmp_path, policy_dir):
+    """TrainerConfig.scan_layers reaches actor, critic and reference passes and changes no logged number."""
+    metrics = {}
+    for scan in (False, True):
+        config = with_trainer(tiny_experiment(str(tmp_path / str(scan)), use_ntl=True, adv_estimator="gae",
+                                              rollout_n=1, ppo_micro_batch_size=2), scan_layers=scan)
+        trainer, _ = _run(config, policy_dir)
+        for module in (trainer.models.policy, trainer.models.critic):
+            assert nnx.merge(module.graphdef, module.params).model.scan_layers is scan
+        metrics[scan] = read_metrics_jsonl(tmp_path / str(scan) / "metrics.jsonl")[-1]
+    for key in ("actor/pg_loss", "actor/grad_norm", "critic/vf_loss", "critic/grad_norm", "ntl/loss",
+                "actor/kl_loss", "critic/score/mean"):
+        assert metrics[True][key] == pytest.approx(metrics[False][key], rel=1e-4, abs=1e-6), key
+
+
+def test_on_policy_iteration_skips_the_old_log_prob_pass_and_trains_the_same(tmp_path, policy_dir):
+    """One actor step per iteration: the old log-probs come from the update's own forward (verl's on_policy),
+    the separate pass is skipped, and the updates equal those computed with the pass (ratio 1 either way)."""
+    runs = {}
+    for skip in (False, True):
+        config = tiny_experiment(str(tmp_path / str(skip)), ppo_mini_batch_size=4, ppo_micro_batch_size=4,
+                                 skip_on_policy_old_log_prob=skip)
+        trainer, _ = _run(config, policy_dir)
+        assert trainer.old_log_prob_from_update is skip
+        runs[skip] = read_metrics_jsonl(tmp_path / str(skip) / "metrics.jsonl")
+    assert all("timing_s/old_log_prob" in row for row in runs[False])
+    assert not any("timing_s/old_log_prob" in row for row in runs[True])
+    for with_pass, without in zip(runs[False], runs[True]):
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/kl_loss", "actor/entropy", "critic/score/mean"):
+            assert without[key] == pytest.approx(with_pass[key], rel=1e-4, abs=1e-6), key
+        assert without["actor/ppo_kl"] == 0.0 and abs(with_pass["actor/ppo_kl"]) < 1e-5
+    # Two mini-batches, NTL or KL-in-reward read the old pass: it stays.
+    for overrides in (dict(), dict(use_kl_in_reward=True, ppo_mini_batch_size=4, ppo_micro_batch_size=4)):
+        trainer = _trainer(tiny_experiment(str(tmp_path / "kept"), **overrides), policy_dir)
+        assert not trainer.old_log_prob_from_update
+        trainer.close()
+    trainer = _trainer(tiny_experiment(str(tmp_path / "ntl"), use_ntl=True, ppo_mini_batch_size=4,
+                                       ppo_micro_batch_size=4), policy_dir)
+    assert not trainer.old_log_prob_from_update
+    trainer.close()
 
 
 def test_gae_with_critic_runs(tmp_path, policy_dir):

@@ -133,3 +133,21 @@ def constrain_batch(x: jax.Array) -> jax.Array:
         return x
     return jax.lax.with_sharding_constraint(x, named_sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh))
 
+
+
+def constrain_stacked_layers(stacked: Any) -> Any:
+    """Inside `sharded_activations`, pin layer-stacked weights [L, ...] like one layer's weights, L replicated.
+
+    Without it the stack of fsdp-sharded weights has no declared layout and the partitioner may gather it whole.
+    """
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or mesh.size == 1:
+        return stacked
+
+    def one(var: nnx.Variable) -> nnx.Variable:
+        value = var.get_value()
+        axes = var.get_metadata().get("out_sharding") or (None,) * (value.ndim - 1)
+        sharding = named_sharding(("layers",) + tuple(axes), value.shape, mesh)
+        return var.replace(jax.lax.with_sharding_constraint(value, sharding))
+
+    return jax.tree.map(one, stacked, is_leaf=lambda x: isinstance(x, nnx.Variable))

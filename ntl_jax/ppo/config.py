@@ -80,6 +80,10 @@ class PPOConfig:
                                        "(never [B, T, V] logits at once)")
     log_prob_micro_batch_size: int = knob(0, "responses per forward in the old/ref log-prob and value passes; 0 = all")
     log_prob_micro_batch_size_per_device: int = knob(0, "the same per device (verl's *_per_gpu); > 0 replaces it")
+    skip_on_policy_old_log_prob: bool = knob(
+        True, "with one actor step per iteration (ppo_epochs=1, ppo_mini_batch_size=train_batch_size), take the old "
+              "log-probs from the update's own forward (stop-gradient; verl's on_policy) and skip the separate pass; "
+              "only without NTL and KL-in-reward, which read that pass")
 
     def __post_init__(self) -> None:
         n = "PPOConfig"
@@ -90,7 +94,7 @@ class PPOConfig:
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
                     "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
-        for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward"):
+        for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward", "skip_on_policy_old_log_prob"):
             check_bool(n, key, getattr(self, key))
         check_choice(n, "adv_estimator", self.adv_estimator, ADVANTAGE_ESTIMATORS)
         check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
@@ -125,6 +129,11 @@ class PPOConfig:
     @property
     def uses_reference(self) -> bool:
         return self.use_kl_loss or self.use_kl_in_reward
+
+    @property
+    def one_actor_step_per_iteration(self) -> bool:
+        """The policy that sampled is the one every micro-batch of the only update differentiates."""
+        return self.ppo_epochs == 1 and self.ppo_mini_batch_size == self.train_batch_size
 
     @property
     def responses_per_iteration(self) -> int:
@@ -187,6 +196,8 @@ class TrainerConfig:
     dtype: str = knob("float32", "compute dtype of forward and backward passes: float32, bfloat16")
     param_dtype: str = knob("float32", "storage dtype of parameters and Adam moments (keep float32 for small lrs)")
     remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
+    scan_layers: bool = knob(False, "differentiated passes run the layers as one lax.scan over stacked weights: one "
+                                    "layer's gathered fsdp weights live at a time, one compiled layer (large models)")
     train_files: tuple[str, ...] = knob((), "verl parquet file(s) of training prompts (with a model_path)")
     val_files: tuple[str, ...] = knob((), "verl parquet file(s) of validation prompts")
     val_batch_size: int = knob(256, "prompts per validation generation batch")
@@ -230,7 +241,7 @@ class TrainerConfig:
         check_choice(n, "platform", self.platform, PLATFORMS)
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
-        for key in ("val_before_train", "remat", "filter_overlong_prompts", "use_tensorboard", "use_wandb",
+        for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard", "use_wandb",
                     "progress_bar"):
             check_bool(n, key, getattr(self, key))
         if not isinstance(self.compilation_cache_dir, str):

@@ -88,7 +88,8 @@ class PPOModels:
 
 
 def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",
-                 param_dtype: str = "float32", remat: bool = False, critic_path: str | None = None,
+                 param_dtype: str = "float32", remat: bool = False, scan_layers: bool = False,
+                 critic_path: str | None = None,
                  seed: int = 0) -> PPOModels:
     """Load the policy from an HF-format folder, the critic (verl: from the policy checkpoint, new value head) and
     the reference (a frozen copy of the initial policy). ``dtype`` is the compute dtype, ``param_dtype`` the storage
@@ -102,8 +103,8 @@ def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "
     for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
         if value not in DTYPES:
             raise ValueError(f"{name}={value!r} is invalid; allowed: {', '.join(DTYPES)}")
-    load = dict(dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], remat=remat, mesh=mesh,
-                rules=LOGICAL_AXIS_RULES)
+    load = dict(dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], remat=remat, scan_layers=scan_layers,
+                mesh=mesh, rules=LOGICAL_AXIS_RULES)
     policy_module = from_pretrained(policy_path, **load)
     model_config = policy_module.config
     actor_tx = make_optimizer(ppo.actor_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,

@@ -162,12 +162,13 @@ class ActorLossSettings:
     ntl_method: str | None  # None = standard PPO (no digit slice, no NTL term)
     chunk_size: int
     temperature: float = 1.0  # rollout temperature: log-probs, entropy and KL are of logits / temperature (verl)
+    on_policy: bool = False  # old log-probs = stop_gradient(this forward's); batch.old_logprobs is not read
 
     @classmethod
-    def from_config(cls, cfg: PPOConfig, ntl_method: str | None) -> "ActorLossSettings":
+    def from_config(cls, cfg: PPOConfig, ntl_method: str | None, on_policy: bool = False) -> "ActorLossSettings":
         return cls(cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode, cfg.entropy_coeff,
                    cfg.use_kl_loss, cfg.kl_loss_coef, cfg.kl_loss_type, ntl_method, cfg.logprob_chunk_size,
-                   cfg.temperature)
+                   cfg.temperature, on_policy)
 
 
 def ntl_token_losses(digit_logits: jax.Array, batch: RolloutBatch, method: str) -> jax.Array:
@@ -197,7 +198,9 @@ def actor_loss(model: nnx.Module, batch: RolloutBatch, ntl_weight: jax.Array, se
     def agg(loss_mat: jax.Array) -> jax.Array:
         return agg_loss(loss_mat, mask, settings.loss_agg_mode, normalizer=normalizer)
 
-    pg_loss, pg_metrics = policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, mask,
+    # On policy (one update per rollout) the sampling policy's log-probs are this forward's, as constants (verl).
+    old_logprobs = jax.lax.stop_gradient(out.logprobs) if settings.on_policy else batch.old_logprobs
+    pg_loss, pg_metrics = policy_loss(out.logprobs, old_logprobs, batch.advantages, mask,
                                       clip_ratio_low=settings.clip_ratio_low, clip_ratio_high=settings.clip_ratio_high,
                                       clip_ratio_c=settings.clip_ratio_c, loss_agg_mode=settings.loss_agg_mode,
                                       normalizer=normalizer)

@@ -108,12 +108,15 @@ class PPOTrainer:
         data_parallel = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.num_micro_batches = self.ppo.micro_batches(data_parallel)
         self.log_prob_chunk = self.ppo.log_prob_chunk(data_parallel)
+        # The separate old-log-prob pass is redundant when its only reader is the one update (verl's on_policy).
+        self.old_log_prob_from_update = (self.ppo.skip_on_policy_old_log_prob and self.ppo.one_actor_step_per_iteration
+                                         and not self.ntl.enabled and not self.ppo.use_kl_in_reward)
         if self.ppo.responses_per_iteration % data_parallel:
             raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
                              f"a multiple of the data-parallel device count data*fsdp={data_parallel}")
         self.models = state_lib.build_models(policy_path, self.ppo, self.mesh, dtype=self.run.dtype,
                                              param_dtype=self.run.param_dtype, remat=self.run.remat,
-                                             critic_path=self.run.critic_path)
+                                             scan_layers=self.run.scan_layers, critic_path=self.run.critic_path)
         self.digit_ids = (np.asarray(digit_token_ids(tokenizer, logits_dim=self.models.model_config.vocab_size,
                                                      cache=self.ntl.cache_digit_mappings), np.int32)
                           if self.ntl.enabled else None)
@@ -157,7 +160,8 @@ class PPOTrainer:
         self.ref_logprob_step = make_logprob_step(policy.graphdef, mesh, policy.shardings, digit_ids=None,
                                                   chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature,
                                                   compute_entropy=False)
-        settings = ActorLossSettings.from_config(ppo, self.ntl.method if self.ntl.enabled else None)
+        settings = ActorLossSettings.from_config(ppo, self.ntl.method if self.ntl.enabled else None,
+                                                 on_policy=self.old_log_prob_from_update)
         self.actor_update = make_actor_update(policy.graphdef, policy.tx, settings, digit_ids=self.digit_ids,
                                               num_micro_batches=self.num_micro_batches, mesh=mesh,
                                               param_shardings=policy.shardings, opt_shardings=policy.opt_shardings)
@@ -220,15 +224,18 @@ class PPOTrainer:
                                    self.tokenizer, self.digit_ids, self.global_step)
             ntl_targets = self._device(ntl.targets)
 
-        # 2. Log-probs and entropy at the rollout temperature, and the digit slice -> NTLInfo, before rewards.
-        with timed(timings, "old_log_prob"):
-            old = self.forward(self.logprob_step, models.policy.params, sequences)
-            ntl, metrics = ntl_step.summarize(self.ntl, self.ntl_tracker, ntl, old.digit_logits,
-                                              sequences.generation, sequences.texts, self.global_step,
-                                              self.output_dir)
+        # 2. Log-probs and entropy at the rollout temperature, and the digit slice -> NTLInfo, before rewards
+        #    (no pass when the single update's own forward gives them: see old_log_prob_from_update).
+        old_logprobs, digit_logits = jnp.zeros_like(sequences.response_mask), None
+        if not self.old_log_prob_from_update:
+            with timed(timings, "old_log_prob"):
+                old = self.forward(self.logprob_step, models.policy.params, sequences)
+                old_logprobs, digit_logits = old.logprobs, old.digit_logits
+        ntl, metrics = ntl_step.summarize(self.ntl, self.ntl_tracker, ntl, digit_logits, sequences.generation,
+                                          sequences.texts, self.global_step, self.output_dir)
 
         # 3. The frozen reference's log-probs (KL) and the critic's values (GAE).
-        ref_logprobs, values = old.logprobs, jnp.zeros_like(old.logprobs)
+        ref_logprobs, values = old_logprobs, jnp.zeros_like(old_logprobs)
         if models.reference is not None:
             with timed(timings, "ref"):
                 ref_logprobs = self.forward(self.ref_logprob_step, models.reference, sequences).logprobs
@@ -247,13 +254,13 @@ class PPOTrainer:
         # 5. Token rewards (minus KL when it is in the reward) and advantages.
         with timed(timings, "adv"):
             token_rewards, advantages, returns, kl_mean = self.advantage_step(
-                self._device(scores), sequences.response_mask, old.logprobs, ref_logprobs, values,
+                self._device(scores), sequences.response_mask, old_logprobs, ref_logprobs, values,
                 jnp.float32(self.kl_state.value))
             if ppo.use_kl_in_reward:
                 metrics.update(self._update_kl_controller(float(to_host(kl_mean)), len(sequences.rows)))
 
         # 6. Critic and actor updates: ppo_epochs passes over mini-batches, gradients accumulated over micro-batches.
-        rollout = RolloutBatch(*sequences.arrays, old.logprobs, ref_logprobs, values, advantages, returns,
+        rollout = RolloutBatch(*sequences.arrays, old_logprobs, ref_logprobs, values, advantages, returns,
                                ntl_targets.target_digits, ntl_targets.weights, ntl_targets.layout)
         metrics.update(self.update(rollout, ntl.weight, timings))
 
