@@ -22,13 +22,25 @@ from typing import Any, Callable, Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "@@BENCH_RESULT@@ "
 
-# PyTorch's default OpenMP spin-wait makes small ops pathologically slow on the shared 2-vCPU machines
-# (see /work/shared/REFERENCE.md): the PyTorch side runs with an explicit thread count and, for 2 threads,
-# a passive wait policy.
-TORCH_THREAD_ENVS: dict[int, dict[str, str]] = {
-    1: {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-    2: {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
+def _threads_env(n: int, **extra: str) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n), **extra}
+
+
+# Every PyTorch baseline runs at each of these settings (name -> (torch.set_num_threads, environment)); the fastest
+# is the baseline. "2thr" is PyTorch's default on a 2-core machine (OpenMP spin-waits between ops); the passive wait
+# policy helps some small-op workloads and hurts others, so both are measured.
+TORCH_THREAD_SETTINGS: dict[str, tuple[int, dict[str, str]]] = {
+    "1thr": (1, _threads_env(1)),
+    "2thr": (2, _threads_env(2)),
+    "2thr-passive": (2, _threads_env(2, OMP_WAIT_POLICY="PASSIVE")),
 }
+QUICK_TORCH_THREAD_SETTINGS = ("1thr",)  # --quick: one setting, a smoke test of the suite, not a baseline
+
+
+def torch_thread_settings(quick: bool) -> tuple[str, ...]:
+    return QUICK_TORCH_THREAD_SETTINGS if quick else tuple(TORCH_THREAD_SETTINGS)
+
+
 JAX_THREADS_NOTE = "XLA:CPU default (one intra-op pool over all cores)"
 
 
@@ -36,8 +48,9 @@ class WorkerError(RuntimeError):
     """A benchmark worker subprocess failed or printed no result."""
 
 
-def torch_thread_note(threads: int) -> str:
-    return " ".join(f"{k}={v}" for k, v in TORCH_THREAD_ENVS[threads].items())
+def torch_thread_note(setting: str) -> str:
+    threads, env = TORCH_THREAD_SETTINGS[setting]
+    return f"torch.set_num_threads({threads}) " + " ".join(f"{k}={v}" for k, v in env.items())
 
 
 def _worker_env(extra: dict[str, str] | None) -> dict[str, str]:

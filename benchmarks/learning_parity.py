@@ -28,7 +28,7 @@ differences: prompt order (each side shuffles with its own sampler), TRL reuses 
 epoch, and TRL's k3 is not clamped at 10.
 
 Writes `learning_parity.json`, `learning_parity.md` (table) and `learning_parity.png` (curves) to `--output_dir`.
-Each side runs in its own process (`benchmarks.common.run_worker`); PyTorch with `--torch_threads` threads.
+Each side runs in its own process (`benchmarks.common.run_worker`); PyTorch at the `--torch_threads` setting.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import TORCH_THREAD_ENVS, machine_info, run_worker, worker_main
+from benchmarks.common import TORCH_THREAD_SETTINGS, machine_info, run_worker, worker_main
 
 CONFIG = "configs/standard.gin"
 
@@ -194,15 +194,16 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_seed(seed: int, output_dir: str, iterations: int, eval_every: int, threads: int,
+def run_seed(seed: int, output_dir: str, iterations: int, eval_every: int, torch_setting: str,
              bindings: list[str]) -> dict[str, Any]:
     seed_dir = os.path.join(output_dir, f"seed_{seed}")
     common = {"seed": seed, "dir": seed_dir, "bindings": bindings}
     warm = run_worker("learning_parity", "warm_start", common)
     args = {**common, "path": warm["path"], "iterations": iterations, "eval_every": eval_every}
     ours = run_worker("learning_parity", "ntl_jax_side", {**args, "dir": os.path.join(seed_dir, "ntl_jax")})
+    threads, env = TORCH_THREAD_SETTINGS[torch_setting]
     trl = run_worker("learning_parity", "trl_side", {**args, "threads": threads, "dir": os.path.join(seed_dir, "trl")},
-                     env=TORCH_THREAD_ENVS[threads])
+                     env=env)
     max_new = _parse_config(seed_dir, seed, bindings).ppo.max_response_length
     trl_curve = run_worker("learning_parity", "evaluate", {"saved": trl["saved"], "max_new_tokens": max_new})["curve"]
     before = ours["curve"][0][1]
@@ -249,8 +250,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None,
                         help="PPO iterations per side (default: TrainerConfig.total_training_steps of the config)")
     parser.add_argument("--eval_every", type=int, default=25, help="iterations between held-out evaluations")
-    parser.add_argument("--torch_threads", type=int, default=1, choices=sorted(TORCH_THREAD_ENVS),
-                        help="PyTorch threads of the TRL side")
+    parser.add_argument("--torch_threads", default="1thr", choices=sorted(TORCH_THREAD_SETTINGS),
+                        help="PyTorch thread setting of the TRL side (benchmarks.common.TORCH_THREAD_SETTINGS)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings for both sides")
     parser.add_argument("--output_dir", default="outputs/learning_parity")
     args = parser.parse_args()

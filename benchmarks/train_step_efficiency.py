@@ -6,7 +6,8 @@ Qwen2 decoder (`common.MID`: width 512, 8 layers) on batch 8 x sequence 256, nex
 - ntl-jax: `CausalLM` + `token_logprobs` (the product's chunked, rematerialised log-prob path, chunk 128) inside
   one `jax.jit` with params and optimiser state donated; variant `full_logits` uses `token_logprobs_naive`.
 - PyTorch: transformers `Qwen2ForCausalLM` loaded from the same checkpoint, `model(ids, labels=ids).loss`,
-  `backward()`, `torch.optim.AdamW.step()`; 1 and 2 threads (each its own process), the faster is the baseline.
+  `backward()`, `torch.optim.AdamW.step()`; every `common.TORCH_THREAD_SETTINGS` setting in full mode (each its own
+  process), the fastest is the baseline.
 
 Model FLOPs per step (rematerialisation not counted):
     6 * N_matmul * B * T  +  12 * L * B * T^2 * (H * Dh)
@@ -22,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (JAX_THREADS_NOTE, MID, TORCH_THREAD_ENVS, Result, jax_device_note, median,
+from benchmarks.common import (JAX_THREADS_NOTE, MID, TORCH_THREAD_SETTINGS, Result, jax_device_note, median,
                                param_count, run_worker, save_random_checkpoint, spread, timed_call, torch_thread_note,
-                               worker_main)
+                               torch_thread_settings, worker_main)
 
 BATCH, SEQ = 8, 256
 MATMUL_N = 2048
 LR, WEIGHT_DECAY = 1e-4, 0.01
-TARGET_SPEED, TARGET_EFFICIENCY = 1.0, 0.8
+TARGET_SPEED, TARGET_EFFICIENCY = 1.0, 0.9  # issue 14: PyTorch at its best setting; 90% of the matmul rate
 
 
 def step_flops(spec=MID, batch: int = BATCH, seq: int = SEQ) -> float:
@@ -160,10 +161,10 @@ def run(quick: bool) -> list[Result]:
         ours = {v: run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": v, "reps": reps})
                 for v in variants}
         torch_runs = {}
-        for threads in ((1,) if quick else (1, 2)):
-            torch_runs[threads] = run_worker("train_step_efficiency", "torch_train_step",
-                                             {"path": path, "threads": threads, "reps": reps},
-                                             env=TORCH_THREAD_ENVS[threads])
+        for setting in torch_thread_settings(quick):
+            threads, env = TORCH_THREAD_SETTINGS[setting]
+            torch_runs[setting] = run_worker("train_step_efficiency", "torch_train_step",
+                                             {"path": path, "threads": threads, "reps": reps}, env=env)
     jax_stats = {v: {**summarize(out, flops), "compile_s": out["compile_s"], "loss": [out["loss_first"],
                                                                                       out["loss_last"]]}
                  for v, out in ours.items()}
@@ -172,18 +173,18 @@ def run(quick: bool) -> list[Result]:
     ours_main, base = jax_stats["chunked"], torch_stats[best_t]
     common_details = {"model": MID.describe(), "batch": BATCH, "seq": SEQ, "model_gflop_per_step": flops / 1e9,
                       "flop_formula": "6*N_matmul*B*T + 12*L*B*T^2*(H*Dh)", "ntl_jax": jax_stats,
-                      "torch": {f"{t}thr": s for t, s in torch_stats.items()}, "jax_threads": JAX_THREADS_NOTE,
+                      "torch": torch_stats, "jax_threads": JAX_THREADS_NOTE,
                       "torch_threads": torch_thread_note(best_t), "device": ours["chunked"]["device"]}
     return [
         Result(benchmark="train_step_efficiency", case="tokens/s vs PyTorch",
                ours=f"{ours_main['step_s']['median']:.2f} s/step", baseline=f"{base['step_s']['median']:.2f} s/step "
-               f"({best_t}thr)", ratio=ours_main["tokens_per_s"] / base["tokens_per_s"],
+               f"({best_t})", ratio=ours_main["tokens_per_s"] / base["tokens_per_s"],
                ratio_desc="tokens/s ntl-jax / PyTorch", target_op=">=", target=TARGET_SPEED, details=common_details),
         Result(benchmark="train_step_efficiency", case="FLOP/s vs matmul",
                ours=f"{ours_main['gflops']:.0f} GFLOP/s", baseline=f"matmul {ours_main['matmul_gflops']:.0f} GFLOP/s",
                ratio=ours_main["efficiency"], ratio_desc="model FLOP/s of the step / 2048^3 matmul FLOP/s (same run)",
                target_op=">=", target=TARGET_EFFICIENCY,
-               details={"torch_efficiency_vs_own_matmul": {f"{t}thr": s["efficiency"] for t, s in torch_stats.items()},
+               details={"torch_efficiency_vs_own_matmul": {t: s["efficiency"] for t, s in torch_stats.items()},
                         **({"full_logits_efficiency": jax_stats["full_logits"]["efficiency"]}
                            if "full_logits" in jax_stats else {})}),
     ]

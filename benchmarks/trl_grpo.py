@@ -10,8 +10,8 @@ exact match) and no evaluation.
   (no critic, no reference), local reward runner, no validation; `fit()` writes one checkpoint, at the last
   step (the fewest the config allows). With one actor step per iteration it skips the separate old-log-prob pass
   (`PPOConfig.skip_on_policy_old_log_prob`, verl's on_policy), as TRL does with `num_iterations=1`.
-- TRL: `GRPOTrainer(use_cpu=True, gradient_checkpointing=False, save_strategy='no', beta=0.0)`; PyTorch with 1
-  thread (and 2 threads with a passive wait policy in full mode; the faster is the baseline).
+- TRL: `GRPOTrainer(use_cpu=True, gradient_checkpointing=False, save_strategy='no', beta=0.0)`; PyTorch at every
+  `common.TORCH_THREAD_SETTINGS` setting in full mode (1 thread in quick mode); the fastest end to end is the baseline.
 
 Steady state: median wall time between consecutive iteration ends, skipping the first `skip` iterations
 (compilation / warm-up). End to end: wall time of the whole process (interpreter start, imports, model load,
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (JAX_THREADS_NOTE, TINY, TORCH_THREAD_ENVS, ModelSpec, Result, median, run_worker,
-                               spread, torch_thread_note, worker_main)
+from benchmarks.common import (JAX_THREADS_NOTE, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result, median, run_worker,
+                               spread, torch_thread_note, torch_thread_settings, worker_main)
 
 PROMPTS_PER_ITER, GENERATIONS, COMPLETION_TOKENS = 32, 8, 8
 LEARNING_RATE = 1e-6
-TARGET_STEADY, TARGET_END_TO_END = 10.0, 5.0
+TARGET_STEADY, TARGET_END_TO_END = 2.0, 1.5  # CPU targets of issue 14 (the GPU goal, 10x steady, is gpu_suite's)
 
 
 def _rows(iterations: int) -> list[dict]:
@@ -144,34 +144,37 @@ def _side_stats(out: dict[str, Any], skip: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> list[Result]:
-    iterations, skip = (12, 3) if quick else (100, 5)
+    iterations, skip = (12, 3) if quick else (20, 5)  # end to end over 20 iterations, start-up included
     with tempfile.TemporaryDirectory(prefix="bench_grpo_") as workdir:
         path = make_checkpoint(os.path.join(workdir, "policy"))
         common = {"path": path, "iterations": iterations, "skip": skip}
         ours = _side_stats(run_worker("trl_grpo", "ntl_jax_grpo",
                                       {**common, "output_dir": os.path.join(workdir, "ntl_jax")}), skip)
         trl = {}
-        for threads in ((1,) if quick else (1, 2)):
+        for setting in torch_thread_settings(quick):
+            threads, env = TORCH_THREAD_SETTINGS[setting]
             out = run_worker("trl_grpo", "trl_grpo", {**common, "threads": threads,
-                                                      "output_dir": os.path.join(workdir, f"trl{threads}")},
-                             env=TORCH_THREAD_ENVS[threads])
-            trl[threads] = _side_stats(out, skip)
-    best = min(trl, key=lambda t: trl[t]["end_to_end_s"])
-    base = trl[best]
+                                                      "output_dir": os.path.join(workdir, f"trl_{setting}")}, env=env)
+            trl[setting] = _side_stats(out, skip)
+    # The baseline is TRL at its best setting, chosen per figure.
+    best = min(trl, key=lambda t: trl[t]["steady_s"]["median"])
+    best_e2e = min(trl, key=lambda t: trl[t]["end_to_end_s"])
+    base, base_e2e = trl[best], trl[best_e2e]
     details = {"model": "TINY shape (width 128, 4 layers) over the character tokenizer (83 tokens)",
                "per_iteration": f"{PROMPTS_PER_ITER} prompts x {GENERATIONS} generations, <= {COMPLETION_TOKENS} "
                                 "completion tokens", "iterations": iterations, "steady_skip": skip,
-               "ntl_jax": ours, "trl": {f"{t}thr": s for t, s in trl.items()}, "trl_best": f"{best}thr",
+               "ntl_jax": ours, "trl": trl, "trl_best": {"steady": best, "end_to_end": best_e2e},
                "jax_threads": JAX_THREADS_NOTE, "torch_threads": torch_thread_note(best)}
     steady_ours, steady_base = ours["steady_s"]["median"], base["steady_s"]["median"]
     return [
         Result(benchmark="trl_grpo", case="steady s/iter", ours=f"{steady_ours:.3f} s", baseline=f"{steady_base:.3f} s"
-               f" ({best}thr)", ratio=steady_base / steady_ours, ratio_desc="TRL s/iter / ntl-jax s/iter",
+               f" ({best})", ratio=steady_base / steady_ours, ratio_desc="TRL s/iter / ntl-jax s/iter",
                target_op=">=", target=TARGET_STEADY, details=details),
         Result(benchmark="trl_grpo", case=f"end-to-end {iterations} iters", ours=f"{ours['end_to_end_s']:.1f} s",
-               baseline=f"{base['end_to_end_s']:.1f} s ({best}thr)", ratio=base["end_to_end_s"] / ours["end_to_end_s"],
+               baseline=f"{base_e2e['end_to_end_s']:.1f} s ({best_e2e})",
+               ratio=base_e2e["end_to_end_s"] / ours["end_to_end_s"],
                ratio_desc="TRL process wall / ntl-jax process wall", target_op=">=", target=TARGET_END_TO_END,
-               details={"startup_s": {"ntl_jax": ours["startup_s"], "trl": base["startup_s"]}}),
+               details={"startup_s": {"ntl_jax": ours["startup_s"], "trl": base_e2e["startup_s"]}}),
     ]
 
 
