@@ -63,7 +63,8 @@ def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
 
     model = from_pretrained(args["path"])
     graphdef, state = nnx.split(model)
-    sampler = Sampler(graphdef, model.config, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID)
+    sampler = Sampler(graphdef, model.config, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID,
+                      cache_dtype=args.get("cache_dtype", "float32"))
     params = SamplingParams(max_new_tokens=NEW_TOKENS, greedy=True)
     prompts = args["prompts"]
 
@@ -115,6 +116,11 @@ def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
     tokens = BATCH * NEW_TOKENS
     ours = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 3 if quick else 7})
     ours_tps = tokens / median(ours["times"])
+    variants = {}
+    if not quick:  # TrainerConfig.kv_cache_dtype='bfloat16', reported beside the float32 figure (not the ratio)
+        half = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 5,
+                                                      "cache_dtype": "bfloat16"})
+        variants["bfloat16_kv_cache_tokens_per_s"] = tokens / median(half["times"])
     baselines = {}
     for setting, cache in itertools.product(torch_thread_settings(quick), CACHE_MODES[:1] if quick else CACHE_MODES):
         reps = 2 if quick else (3 if spec is MID else 5)
@@ -133,7 +139,8 @@ def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
         target=TARGETS[spec.name],
         details={"model": spec.describe(), "batch": BATCH, "new_tokens": NEW_TOKENS, "greedy": True,
                  "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
-                             "compile_s": ours["compile_s"], "device": ours["device"], "threads": JAX_THREADS_NOTE},
+                             "compile_s": ours["compile_s"], "device": ours["device"], "threads": JAX_THREADS_NOTE,
+                             **variants},
                  "torch": baselines, "torch_best": best, "torch_threads": torch_thread_note(setting),
                  "same_first_tokens": ours["first_row"] == run["first_row"]})
 

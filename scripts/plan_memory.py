@@ -135,7 +135,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
     # Generation: prefill over the whole batch, then the decode loop with the donated KV cache.
     sampler = Sampler(actor_graph, model_config, eos_token_ids=[0], pad_token_id=0, mesh=mesh,
-                      digit_ids=digit_ids)
+                      digit_ids=digit_ids, cache_dtype=DTYPES[run.kv_cache_dtype])
     prefill, decode = sampler._build_programs(prompt_len, SamplingParams(max_new_tokens=ppo.max_response_length),
                                               with_digits=False)
     prompts = (seq(rows, prompt_len), seq(rows, prompt_len))
@@ -186,7 +186,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
             resident_bytes["critic params"] + resident_bytes["critic Adam"])
     header = (f"{model_json}: {sum(x.size for x in jax.tree.leaves(actor_params)) / 1e6:.1f}M parameters, "
               f"{args.devices} devices as mesh {dict(mesh.shape)}, dtype {run.dtype}, param_dtype {run.param_dtype}, "
-              f"remat {run.remat}, scan_layers {run.scan_layers}; {rows} responses x ({prompt_len} + {t}) tokens per iteration, mini-batch {m}")
+              f"remat {run.remat}, scan_layers {run.scan_layers}, kv_cache_dtype {run.kv_cache_dtype}; {rows} responses x ({prompt_len} + {t}) tokens per iteration, mini-batch {m}")
     resident_lines = [f"  {name}: {size / GIB:.2f} GiB" for name, size in resident_bytes.items()]
     return phases, resident_total, "\n".join([header, "resident per device:", *resident_lines,
                                               f"  total: {resident_total / GIB:.2f} GiB"])

@@ -220,3 +220,20 @@ def test_bad_inputs_raise(split, model, sampler):
             SamplingParams(**bad)
     with pytest.raises(ValueError, match="eos_token_ids"):
         Sampler(split[0], model.config, eos_token_ids=VOCAB, pad_token_id=PAD)
+
+
+def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sampler):
+    """TrainerConfig.kv_cache_dtype='bfloat16': the cache the prefill returns is bfloat16 (half the decode memory);
+    keys and values are rounded, so the first greedy steps and their log-probs stay close to the float32 cache's."""
+    half = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
+                   cache_dtype=jnp.bfloat16)
+    params = SamplingParams(max_new_tokens=8, greedy=True)
+    prefill, _ = half._build_programs(16, params, with_digits=False)
+    ids = jnp.zeros((4, 16), jnp.int32)
+    cache_dtypes = {leaf.dtype for leaf in jax.tree.leaves(jax.eval_shape(prefill, split[1], ids, jnp.ones_like(ids)))
+                    if leaf.ndim == 5}
+    assert cache_dtypes == {jnp.dtype(jnp.bfloat16)}
+    full = sampler.generate(split[1], PROMPTS, params, jax.random.key(0))
+    rounded = half.generate(split[1], PROMPTS, params, jax.random.key(0))
+    np.testing.assert_array_equal(rounded.response_ids[:, :4], full.response_ids[:, :4])
+    np.testing.assert_allclose(rounded.response_logprobs[:, :4], full.response_logprobs[:, :4], atol=0.05)

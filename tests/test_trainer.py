@@ -117,6 +117,16 @@ def test_on_policy_iteration_skips_the_old_log_prob_pass_and_trains_the_same(tmp
     trainer.close()
 
 
+def test_kv_cache_dtype_reaches_the_sampler_and_is_validated(tmp_path, policy_dir):
+    import jax.numpy as jnp
+
+    trainer = _trainer(with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="bfloat16"), policy_dir)
+    assert trainer.sampler.cache_dtype == jnp.bfloat16
+    trainer.close()
+    with pytest.raises(ValueError, match="kv_cache_dtype='float16' is invalid; allowed: 'float32', 'bfloat16'"):
+        with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="float16")
+
+
 def test_gae_with_critic_runs(tmp_path, policy_dir):
     config = tiny_experiment(str(tmp_path), adv_estimator="gae", rollout_n=1, ppo_micro_batch_size=2)
     trainer, result = _run(config, policy_dir)

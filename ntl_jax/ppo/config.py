@@ -195,6 +195,8 @@ class TrainerConfig:
     critic_path: str | None = knob(None, "HF folder of the critic; None = from the policy (new value head)")
     dtype: str = knob("float32", "compute dtype of forward and backward passes: float32, bfloat16")
     param_dtype: str = knob("float32", "storage dtype of parameters and Adam moments (keep float32 for small lrs)")
+    kv_cache_dtype: str = knob("float32", "dtype of the rollout KV cache: float32, bfloat16 (half the decode memory "
+                                          "and cache traffic; keys/values rounded to bfloat16)")
     remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
     scan_layers: bool = knob(False, "differentiated passes run the layers as one lax.scan over stacked weights: one "
                                     "layer's gathered fsdp weights live at a time, one compiled layer (large models)")
@@ -241,6 +243,7 @@ class TrainerConfig:
         check_choice(n, "platform", self.platform, PLATFORMS)
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
+        check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, DTYPE_NAMES)
         for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard", "use_wandb",
                     "progress_bar"):
             check_bool(n, key, getattr(self, key))

@@ -125,7 +125,8 @@ class PPOTrainer:
                                 generation_eos_token_ids(policy_path))
         self._build_steps()
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
-                               pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh)
+                               pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh,
+                               cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype])
         self.rollout = self._build_rollout()
         if not isinstance(reward_fn, RewardFnSpec):
             default_name = "custom_ntl_reward" if self.ntl.enabled and self.run.reward_fn_path is None else "compute_score"
@@ -184,7 +185,8 @@ class PPOTrainer:
                              f"{jax.process_count()} process(es); allowed there: 'colocated' ('ray' is a "
                              "single-process CPU option)")
         ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
-        kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id, digit_ids=self.digit_ids)
+        kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id, digit_ids=self.digit_ids,
+                      cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype])
         return RayRollout(self.models.model_config, kwargs, self.run.rollout_num_workers)
 
     def _build_reward_runner(self, spec: RewardFnSpec):
