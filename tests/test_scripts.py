@@ -365,6 +365,8 @@ def test_report_aggregates_seeds_into_markdown_csv_and_plot(tmp_path):
     assert float(rows["ntl_final"]["acc_std"]) == 0.0
     markdown = open(paths["markdown"]).read()
     assert "| standard | 2 | 0.1 ± 0 (0.1–0.1) | 0.4 ± 1.3 (0.3–0.5) |" in markdown
+    # Paired by seed: ntl_final ran seed 0 only -> 0.6 - 0.3, MAE (1 + 1) - (5 + 1), digit 0.9 - 0.5.
+    assert "| ntl_final - standard | 1 | +0.3 ± 0 (0) | -4 ± 0 (1) | +0.4 ± 0 (0) |" in markdown
     with open(paths["runs"]) as f:
         assert len(list(csv.DictReader(f))) == 3
     if "plot" in paths:
