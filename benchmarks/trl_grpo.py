@@ -172,14 +172,16 @@ def run(quick: bool) -> list[Result]:
     details = {"model": "TINY shape (width 128, 4 layers) over the character tokenizer (83 tokens)",
                "per_iteration": f"{PROMPTS_PER_ITER} prompts x {GENERATIONS} generations, <= {COMPLETION_TOKENS} "
                                 "completion tokens", "iterations": iterations, "steady_skip": skip,
-               "ntl_jax": ours, "ntl_jax_cold_cache": ours_cold, "trl": trl, "trl_best": {"steady": best, "end_to_end": best_e2e},
+               "ntl_jax": ours, "ntl_jax_cold_cache": ours_cold, "trl": trl,
+               "trl_best": {"steady": best, "end_to_end": best_e2e},
                "jax_threads": JAX_THREADS_NOTE, "torch_threads": torch_thread_note(best)}
     steady_ours, steady_base = ours["steady_s"]["median"], base["steady_s"]["median"]
     return [
         Result(benchmark="trl_grpo", case="steady s/iter", ours=f"{steady_ours:.3f} s", baseline=f"{steady_base:.3f} s"
                f" ({best})", ratio=steady_base / steady_ours, ratio_desc="TRL s/iter / ntl-jax s/iter",
                target_op=">=", target=TARGET_STEADY, details=details),
-        Result(benchmark="trl_grpo", case=f"end-to-end {iterations} iters, warm cache", ours=f"{ours['end_to_end_s']:.1f} s",
+        Result(benchmark="trl_grpo", case=f"end-to-end {iterations} iters, warm cache",
+               ours=f"{ours['end_to_end_s']:.1f} s",
                baseline=f"{base_e2e['end_to_end_s']:.1f} s ({best_e2e})",
                ratio=base_e2e["end_to_end_s"] / ours["end_to_end_s"],
                ratio_desc="TRL process wall / ntl-jax process wall", target_op=">=", target=TARGET_END_TO_END,

@@ -186,7 +186,8 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
             resident_bytes["critic params"] + resident_bytes["critic Adam"])
     header = (f"{model_json}: {sum(x.size for x in jax.tree.leaves(actor_params)) / 1e6:.1f}M parameters, "
               f"{args.devices} devices as mesh {dict(mesh.shape)}, dtype {run.dtype}, param_dtype {run.param_dtype}, "
-              f"remat {run.remat}, scan_layers {run.scan_layers}, kv_cache_dtype {run.kv_cache_dtype}; {rows} responses x ({prompt_len} + {t}) tokens per iteration, mini-batch {m}")
+              f"remat {run.remat}, scan_layers {run.scan_layers}, kv_cache_dtype {run.kv_cache_dtype}; "
+              f"{rows} responses x ({prompt_len} + {t}) tokens per iteration, mini-batch {m}")
     resident_lines = [f"  {name}: {size / GIB:.2f} GiB" for name, size in resident_bytes.items()]
     return phases, resident_total, "\n".join([header, "resident per device:", *resident_lines,
                                               f"  total: {resident_total / GIB:.2f} GiB"])

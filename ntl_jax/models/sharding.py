@@ -75,9 +75,13 @@ def named_sharding(logical_axes: Sequence[str | None] | None, shape: Sequence[in
     return NamedSharding(mesh, fit_spec_to_shape(logical_to_mesh(logical_axes, rules), shape, mesh))
 
 
+def _logical_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
+    """The logical axis names a parameter was declared with (`out_sharding` metadata), or None."""
+    return var.get_metadata().get("out_sharding")
+
+
 def _variable_sharding(var: nnx.Variable, mesh: Mesh, rules: Rules | None) -> nnx.Variable:
-    logical_axes = var.get_metadata().get("out_sharding")
-    return var.replace(named_sharding(logical_axes, np.shape(var.get_value()), mesh, rules))
+    return var.replace(named_sharding(_logical_axes(var), np.shape(var.get_value()), mesh, rules))
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
@@ -134,7 +138,6 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, named_sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh))
 
 
-
 def constrain_stacked_layers(stacked: Any) -> Any:
     """Inside `sharded_activations`, pin layer-stacked weights [L, ...] like one layer's weights, L replicated.
 
@@ -146,7 +149,7 @@ def constrain_stacked_layers(stacked: Any) -> Any:
 
     def one(var: nnx.Variable) -> nnx.Variable:
         value = var.get_value()
-        axes = var.get_metadata().get("out_sharding") or (None,) * (value.ndim - 1)
+        axes = _logical_axes(var) or (None,) * (value.ndim - 1)
         sharding = named_sharding(("layers",) + tuple(axes), value.shape, mesh)
         return var.replace(jax.lax.with_sharding_constraint(value, sharding))
 

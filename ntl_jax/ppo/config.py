@@ -244,8 +244,8 @@ class TrainerConfig:
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
         check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, DTYPE_NAMES)
-        for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard", "use_wandb",
-                    "progress_bar"):
+        for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard",
+                    "use_wandb", "progress_bar"):
             check_bool(n, key, getattr(self, key))
         if not isinstance(self.compilation_cache_dir, str):
             fail(n, "compilation_cache_dir", self.compilation_cache_dir, "a folder path, or '' for no cache")

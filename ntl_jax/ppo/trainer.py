@@ -109,7 +109,8 @@ class PPOTrainer:
         self.num_micro_batches = self.ppo.micro_batches(data_parallel)
         self.log_prob_chunk = self.ppo.log_prob_chunk(data_parallel)
         # The separate old-log-prob pass is redundant when its only reader is the one update (verl's on_policy).
-        self.old_log_prob_from_update = (self.ppo.skip_on_policy_old_log_prob and self.ppo.one_actor_step_per_iteration
+        self.old_log_prob_from_update = (self.ppo.skip_on_policy_old_log_prob
+                                         and self.ppo.one_actor_step_per_iteration
                                          and not self.ntl.enabled and not self.ppo.use_kl_in_reward)
         if self.ppo.responses_per_iteration % data_parallel:
             raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
