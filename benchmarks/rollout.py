@@ -4,7 +4,8 @@ Both sides load one random Qwen2 checkpoint written by ntl-jax `save_pretrained`
 PyTorch with `AutoModelForCausalLM.from_pretrained`. Same 32 left-padded prompts (8..16 tokens), greedy, 64 new
 tokens. The EOS token's LM-head column is zeroed so its logit is exactly 0 and greedy decoding never picks it: both
 sides generate all 64 tokens (checked). Throughput = 32 * 64 / median generate time; the first ntl-jax call
-(tracing + XLA compilation) is excluded from the median and reported as `compile_s`.
+(tracing + XLA compilation) is excluded from the median and reported as `compile_s`. ntl-jax runs its default
+`cpu_decode_matmuls='eigen'`; full mode also reports 'xla_default' (YNNPACK) and a bfloat16 KV cache beside it.
 
 PyTorch runs every thread setting (`common.TORCH_THREAD_SETTINGS`) x cache mode (`CACHE_MODES`) in its own
 process; the fastest one is the baseline (all are reported). Quick mode runs 1 thread with the dynamic cache only.
@@ -64,7 +65,8 @@ def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
     model = from_pretrained(args["path"])
     graphdef, state = nnx.split(model)
     sampler = Sampler(graphdef, model.config, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID,
-                      cache_dtype=args.get("cache_dtype", "float32"))
+                      cache_dtype=args.get("cache_dtype", "float32"),
+                      cpu_decode_matmuls=args.get("cpu_decode_matmuls", "eigen"))
     params = SamplingParams(max_new_tokens=NEW_TOKENS, greedy=True)
     prompts = args["prompts"]
 
@@ -121,6 +123,11 @@ def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
         half = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 5,
                                                       "cache_dtype": "bfloat16"})
         variants["bfloat16_kv_cache_tokens_per_s"] = tokens / median(half["times"])
+        # TrainerConfig.cpu_decode_matmuls='xla_default': jaxlib's YNNPACK dots in the decode loop (the default
+        # before 2026-12-01; 'eigen' is the ratio's setting).
+        ynn = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 5,
+                                                     "cpu_decode_matmuls": "xla_default"})
+        variants["ynnpack_decode_tokens_per_s"] = tokens / median(ynn["times"])
     baselines = {}
     for setting, cache in itertools.product(torch_thread_settings(quick), CACHE_MODES[:1] if quick else CACHE_MODES):
         reps = 2 if quick else (3 if spec is MID else 5)

@@ -237,3 +237,33 @@ def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sa
     rounded = half.generate(split[1], PROMPTS, params, jax.random.key(0))
     np.testing.assert_array_equal(rounded.response_ids[:, :4], full.response_ids[:, :4])
     np.testing.assert_allclose(rounded.response_logprobs[:, :4], full.response_logprobs[:, :4], atol=0.05)
+
+
+def _decode_hlo(sampler_, split_, params):
+    """Optimised HLO text of the decode program for 4 rows at prompt bucket 16."""
+    prefill, decode = sampler_._build_programs(16, params, with_digits=False)
+    ids, rows = jnp.zeros((4, 16), jnp.int32), jnp.arange(4, dtype=jnp.int32)
+    cache, logits = jax.eval_shape(prefill, split_[1], ids, jnp.ones_like(ids))
+    return decode.lower(split_[1], cache, logits, jnp.ones_like(ids), jax.random.key(0), rows, rows).compile().as_text()
+
+
+def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_the_same(split, model, sampler):
+    """TrainerConfig.cpu_decode_matmuls: 'eigen' (default) compiles the CPU decode loop without YNNPACK fusions
+    (faster at its few rows, benchmarks/rollout.py); 'xla_default' keeps jaxlib's. Same greedy tokens either way."""
+    from ntl_jax.models.xla_cpu import decode_compiler_options
+
+    default = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
+                      cpu_decode_matmuls="xla_default")
+    params = SamplingParams(max_new_tokens=8, greedy=True)
+    assert sampler.decode_compiler_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert default.decode_compiler_options == {}
+    assert "ynn_fusion" not in _decode_hlo(sampler, split, params)
+    if "ynn_fusion" not in _decode_hlo(default, split, params):
+        pytest.skip("this jaxlib does not hand decode dots to YNNPACK: nothing to compare")
+    eigen = sampler.generate(split[1], PROMPTS, params, jax.random.key(0))
+    ynnpack = default.generate(split[1], PROMPTS, params, jax.random.key(0))
+    np.testing.assert_array_equal(eigen.response_ids, ynnpack.response_ids)
+    np.testing.assert_allclose(eigen.response_logprobs, ynnpack.response_logprobs, atol=1e-5)
+    assert decode_compiler_options("eigen", "gpu") == decode_compiler_options("eigen", "tpu") == {}
+    with pytest.raises(ValueError, match=r"cpu_decode_matmuls='mkl'; allowed: one of \('eigen', 'xla_default'\)"):
+        Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, cpu_decode_matmuls="mkl")

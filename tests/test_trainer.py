@@ -117,14 +117,18 @@ def test_on_policy_iteration_skips_the_old_log_prob_pass_and_trains_the_same(tmp
     trainer.close()
 
 
-def test_kv_cache_dtype_reaches_the_sampler_and_is_validated(tmp_path, policy_dir):
+def test_kv_cache_dtype_and_cpu_decode_matmuls_reach_the_sampler_and_are_validated(tmp_path, policy_dir):
     import jax.numpy as jnp
 
-    trainer = _trainer(with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="bfloat16"), policy_dir)
+    trainer = _trainer(with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="bfloat16",
+                                    cpu_decode_matmuls="xla_default"), policy_dir)
     assert trainer.sampler.cache_dtype == jnp.bfloat16
+    assert trainer.sampler.decode_compiler_options == {}  # 'eigen' (default) is covered by test_sampler.py
     trainer.close()
     with pytest.raises(ValueError, match="kv_cache_dtype='float16' is invalid; allowed: 'float32', 'bfloat16'"):
         with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="float16")
+    with pytest.raises(ValueError, match="cpu_decode_matmuls='mkl' is invalid; allowed: 'eigen', 'xla_default'"):
+        with_trainer(tiny_experiment(str(tmp_path)), cpu_decode_matmuls="mkl")
 
 
 def test_gae_with_critic_runs(tmp_path, policy_dir):

@@ -28,6 +28,7 @@ from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import KVCache, init_kv_cache
 from ntl_jax.models.logprobs import response_positions
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, named_sharding, shard_state, sharded_activations
+from ntl_jax.models.xla_cpu import decode_compiler_options
 
 DEFAULT_PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -128,7 +129,11 @@ def _bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 
 class Sampler:
-    """Generates responses for batches of token-id prompts with a `CausalLM` given as (graphdef, state)."""
+    """Generates responses for batches of token-id prompts with a `CausalLM` given as (graphdef, state).
+
+    `cpu_decode_matmuls`: on XLA:CPU, 'eigen' compiles the decode loop with YNNPACK dot fusions off (faster at its
+    few-row matmuls, see `ntl_jax.models.xla_cpu`); 'xla_default' keeps jaxlib's choice. No effect elsewhere.
+    """
 
     def __init__(
         self,
@@ -141,6 +146,7 @@ class Sampler:
         mesh: Mesh | None = None,
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         cache_dtype: Any = jnp.float32,
+        cpu_decode_matmuls: str = "eigen",
     ) -> None:
         eos = (eos_token_ids,) if isinstance(eos_token_ids, (int, np.integer)) else tuple(eos_token_ids)
         if not eos or any(not 0 <= int(t) < config.vocab_size for t in eos):
@@ -164,6 +170,8 @@ class Sampler:
         self.mesh = mesh
         self.prompt_buckets = buckets
         self.cache_dtype = cache_dtype
+        platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+        self.decode_compiler_options = decode_compiler_options(cpu_decode_matmuls, platform)
         self._programs: dict[tuple, tuple[Any, Any]] = {}
         self._trace_counts = {"prefill": 0, "decode": 0}
         self.last_num_steps: int | None = None  # decode steps actually executed by the latest `generate`
@@ -254,7 +262,8 @@ class Sampler:
 
         # Prefill pins its rows to their devices (fsdp gathers weights); decode does not: one token per row is
         # cheaper to all-reduce than a layer's weights are to gather, and pinning it gathered every layer at once.
-        return jax.jit(sharded_activations(mesh, prefill)), jax.jit(decode, donate_argnums=(1,))
+        return (jax.jit(sharded_activations(mesh, prefill)),
+                jax.jit(decode, donate_argnums=(1,), compiler_options=self.decode_compiler_options))
 
     def _programs_for(self, prompt_len: int, batch: int, params: SamplingParams, with_digits: bool) -> tuple[Any, Any]:
         key = (prompt_len, batch, params, with_digits)

@@ -15,6 +15,7 @@ from typing import Any
 import gin
 
 from ntl_jax.knobs import check_bool, check_choice, check_positive_int, check_range, fail, knob
+from ntl_jax.models.xla_cpu import CPU_DECODE_MATMULS
 from ntl_jax.ntl.config import NTLConfig
 from ntl_jax.ppo.advantages import ADVANTAGE_ESTIMATORS
 from ntl_jax.ppo.kl_control import KL_CONTROLLER_KINDS
@@ -197,6 +198,9 @@ class TrainerConfig:
     param_dtype: str = knob("float32", "storage dtype of parameters and Adam moments (keep float32 for small lrs)")
     kv_cache_dtype: str = knob("float32", "dtype of the rollout KV cache: float32, bfloat16 (half the decode memory "
                                           "and cache traffic; keys/values rounded to bfloat16)")
+    cpu_decode_matmuls: str = knob("eigen", "XLA:CPU only, the rollout decode loop's matmuls: eigen (YNNPACK dot "
+                                            "fusions off for that program: faster at its few rows), xla_default "
+                                            "(jaxlib's choice); training programs always keep jaxlib's choice")
     remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
     scan_layers: bool = knob(False, "differentiated passes run the layers as one lax.scan over stacked weights: one "
                                     "layer's gathered fsdp weights live at a time, one compiled layer (large models)")
@@ -244,6 +248,7 @@ class TrainerConfig:
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
         check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, DTYPE_NAMES)
+        check_choice(n, "cpu_decode_matmuls", self.cpu_decode_matmuls, CPU_DECODE_MATMULS)
         for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard",
                     "use_wandb", "progress_bar"):
             check_bool(n, key, getattr(self, key))

@@ -127,7 +127,8 @@ class PPOTrainer:
         self._build_steps()
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh,
-                               cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype])
+                               cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype],
+                               cpu_decode_matmuls=self.run.cpu_decode_matmuls)
         self.rollout = self._build_rollout()
         if not isinstance(reward_fn, RewardFnSpec):
             default_name = "custom_ntl_reward" if self.ntl.enabled and self.run.reward_fn_path is None else "compute_score"
@@ -187,7 +188,8 @@ class PPOTrainer:
                              "single-process CPU option)")
         ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
         kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id, digit_ids=self.digit_ids,
-                      cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype])
+                      cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype],
+                      cpu_decode_matmuls=self.run.cpu_decode_matmuls)
         return RayRollout(self.models.model_config, kwargs, self.run.rollout_num_workers)
 
     def _build_reward_runner(self, spec: RewardFnSpec):
