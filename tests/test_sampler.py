@@ -255,15 +255,15 @@ def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_
     default = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
                       cpu_decode_matmuls="xla_default")
     params = SamplingParams(max_new_tokens=8, greedy=True)
-    assert sampler.decode_compiler_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
     assert default.decode_compiler_options == {}
+    assert decode_compiler_options("eigen", "gpu") == decode_compiler_options("eigen", "tpu") == {}
+    with pytest.raises(ValueError, match=r"cpu_decode_matmuls='mkl'; allowed: one of \('eigen', 'xla_default'\)"):
+        Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, cpu_decode_matmuls="mkl")
     assert "ynn_fusion" not in _decode_hlo(sampler, split, params)
     if "ynn_fusion" not in _decode_hlo(default, split, params):
         pytest.skip("this jaxlib does not hand decode dots to YNNPACK: nothing to compare")
+    assert sampler.decode_compiler_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
     eigen = sampler.generate(split[1], PROMPTS, params, jax.random.key(0))
     ynnpack = default.generate(split[1], PROMPTS, params, jax.random.key(0))
     np.testing.assert_array_equal(eigen.response_ids, ynnpack.response_ids)
     np.testing.assert_allclose(eigen.response_logprobs, ynnpack.response_logprobs, atol=1e-5)
-    assert decode_compiler_options("eigen", "gpu") == decode_compiler_options("eigen", "tpu") == {}
-    with pytest.raises(ValueError, match=r"cpu_decode_matmuls='mkl'; allowed: one of \('eigen', 'xla_default'\)"):
-        Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, cpu_decode_matmuls="mkl")

@@ -1,9 +1,9 @@
 """XLA:CPU compiler options for the sampler's decode loop, whose matmuls have few rows (M = sequences in flight).
 
-jaxlib 0.8+ hands XLA:CPU dots to YNNPACK. At decode shapes its GEMMs were the slower path on a 2-core x86 machine
-(benchmarks/rollout.py, MID model, batch 32: ~460 tok/s with YNNPACK, ~620-760 tok/s with XLA's Eigen dots, same
-tokens), while at training shapes (M = thousands of tokens) YNNPACK was faster (train step 5.5 vs 6.3 s). So only
-the decode program turns YNNPACK dot fusions off; every other program keeps jaxlib's choice.
+Recent jaxlibs (0.10.2 here) hand XLA:CPU dots to YNNPACK. At decode shapes its GEMMs were the slower path on a
+2-core x86 machine (benchmarks/rollout.py, MID model, batch 32: ~460 tok/s with YNNPACK, ~620-780 tok/s with XLA's
+Eigen dots, same tokens), while at training shapes (M = thousands of tokens) YNNPACK was faster (train step 5.5 vs
+6.3 s). So only the decode program turns YNNPACK dot fusions off; every other program keeps jaxlib's choice.
 """
 from __future__ import annotations
 
