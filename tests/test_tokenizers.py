@@ -85,3 +85,20 @@ def test_byte_level_bpe_splits_digits_and_round_trips_unicode():
     assert tokenizer.decode(ids) == text
     digit_tokens = [t for t in tokenizer.convert_ids_to_tokens(ids) if any(c.isdigit() for c in t)]
     assert digit_tokens == list("12349950")
+
+
+def test_the_training_path_never_imports_pytorch(tmp_path):
+    """transformers' AutoTokenizer imports PyTorch where it is installed (seconds of start-up); ntl-jax needs neither
+    for a tokenizer.json folder. Checked in a fresh interpreter, with PyTorch installed (the test extra has it)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    save_char_tokenizer(build_char_tokenizer(), tmp_path)
+    code = ("import sys\n"
+            "import ntl_jax.train, ntl_jax.embedded, ntl_jax.ppo.factory, ntl_jax.ppo.trainer\n"
+            "from ntl_jax.models.tokenizers import load_tokenizer\n"
+            f"assert load_tokenizer({str(tmp_path)!r}).pad_token_id == 0\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

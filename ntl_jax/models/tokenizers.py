@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
@@ -75,6 +75,10 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         return PreTrainedTokenizerFast.from_pretrained(path_str)
     if os.path.isdir(path_str) and not os.path.isfile(os.path.join(path_str, "tokenizer_config.json")):
         raise ValueError(f"tokenizer path={path_str!r} has no tokenizer.json or tokenizer_config.json")
+    # Imported here: AutoTokenizer pulls in transformers' model configs and, where PyTorch is installed, PyTorch itself
+    # (seconds of start-up that a char tokenizer or a tokenizer.json never needs).
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path_str)
 
 
