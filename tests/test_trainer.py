@@ -7,6 +7,8 @@ import json
 import os
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -315,6 +317,20 @@ def test_critic_warmup_counts_steps_from_one_like_verl(tmp_path, policy_dir, cri
     actor_steps = [r["step"] for r in rows if "actor/pg_loss" in r]
     assert actor_steps == list(range(first_actor_step, 3))
     assert all("critic/vf_loss" in r for r in rows)
+
+
+def test_trainer_logs_and_applies_the_cosine_schedule(tmp_path, policy_dir):
+    """GAE (actor + critic), 2 mini-batches per iteration, 3 iterations: rates 1, 0.75, 0.25 of the peak."""
+    config = tiny_experiment(str(tmp_path), adv_estimator="gae", rollout_n=1, steps=3, lr_scheduler_type="cosine",
+                             critic_lr=2e-3)
+    trainer, _ = _run(config, policy_dir, val_rows=[])
+    rows = read_metrics_jsonl(tmp_path / "metrics.jsonl")
+    np.testing.assert_allclose([r["actor/lr"] for r in rows], [1e-3, 0.75e-3, 0.25e-3], rtol=1e-9)
+    np.testing.assert_allclose([r["critic/lr"] for r in rows], [2e-3, 1.5e-3, 0.5e-3], rtol=1e-9)
+    assert config.ppo.updates_per_iteration == 2
+    for state in (trainer.models.policy, trainer.models.critic):
+        counts = [x for x in jax.tree.leaves(state.opt_state) if jnp.ndim(x) == 0 and x.dtype == jnp.int32]
+        assert counts and all(int(c) == 6 for c in counts)
 
 
 def test_kl_in_reward_through_the_trainer(tmp_path, policy_dir):

@@ -20,6 +20,7 @@ from ntl_jax.ntl.config import NTLConfig
 from ntl_jax.ppo.advantages import ADVANTAGE_ESTIMATORS
 from ntl_jax.ppo.kl_control import KL_CONTROLLER_KINDS
 from ntl_jax.ppo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
+from ntl_jax.ppo.lr_schedule import LR_SCHEDULER_TYPES
 
 RESUME_MODES = ("auto", "disable")
 ROLLOUT_MODES = ("colocated", "ray")
@@ -71,7 +72,12 @@ class PPOConfig:
     critic_lr: float = knob(1e-5, "critic learning rate (AdamW)")
     weight_decay: float = knob(0.01, "AdamW weight decay of actor and critic")
     grad_clip: float = knob(1.0, "global gradient-norm clip")
-    lr_warmup_steps: int = knob(0, "linear learning-rate warm-up, in optimiser steps")
+    lr_warmup_steps: int = knob(0, "linear learning-rate warm-up from 0, in iterations (verl: its scheduler steps "
+                                   "once per iteration, so every update of an iteration uses one rate)")
+    lr_scheduler_type: str = knob("constant", "learning-rate schedule over the run's iterations, for actor and critic "
+                                              "(verl's optim.lr_scheduler_type): " + ", ".join(LR_SCHEDULER_TYPES))
+    min_lr_ratio: float = knob(0.0, "cosine: the rate at the last iteration, as a fraction of actor_lr / critic_lr")
+    num_cycles: float = knob(0.5, "cosine: waves over the run; 0.5 = one half-cosine from the peak to the floor")
     temperature: float = knob(1.0, "rollout sampling temperature; log-probs, entropy and KL are of logits / this")
     top_k: int = knob(0, "sample among the k most likely tokens (0 = all)")
     top_p: float = knob(1.0, "nucleus sampling mass (1 = all)")
@@ -102,6 +108,9 @@ class PPOConfig:
         check_choice(n, "kl_loss_type", self.kl_loss_type, KL_ESTIMATORS)
         check_choice(n, "kl_penalty", self.kl_penalty, KL_ESTIMATORS)
         check_choice(n, "kl_ctrl_type", self.kl_ctrl_type, KL_CONTROLLER_KINDS)
+        check_choice(n, "lr_scheduler_type", self.lr_scheduler_type, LR_SCHEDULER_TYPES)
+        check_range(n, "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range(n, "num_cycles", self.num_cycles, 0.0, lo_open=True)
         for key in ("gamma", "lam", "top_p"):
             check_range(n, key, getattr(self, key), 0.0, 1.0)
         for key in ("clip_ratio_low", "clip_ratio_high", "entropy_coeff", "kl_loss_coef", "kl_coef", "weight_decay",
@@ -139,6 +148,11 @@ class PPOConfig:
     @property
     def responses_per_iteration(self) -> int:
         return self.train_batch_size * self.rollout_n
+
+    @property
+    def updates_per_iteration(self) -> int:
+        """Optimiser steps of the actor (and of the critic) in one iteration: epochs x mini-batches."""
+        return self.ppo_epochs * (self.train_batch_size // self.ppo_mini_batch_size)
 
     def micro_batches(self, data_parallel: int) -> int:
         """Micro-batches per mini-batch on ``data_parallel`` (data x fsdp) devices; one-line error if they do not fit."""

@@ -20,6 +20,7 @@ from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.hf_io import from_pretrained
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
 from ntl_jax.ppo.config import PPOConfig
+from ntl_jax.ppo.lr_schedule import per_update_schedule
 from ntl_jax.ppo.steps import make_optimizer, tree_shardings
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,17 @@ class PPOModels:
     model_config: ModelConfig
 
 
+def learning_rate_schedule(ppo: PPOConfig, peak_lr: float, total_iterations: int) -> Any:
+    """The optax learning rate of one optimiser: ``ppo``'s schedule over ``total_iterations`` (``lr_schedule``)."""
+    return per_update_schedule(peak_lr, updates_per_iteration=ppo.updates_per_iteration,
+                               scheduler_type=ppo.lr_scheduler_type, warmup_iterations=ppo.lr_warmup_steps,
+                               total_iterations=total_iterations, min_lr_ratio=ppo.min_lr_ratio,
+                               num_cycles=ppo.num_cycles)
+
+
 def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",
                  param_dtype: str = "float32", remat: bool = False, scan_layers: bool = False,
-                 critic_path: str | None = None,
+                 critic_path: str | None = None, total_iterations: int = 1,
                  seed: int = 0) -> PPOModels:
     """Load the policy from an HF-format folder, the critic (verl: from the policy checkpoint, new value head) and
     the reference (a frozen copy of the initial policy). ``dtype`` is the compute dtype, ``param_dtype`` the storage
@@ -107,13 +116,13 @@ def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "
                 mesh=mesh, rules=LOGICAL_AXIS_RULES)
     policy_module = from_pretrained(policy_path, **load)
     model_config = policy_module.config
-    actor_tx = make_optimizer(ppo.actor_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
-                              warmup_steps=ppo.lr_warmup_steps)
+    actor_tx = make_optimizer(learning_rate_schedule(ppo, ppo.actor_lr, total_iterations),
+                              weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip)
     critic = None
     if ppo.uses_critic:
         critic_module = from_pretrained(critic_path or policy_path, value_model=True, **load)
-        critic_tx = make_optimizer(ppo.critic_lr, weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip,
-                                   warmup_steps=ppo.lr_warmup_steps)
+        critic_tx = make_optimizer(learning_rate_schedule(ppo, ppo.critic_lr, total_iterations),
+                                   weight_decay=ppo.weight_decay, grad_clip=ppo.grad_clip)
         critic = ModuleState.from_module(critic_module, mesh, critic_tx)
     policy = ModuleState.from_module(policy_module, mesh, actor_tx)
     reference = policy.copy_params() if ppo.uses_reference else None

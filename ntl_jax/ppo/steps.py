@@ -137,14 +137,12 @@ def make_advantage_step(cfg: PPOConfig, mesh: Mesh) -> Callable[..., tuple[jax.A
     return jax.jit(step, in_shardings=(data, data, data, data, data, rep), out_shardings=(data, data, data, rep))
 
 
-def make_optimizer(learning_rate: float, *, weight_decay: float, grad_clip: float,
-                   warmup_steps: int = 0) -> optax.GradientTransformation:
-    """AdamW behind global-norm clipping, with optional linear warm-up (verl's actor/critic optimiser)."""
-    schedule: Any = learning_rate
-    if warmup_steps > 0:
-        schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float,
+                   grad_clip: float) -> optax.GradientTransformation:
+    """AdamW behind global-norm clipping (verl's actor/critic optimiser); ``learning_rate`` a float or an optax
+    schedule over optimiser updates (``lr_schedule.per_update_schedule``)."""
     return optax.chain(optax.clip_by_global_norm(grad_clip),
-                       optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=weight_decay))
+                       optax.adamw(learning_rate, b1=0.9, b2=0.999, weight_decay=weight_decay))
 
 
 @dataclasses.dataclass(frozen=True)

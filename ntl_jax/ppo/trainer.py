@@ -37,6 +37,7 @@ from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
 from ntl_jax.ppo.config import ExperimentConfig
 from ntl_jax.ppo.evaluation import evaluate
 from ntl_jax.ppo.kl_control import KLControllerState, kl_controller_update
+from ntl_jax.ppo.lr_schedule import lr_multiplier
 from ntl_jax.ppo.metrics import MetricsLogger
 from ntl_jax.ppo.rollout import ColocatedRollout, RayRollout
 from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
@@ -115,9 +116,14 @@ class PPOTrainer:
         if self.ppo.responses_per_iteration % data_parallel:
             raise ValueError(f"train_batch_size*rollout_n={self.ppo.responses_per_iteration} is invalid; allowed: "
                              f"a multiple of the data-parallel device count data*fsdp={data_parallel}")
+        self.loader = PromptLoader(train_rows, tokenizer, self.ppo.train_batch_size, seed=self.run.seed,
+                                   max_prompt_length=self.ppo.max_prompt_length, truncation=self.run.truncation,
+                                   filter_overlong_prompts=self.run.filter_overlong_prompts, source="train")
+        self.total_steps = self.run.total_training_steps or self.run.total_epochs * self.loader.steps_per_epoch
         self.models = state_lib.build_models(policy_path, self.ppo, self.mesh, dtype=self.run.dtype,
                                              param_dtype=self.run.param_dtype, remat=self.run.remat,
-                                             scan_layers=self.run.scan_layers, critic_path=self.run.critic_path)
+                                             scan_layers=self.run.scan_layers, critic_path=self.run.critic_path,
+                                             total_iterations=self.total_steps)
         self.digit_ids = (np.asarray(digit_token_ids(tokenizer, logits_dim=self.models.model_config.vocab_size,
                                                      cache=self.ntl.cache_digit_mappings), np.int32)
                           if self.ntl.enabled else None)
@@ -136,11 +142,7 @@ class PPOTrainer:
                                      kwargs=dict(self.run.reward_fn_kwargs))
         self.reward_spec = reward_fn
         self.reward_runner = self._build_reward_runner(reward_fn)
-        self.loader = PromptLoader(train_rows, tokenizer, self.ppo.train_batch_size, seed=self.run.seed,
-                                   max_prompt_length=self.ppo.max_prompt_length, truncation=self.run.truncation,
-                                   filter_overlong_prompts=self.run.filter_overlong_prompts, source="train")
         self.val_rows = list(val_rows or [])[: self.run.val_max_samples or None]
-        self.total_steps = self.run.total_training_steps or self.run.total_epochs * self.loader.steps_per_epoch
         self.kl_state = KLControllerState(value=float(self.ppo.kl_coef))
         self.ntl_tracker = ntl_step.NTLTracker()
         self.global_step = 0
@@ -328,8 +330,17 @@ class PPOTrainer:
                                 f"(max_consecutive_skipped_updates={ppo.max_consecutive_skipped_updates}); stopping")
         out = {key: float(np.mean(values)) for key, values in merged.items()}
         out["training/update_skipped_total"] = float(self.counters["update_skipped_total"])
-        out["actor/lr"] = float(ppo.actor_lr)
+        out["actor/lr"] = ppo.actor_lr * self._lr_multiplier(self.global_step + 1 - max(ppo.critic_warmup, 1))
+        if models.critic is not None:
+            out["critic/lr"] = ppo.critic_lr * self._lr_multiplier(self.global_step)
         return out
+
+    def _lr_multiplier(self, iterations_done: int) -> float:
+        """The schedule's rate / peak for an optimiser that has updated in ``iterations_done`` earlier iterations."""
+        ppo = self.ppo
+        return lr_multiplier(max(iterations_done, 0), scheduler_type=ppo.lr_scheduler_type,
+                             warmup_iterations=ppo.lr_warmup_steps, total_iterations=self.total_steps,
+                             min_lr_ratio=ppo.min_lr_ratio, num_cycles=ppo.num_cycles)
 
     def _count_skip(self, update_metrics: dict[str, Any]) -> None:
         """Count one (critic or actor) update, in order: a finite one resets the consecutive-skip streak."""
