@@ -6,7 +6,7 @@ Per seed, the embedded default's supervised warm start (`configs/standard.gin`, 
 built once and saved with `save_pretrained`; both trainers start from that folder and use the settings of
 `configs/standard.gin` (group-normalised advantages, `rollout_n` samples per prompt, `train_batch_size` prompts per
 iteration, `ppo_mini_batch_size` prompts per optimiser step, `ppo_epochs` passes, clip, low-variance KL loss
-`kl_loss_coef`, temperature, `max_response_length`, constant learning rate `actor_lr`, gradient clipping, the
+`kl_loss_coef`, temperature, `max_response_length`, learning rate `actor_lr` and its schedule, gradient clipping, the
 exact-match arithmetic reward):
 
 | ntl-jax (`PPOConfig`)          | TRL (`GRPOConfig`)                                                 |
@@ -21,6 +21,7 @@ exact-match arithmetic reward):
 | loss_agg_mode token-mean over the mini-batch | loss_type 'dapo' (tokens of the whole batch)         |
 | norm_adv_by_std_in_grpo        | scale_rewards 'group'                                              |
 | actor_lr, weight_decay, grad_clip | learning_rate (lr_scheduler_type 'constant'), weight_decay, max_grad_norm |
+| lr_scheduler_type 'cosine', lr_warmup_steps, min_lr_ratio, num_cycles | a `LambdaLR` over TRL's optimiser with ntl-jax's `lr_multiplier(step // steps_per_iteration)` (verl steps once per iteration; HF's own 'cosine' steps every update) |
 
 Held-out greedy accuracy is measured for *both* sides by the same code (`ntl_jax.ppo.warm_start.greedy_eval` on
 the embedded validation set): TRL's policy is saved every `eval_every` iterations and scored afterwards. Known
@@ -161,12 +162,36 @@ def trl_side(args: dict[str, Any]) -> dict[str, Any]:
         return [normalize_reward_output(default_compute_score("arithmetic", text, truth))[0]
                 for text, truth in zip(completions, ground_truth)]
 
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[SaveEvery(), LogScores()])
+    trainer_class = GRPOTrainer if ppo.lr_scheduler_type == "constant" and not ppo.lr_warmup_steps else \
+        _per_iteration_schedule(GRPOTrainer, ppo, args["iterations"], steps_per_iteration)
+    trainer = trainer_class(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
+                            processing_class=tokenizer, callbacks=[SaveEvery(), LogScores()])
     start = time.perf_counter()
     trainer.train()
     return {"saved": saved, "train_s": time.perf_counter() - start, "score": scores,
             "threads": torch.get_num_threads()}
+
+
+def _per_iteration_schedule(trainer_class: type, ppo: Any, iterations: int, steps_per_iteration: int) -> type:
+    """``trainer_class`` whose scheduler gives optimiser step k ``actor_lr * lr_multiplier(k // steps_per_iteration)``:
+    ntl-jax's (verl's) schedule exactly, one rate per iteration."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from ntl_jax.ppo.lr_schedule import lr_multiplier
+
+    def multiplier(step: int) -> float:
+        return lr_multiplier(step // steps_per_iteration, scheduler_type=ppo.lr_scheduler_type,
+                             warmup_iterations=ppo.lr_warmup_steps, total_iterations=iterations,
+                             min_lr_ratio=ppo.min_lr_ratio, num_cycles=ppo.num_cycles)
+
+    class PerIterationSchedule(trainer_class):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                self.lr_scheduler = LambdaLR(optimizer or self.optimizer, multiplier)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return PerIterationSchedule
 
 
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
