@@ -115,6 +115,7 @@ def trl_side(args: dict[str, Any]) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from ntl_jax.embedded import embedded_rows
+    from ntl_jax.ppo.lr_schedule import is_flat, schedule_settings
 
     torch.set_num_threads(args["threads"])
     ppo = _parse_config(args["dir"], args["seed"], args["bindings"]).ppo
@@ -162,7 +163,7 @@ def trl_side(args: dict[str, Any]) -> dict[str, Any]:
         return [normalize_reward_output(default_compute_score("arithmetic", text, truth))[0]
                 for text, truth in zip(completions, ground_truth)]
 
-    trainer_class = GRPOTrainer if ppo.lr_scheduler_type == "constant" and not ppo.lr_warmup_steps else \
+    trainer_class = GRPOTrainer if is_flat(**schedule_settings(ppo)) else \
         _per_iteration_schedule(GRPOTrainer, ppo, args["iterations"], steps_per_iteration)
     trainer = trainer_class(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                             processing_class=tokenizer, callbacks=[SaveEvery(), LogScores()])
@@ -177,12 +178,10 @@ def _per_iteration_schedule(trainer_class: type, ppo: Any, iterations: int, step
     ntl-jax's (verl's) schedule exactly, one rate per iteration."""
     from torch.optim.lr_scheduler import LambdaLR
 
-    from ntl_jax.ppo.lr_schedule import lr_multiplier
+    from ntl_jax.ppo.lr_schedule import lr_multiplier, schedule_settings
 
     def multiplier(step: int) -> float:
-        return lr_multiplier(step // steps_per_iteration, scheduler_type=ppo.lr_scheduler_type,
-                             warmup_iterations=ppo.lr_warmup_steps, total_iterations=iterations,
-                             min_lr_ratio=ppo.min_lr_ratio, num_cycles=ppo.num_cycles)
+        return lr_multiplier(step // steps_per_iteration, total_iterations=iterations, **schedule_settings(ppo))
 
     class PerIterationSchedule(trainer_class):
         def create_scheduler(self, num_training_steps, optimizer=None):

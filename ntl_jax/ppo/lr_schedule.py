@@ -11,16 +11,28 @@ total iterations (verl's ``get_constant_schedule_with_warmup`` / ``get_cosine_sc
                       lr(i) = peak * max(m, (1 - m)/2 * cos(2 pi c p) + (1 + m)/2)
 
 where ``m`` is ``min_lr_ratio`` and ``c`` is ``num_cycles`` (0.5: one half-cosine from ``peak`` down to ``m * peak``
-at the last iteration).
+at the last iteration). The optimiser indexes the schedule by its own update count, which a skipped (non-finite)
+update does not advance: after such a skip the applied rate runs that many updates behind the logged ``actor/lr``.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax.numpy as jnp
 
 LR_SCHEDULER_TYPES = ("constant", "cosine")
+
+
+def schedule_settings(ppo: Any) -> dict[str, Any]:
+    """The schedule keywords of ``lr_multiplier`` / ``per_update_schedule`` from a ``PPOConfig`` (one unpacking)."""
+    return dict(scheduler_type=ppo.lr_scheduler_type, warmup_iterations=ppo.lr_warmup_steps,
+                min_lr_ratio=ppo.min_lr_ratio, num_cycles=ppo.num_cycles)
+
+
+def is_flat(*, scheduler_type: str, warmup_iterations: int, **_: Any) -> bool:
+    """True when every iteration uses the peak rate (constant, no warm-up)."""
+    return scheduler_type == "constant" and warmup_iterations == 0
 
 
 def lr_multiplier(iteration, *, scheduler_type: str, warmup_iterations: int, total_iterations: int,
@@ -49,7 +61,7 @@ def per_update_schedule(peak_lr: float, *, updates_per_iteration: int, scheduler
     Returns the plain float when the schedule is flat (constant, no warm-up), so that optimiser is exactly AdamW
     with a fixed rate, as before schedules existed.
     """
-    if scheduler_type == "constant" and warmup_iterations == 0:
+    if is_flat(scheduler_type=scheduler_type, warmup_iterations=warmup_iterations):
         return peak_lr
     if updates_per_iteration < 1:
         raise ValueError(f"updates_per_iteration={updates_per_iteration!r} is invalid; allowed: an int >= 1")

@@ -20,7 +20,7 @@ from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.hf_io import from_pretrained
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
 from ntl_jax.ppo.config import PPOConfig
-from ntl_jax.ppo.lr_schedule import per_update_schedule
+from ntl_jax.ppo.lr_schedule import per_update_schedule, schedule_settings
 from ntl_jax.ppo.steps import make_optimizer, tree_shardings
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,7 @@ class PPOModels:
 def learning_rate_schedule(ppo: PPOConfig, peak_lr: float, total_iterations: int) -> Any:
     """The optax learning rate of one optimiser: ``ppo``'s schedule over ``total_iterations`` (``lr_schedule``)."""
     return per_update_schedule(peak_lr, updates_per_iteration=ppo.updates_per_iteration,
-                               scheduler_type=ppo.lr_scheduler_type, warmup_iterations=ppo.lr_warmup_steps,
-                               total_iterations=total_iterations, min_lr_ratio=ppo.min_lr_ratio,
-                               num_cycles=ppo.num_cycles)
+                               total_iterations=total_iterations, **schedule_settings(ppo))
 
 
 def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",

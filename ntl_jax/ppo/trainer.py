@@ -37,7 +37,7 @@ from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
 from ntl_jax.ppo.config import ExperimentConfig
 from ntl_jax.ppo.evaluation import evaluate
 from ntl_jax.ppo.kl_control import KLControllerState, kl_controller_update
-from ntl_jax.ppo.lr_schedule import lr_multiplier
+from ntl_jax.ppo.lr_schedule import lr_multiplier, schedule_settings
 from ntl_jax.ppo.metrics import MetricsLogger
 from ntl_jax.ppo.rollout import ColocatedRollout, RayRollout
 from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
@@ -337,10 +337,8 @@ class PPOTrainer:
 
     def _lr_multiplier(self, iterations_done: int) -> float:
         """The schedule's rate / peak for an optimiser that has updated in ``iterations_done`` earlier iterations."""
-        ppo = self.ppo
-        return lr_multiplier(max(iterations_done, 0), scheduler_type=ppo.lr_scheduler_type,
-                             warmup_iterations=ppo.lr_warmup_steps, total_iterations=self.total_steps,
-                             min_lr_ratio=ppo.min_lr_ratio, num_cycles=ppo.num_cycles)
+        return lr_multiplier(max(iterations_done, 0), total_iterations=self.total_steps,
+                             **schedule_settings(self.ppo))
 
     def _count_skip(self, update_metrics: dict[str, Any]) -> None:
         """Count one (critic or actor) update, in order: a finite one resets the consecutive-skip streak."""
