@@ -34,11 +34,35 @@ TORCH_THREAD_SETTINGS: dict[str, tuple[int, dict[str, str]]] = {
     "2thr": (2, _threads_env(2)),
     "2thr-passive": (2, _threads_env(2, OMP_WAIT_POLICY="PASSIVE")),
 }
-QUICK_TORCH_THREAD_SETTINGS = ("1thr",)  # --quick: one setting, a smoke test of the suite, not a baseline
+QUICK_TORCH_THREAD_SETTINGS = ("1thr",)  # quick / smoke: one setting, a check that the suite runs, not a baseline
+
+# How much of each benchmark to run. full: the figures (every baseline setting, all cases and repetitions).
+# quick: fewer repetitions / cases and 1-thread PyTorch: checks the suite end to end at the real shapes, its ratios
+# are not baselines at their best. smoke: every module at a toy size (seconds; tests/test_benchmarks.py), so the
+# suite cannot rot; its numbers mean nothing.
+SCALES = ("full", "quick", "smoke")
 
 
-def torch_thread_settings(quick: bool) -> tuple[str, ...]:
-    return QUICK_TORCH_THREAD_SETTINGS if quick else tuple(TORCH_THREAD_SETTINGS)
+# The embedded task at a toy size (gin bindings): 2,000 training problems, 64 held-out, a 40-step warm start,
+# 8 prompts x 4 samples per iteration. Quick / smoke scale of the learning benchmarks.
+TOY_TASK_BINDINGS = (
+    "ntl_jax.EmbeddedTaskConfig.num_train = 2000", "ntl_jax.EmbeddedTaskConfig.num_val = 64",
+    "ntl_jax.WarmStartConfig.max_steps = 40", "ntl_jax.WarmStartConfig.eval_every = 20",
+    "ntl_jax.WarmStartConfig.eval_samples = 64", "ntl_jax.WarmStartConfig.target_accuracy = 1.0",
+    "ntl_jax.PPOConfig.train_batch_size = 8", "ntl_jax.PPOConfig.rollout_n = 4",
+    "ntl_jax.PPOConfig.ppo_mini_batch_size = 8", "ntl_jax.PPOConfig.ppo_micro_batch_size = 32",
+    "ntl_jax.TrainerConfig.val_batch_size = 64",
+)
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"benchmark scale {scale!r} is unknown; allowed: {', '.join(SCALES)}")
+    return scale
+
+
+def torch_thread_settings(scale: str) -> tuple[str, ...]:
+    return tuple(TORCH_THREAD_SETTINGS) if check_scale(scale) == "full" else QUICK_TORCH_THREAD_SETTINGS
 
 
 JAX_THREADS_NOTE = "XLA:CPU default (one intra-op pool over all cores)"
@@ -206,6 +230,7 @@ class ModelSpec:
 BENCH_VOCAB = 8192
 TINY = ModelSpec("tiny", hidden=128, layers=4, heads=4, kv_heads=2, intermediate=512, vocab=BENCH_VOCAB)
 MID = ModelSpec("mid", hidden=512, layers=8, heads=8, kv_heads=2, intermediate=2048, vocab=BENCH_VOCAB)
+MICRO = ModelSpec("micro", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vocab=256)  # smoke scale
 
 
 def model_config(spec: ModelSpec, *, eos_id: int | None = None, pad_id: int | None = None,

@@ -3,7 +3,8 @@
 Same workers as the CPU suite, with the PyTorch side on CUDA when `torch.cuda.is_available()` (otherwise the
 ntl-jax side only) and a larger reference matmul (8192^3; both frameworks use TF32 for float32 matmuls: JAX's
 default precision, `torch.backends.cuda.matmul.allow_tf32 = True`). A deadline (`--budget-s`) skips the parts
-that would not fit; the report is rewritten after every part so a killed run still leaves its figures.
+that would not fit; the report is rewritten after every part so a killed run still leaves its figures. `--smoke`
+runs every part at the CPU suite's smoke sizes (any machine; what tests/test_benchmarks.py runs).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import traceback
 from typing import Any, Callable
 
 from benchmarks import ntl_overhead, rollout, train_step_efficiency
-from benchmarks.common import MID, TINY, Result, machine_info, median, run_worker, save_random_checkpoint, spread
+from benchmarks.common import (MICRO, MID, TINY, Result, machine_info, median, run_worker, save_random_checkpoint,
+                               spread)
 from benchmarks.run import markdown_table
 
 GPU_MATMUL_N = 8192
@@ -31,29 +33,33 @@ def _torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def gpu_ntl_overhead(workdir: str, with_torch: bool) -> list[Result]:
+def gpu_ntl_overhead(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
     del workdir, with_torch
     rows = []
-    for name in ("embedded", "qwen_vocab", "qwen05b_shape"):
-        out = run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": 12, "warmup": 2})
+    for name in ("smoke",) if smoke else ("embedded", "qwen_vocab", "qwen05b_shape"):
+        out = run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": 2 if smoke else 12, "warmup": 2})
         rows.append(ntl_overhead.result_row(name, out))
     return rows
 
 
-def gpu_rollout(workdir: str, with_torch: bool) -> list[Result]:
+def gpu_rollout(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
     rows = []
-    tokens = rollout.BATCH * rollout.NEW_TOKENS
-    for spec in (TINY, MID):
+    batch, new_tokens = (rollout.SMOKE_BATCH, rollout.SMOKE_NEW_TOKENS) if smoke else (rollout.BATCH,
+                                                                                        rollout.NEW_TOKENS)
+    tokens = batch * new_tokens
+    for spec in (MICRO,) if smoke else (TINY, MID):
         path = save_random_checkpoint(spec, os.path.join(workdir, spec.name), eos_id=rollout.EOS_ID,
                                       pad_id=rollout.PAD_ID, silence_token=rollout.EOS_ID)
-        prompts = rollout.make_prompts(spec.vocab)
-        ours = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 5})
+        prompts = rollout.make_prompts(spec.vocab, batch=batch)
+        ours = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "new_tokens": new_tokens,
+                                                      "reps": 1 if smoke else 5})
         ours_tps = tokens / median(ours["times"])
         details = {"model": spec.describe(), "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
                                                          "compile_s": ours["compile_s"], "device": ours["device"]}}
         base_tps, baseline = float("nan"), "torch CUDA not available"
         if with_torch:
-            base = run_worker("rollout", "torch_generate", {"path": path, "prompts": prompts, "reps": 3, "threads": 1,
+            base = run_worker("rollout", "torch_generate", {"path": path, "prompts": prompts, "new_tokens": new_tokens,
+                                                           "reps": 1 if smoke else 3, "threads": 1,
                                                            "cache": "dynamic", "device": "cuda"})
             base_tps = tokens / median(base["times"])
             baseline = f"{base_tps:,.0f} tok/s (CUDA, dynamic cache)"
@@ -66,20 +72,24 @@ def gpu_rollout(workdir: str, with_torch: bool) -> list[Result]:
     return rows
 
 
-def gpu_train_step(workdir: str, with_torch: bool) -> list[Result]:
-    flops = train_step_efficiency.step_flops()
-    path = save_random_checkpoint(MID, os.path.join(workdir, "mid_train"))
+def gpu_train_step(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
+    size = dict(train_step_efficiency.SIZES["smoke"]) if smoke else {
+        "spec": MID, "batch": train_step_efficiency.BATCH, "seq": train_step_efficiency.SEQ,
+        "matmul_n": GPU_MATMUL_N, "reps": 10}
+    spec = size.pop("spec")
+    flops = train_step_efficiency.step_flops(spec, size["batch"], size["seq"])
+    tokens = size["batch"] * size["seq"]
+    path = save_random_checkpoint(spec, os.path.join(workdir, f"{spec.name}_train"))
     stats = {}
     for variant in ("chunked", "full_logits"):
-        out = run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": variant, "reps": 10,
-                                                                     "matmul_n": GPU_MATMUL_N})
-        stats[variant] = {**train_step_efficiency.summarize(out, flops), "compile_s": out["compile_s"]}
+        out = run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": variant, **size})
+        stats[variant] = {**train_step_efficiency.summarize(out, flops, tokens), "compile_s": out["compile_s"]}
     ours = stats["chunked"]
     rows = []
     if with_torch:
-        out = run_worker("train_step_efficiency", "torch_train_step", {"path": path, "threads": 1, "reps": 10,
-                                                                       "device": "cuda", "matmul_n": GPU_MATMUL_N})
-        base = train_step_efficiency.summarize(out, flops)
+        out = run_worker("train_step_efficiency", "torch_train_step", {"path": path, "threads": 1, "device": "cuda",
+                                                                       **size})
+        base = train_step_efficiency.summarize(out, flops, tokens)
         rows.append(Result(benchmark="train_step_efficiency", case="tokens/s vs PyTorch",
                            ours=f"{ours['step_s']['median'] * 1e3:.1f} ms/step",
                            baseline=f"{base['step_s']['median'] * 1e3:.1f} ms/step (CUDA)",
@@ -88,12 +98,12 @@ def gpu_train_step(workdir: str, with_torch: bool) -> list[Result]:
                            details={"ntl_jax": stats, "torch": base}))
     rows.append(Result(benchmark="train_step_efficiency", case="FLOP/s vs matmul",
                        ours=f"{ours['gflops']:.0f} GFLOP/s", baseline=f"matmul {ours['matmul_gflops']:.0f} GFLOP/s",
-                       ratio=ours["efficiency"], ratio_desc=f"model FLOP/s / {GPU_MATMUL_N}^3 TF32 matmul FLOP/s",
+                       ratio=ours["efficiency"], ratio_desc=f"model FLOP/s / {size['matmul_n']}^3 TF32 matmul FLOP/s",
                        target_op=">=", target=train_step_efficiency.TARGET_EFFICIENCY, details={"ntl_jax": stats}))
     return rows
 
 
-PARTS: tuple[tuple[str, Callable[[str, bool], list[Result]], float], ...] = (
+PARTS: tuple[tuple[str, Callable[[str, bool, bool], list[Result]], float], ...] = (
     # (name, function, seconds it needs at least to be started)
     ("rollout", gpu_rollout, 60.0), ("train_step_efficiency", gpu_train_step, 60.0),
     ("ntl_overhead", gpu_ntl_overhead, 60.0),
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True)
     parser.add_argument("--budget-s", type=float, default=330.0)
+    parser.add_argument("--smoke", action="store_true", help="toy sizes (checks the script runs; numbers mean nothing)")
     args = parser.parse_args(argv)
     import jax
 
@@ -111,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_platforms", "cpu")
     start = time.perf_counter()
     with_torch = _torch_cuda()
-    report: dict[str, Any] = {"machine": machine_info(), "torch_cuda": with_torch, "results": [], "errors": {},
+    report: dict[str, Any] = {"machine": machine_info(), "torch_cuda": with_torch, "smoke": args.smoke,
+                              "results": [], "errors": {},
                               "skipped": [], "elapsed_s": {}}
     rows: list[Result] = []
 
@@ -128,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             part_start = time.perf_counter()
             try:
-                rows.extend(fn(workdir, with_torch))
+                rows.extend(fn(workdir, with_torch, args.smoke))
             except Exception:  # noqa: BLE001 - keep the other parts' figures
                 report["errors"][name] = traceback.format_exc()
                 print(report["errors"][name], file=sys.stderr, flush=True)
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             write()
             print(f"== {name} done in {report['elapsed_s'][name]:.0f} s\n{report['table']}", flush=True)
     write()
-    return 0
+    return 1 if report["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ epoch, and TRL's k3 is not clamped at 10.
 
 Writes `learning_parity.json`, `learning_parity.md` (table) and `learning_parity.png` (curves) to `--output_dir`.
 Each side runs in its own process (`benchmarks.common.run_worker`); PyTorch at the `--torch_threads` setting.
+`--smoke`: the toy task (`common.TOY_TASK_BINDINGS`), 2 iterations, held-out evaluation after each (seconds; what
+tests/test_benchmarks.py runs).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import TORCH_THREAD_SETTINGS, machine_info, run_worker, worker_main
+from benchmarks.common import TORCH_THREAD_SETTINGS, TOY_TASK_BINDINGS, machine_info, run_worker, worker_main
 
 CONFIG = "configs/standard.gin"
 
@@ -201,6 +203,7 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     from ntl_jax.models.tokenizers import load_tokenizer
     from ntl_jax.ppo.warm_start import greedy_eval
 
+    _parse_config(args["dir"], args["seed"], args["bindings"])  # the task's gin bindings (e.g. its held-out size)
     task, _ = _task_and_warm()
     _, val_rows, _ = embedded_rows(task)
     out = []
@@ -229,7 +232,8 @@ def run_seed(seed: int, output_dir: str, iterations: int, eval_every: int, torch
     trl = run_worker("learning_parity", "trl_side", {**args, "threads": threads, "dir": os.path.join(seed_dir, "trl")},
                      env=env)
     max_new = _parse_config(seed_dir, seed, bindings).ppo.max_response_length
-    trl_curve = run_worker("learning_parity", "evaluate", {"saved": trl["saved"], "max_new_tokens": max_new})["curve"]
+    trl_curve = run_worker("learning_parity", "evaluate", {**common, "saved": trl["saved"],
+                                                           "max_new_tokens": max_new})["curve"]
     before = ours["curve"][0][1]
     return {"seed": seed, "warm_start": warm, "ntl_jax": {**ours, "curve": ours["curve"]},
             "trl": {**trl, "curve": [(0, before)] + [tuple(p) for p in trl_curve]}}
@@ -268,7 +272,7 @@ def plot(runs: list[dict[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (warm start and RL)")
     parser.add_argument("--iterations", type=int, default=None,
@@ -278,7 +282,13 @@ def main() -> None:
                         help="PyTorch thread setting of the TRL side (benchmarks.common.TORCH_THREAD_SETTINGS)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings for both sides")
     parser.add_argument("--output_dir", default="outputs/learning_parity")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy task, 2 iterations, evaluation every iteration (checks the script; numbers "
+                             "mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.gin_bindings = [*TOY_TASK_BINDINGS, *args.gin_bindings]
+        args.iterations, args.eval_every = args.iterations or 2, 1
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     os.makedirs(args.output_dir, exist_ok=True)
     iterations = args.iterations or _parse_config(args.output_dir, 0, args.gin_bindings).trainer.total_training_steps

@@ -12,8 +12,9 @@ Threshold: `NTL_BENCH_ACC_THRESHOLD` (absolute accuracy) when set, else the seed
 gets there counts as `max_steps + test_freq` (censored, flagged). Ratio = mean NTL iterations / mean standard
 iterations over seeds (target <= 0.7), with the per-seed values as the spread.
 
-Long (tens of minutes on 2 CPU cores): only run with `--only learning_speed`. `--quick` uses a tiny task,
-a 40-step warm start, 4 PPO iterations and one seed, to check the plumbing.
+Long (tens of minutes on 2 CPU cores): only run with `--only learning_speed`. `--quick` uses a tiny task
+(`common.TOY_TASK_BINDINGS`: a 40-step warm start), 4 PPO iterations and one seed, to check the plumbing; smoke
+scale the same with 2 iterations.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Result, run_worker, worker_main
+from benchmarks.common import TOY_TASK_BINDINGS, Result, check_scale, run_worker, worker_main
 
 SEEDS = (0, 1, 2)
 MAX_STEPS, TEST_FREQ = 200, 5
@@ -32,14 +33,8 @@ THRESHOLD_DELTA = 0.05
 TARGET = 0.7
 ACC_KEY = "val-core/arithmetic/acc/mean@1"
 MODES = {"standard": "standard.gin", "ntl_final": "ntl_final.gin"}
-QUICK_BINDINGS = (
-    "ntl_jax.EmbeddedTaskConfig.num_train = 2000", "ntl_jax.EmbeddedTaskConfig.num_val = 64",
-    "ntl_jax.WarmStartConfig.max_steps = 40", "ntl_jax.WarmStartConfig.eval_every = 20",
-    "ntl_jax.WarmStartConfig.eval_samples = 64", "ntl_jax.WarmStartConfig.target_accuracy = 1.0",
-    "ntl_jax.PPOConfig.train_batch_size = 8", "ntl_jax.PPOConfig.rollout_n = 4",
-    "ntl_jax.PPOConfig.ppo_mini_batch_size = 8", "ntl_jax.PPOConfig.ppo_micro_batch_size = 32",
-    "ntl_jax.TrainerConfig.val_batch_size = 64",
-)
+# scale -> seeds, PPO iterations per run, iterations between held-out evaluations
+SIZES = {"full": (SEEDS, MAX_STEPS, TEST_FREQ), "quick": ((0,), 4, 2), "smoke": ((0,), 2, 2)}
 
 
 def train_run(args: dict[str, Any]) -> dict[str, Any]:
@@ -75,9 +70,9 @@ def _threshold(warm_accuracy: float) -> float:
     return float(fixed) if fixed else warm_accuracy + THRESHOLD_DELTA
 
 
-def run(quick: bool) -> list[Result]:
-    seeds, max_steps, test_freq = ((0,), 4, 2) if quick else (SEEDS, MAX_STEPS, TEST_FREQ)
-    extra = list(QUICK_BINDINGS) if quick else []
+def run(scale: str) -> list[Result]:
+    seeds, max_steps, test_freq = SIZES[check_scale(scale)]
+    extra = [] if scale == "full" else list(TOY_TASK_BINDINGS)
     censored_value = max_steps + test_freq
     per_seed: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_learning_") as workdir:
@@ -110,7 +105,7 @@ def run(quick: bool) -> list[Result]:
         details={"per_seed": per_seed, "censored_runs": censored, "censored_counted_as": censored_value,
                  "spread_std": float(np.std(counted["standard"])), "spread_ntl": float(np.std(counted["ntl_final"])),
                  "threshold_rule": "NTL_BENCH_ACC_THRESHOLD or warm-start accuracy + "
-                                   f"{THRESHOLD_DELTA}", "quick": quick})]
+                                   f"{THRESHOLD_DELTA}", "scale": scale})]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Same model, batch, lengths, optimiser and loss settings; the only difference is 
 (std, ntl), (ntl, std), ... in one process; ratio = median(NTL) / median(standard).
 
 Cases: `embedded` is the embedded default's actor mini-batch (tiny char-level decoder, 128 responses, prompt 16,
-response 48); `qwen_vocab` uses Qwen2.5's 151,936-token vocabulary, where the LM head dominates.
+response 48); `qwen_vocab` uses Qwen2.5's 151,936-token vocabulary, where the LM head dominates. Smoke scale runs
+the toy `smoke` case only.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (JAX_THREADS_NOTE, ModelSpec, Result, jax_device_note, median, run_worker, spread,
-                               timed_call, worker_main)
+from benchmarks.common import (JAX_THREADS_NOTE, ModelSpec, Result, check_scale, jax_device_note, median, run_worker,
+                               spread, timed_call, worker_main)
 
 TARGET = 1.02
 CASES: dict[str, dict[str, Any]] = {
@@ -27,8 +28,12 @@ CASES: dict[str, dict[str, Any]] = {
     # Qwen2.5-0.5B's shape with 4 of its 24 layers; GPU runs only (`benchmarks.gpu_suite`).
     "qwen05b_shape": {"spec": ModelSpec("qwen05b_shape", 896, 4, 14, 2, 4864, 151936, tie=True), "batch": 16,
                       "prompt": 64, "response": 256, "digit_ids": list(range(15, 25))},
+    # Smoke scale (tests/test_benchmarks.py): a toy shape, seconds.
+    "smoke": {"spec": ModelSpec("smoke", 32, 1, 2, 1, 64, 83, tie=True), "batch": 8, "prompt": 8, "response": 16,
+              "digit_ids": list(range(4, 14))},
 }
-CPU_CASES = ("embedded", "qwen_vocab")
+# scale -> {CPU case: repetitions}
+REPS = {"full": {"embedded": 40, "qwen_vocab": 16}, "quick": {"embedded": 10, "qwen_vocab": 6}, "smoke": {"smoke": 2}}
 
 
 def _rollout_batch(case: dict[str, Any], seed: int = 0):
@@ -125,13 +130,11 @@ def result_row(name: str, out: dict[str, Any]) -> Result:
                  "threads": JAX_THREADS_NOTE if out["device"].startswith("cpu") else "n/a (accelerator)"})
 
 
-def run(quick: bool) -> list[Result]:
-    results = []
-    for name in CPU_CASES:
-        reps = (10 if name == "embedded" else 6) if quick else (40 if name == "embedded" else 16)
-        out = run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": reps, "warmup": 2})
-        results.append(result_row(name, out))
-    return results
+def run(scale: str) -> list[Result]:
+    warmup = 0 if check_scale(scale) == "smoke" else 2
+    return [result_row(name, run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": reps,
+                                                                          "warmup": warmup}))
+            for name, reps in REPS[scale].items()]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ sides generate all 64 tokens (checked). Throughput = 32 * 64 / median generate t
 `cpu_decode_matmuls='eigen'`; full mode also reports 'xla_default' (YNNPACK) and a bfloat16 KV cache beside it.
 
 PyTorch runs every thread setting (`common.TORCH_THREAD_SETTINGS`) x cache mode (`CACHE_MODES`) in its own
-process; the fastest one is the baseline (all are reported). Quick mode runs 1 thread with the dynamic cache only.
+process; the fastest one is the baseline (all are reported). Quick mode runs 1 thread with the dynamic cache only;
+smoke mode runs `common.MICRO` with 4 prompts and 8 new tokens.
 """
 from __future__ import annotations
 
@@ -19,21 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (JAX_THREADS_NOTE, MID, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result, jax_device_note,
-                               median, run_worker, save_random_checkpoint, spread, timed_call, torch_thread_note,
-                               torch_thread_settings, worker_main)
+from benchmarks.common import (JAX_THREADS_NOTE, MICRO, MID, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result,
+                               check_scale, jax_device_note, median, run_worker, save_random_checkpoint, spread,
+                               timed_call, torch_thread_note, torch_thread_settings, worker_main)
 
 BATCH = 32
 NEW_TOKENS = 64
 PAD_ID, EOS_ID = 0, 1
-TARGETS = {"tiny": 3.0, "mid": 1.5}  # issue 14, against transformers at its best setting
+TARGETS = {"tiny": 3.0, "mid": 1.5, "micro": 3.0}  # issue 14, against transformers at its best (micro: smoke only)
+SMOKE_BATCH, SMOKE_NEW_TOKENS = 4, 8
 CACHE_MODES = ("dynamic", "static")
 
 
-def make_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
-    """BATCH prompts of 8..16 random ids (never pad / EOS); the longest has 16 so both sides pad to 16."""
+def make_prompts(vocab: int, seed: int = 0, batch: int = BATCH) -> list[list[int]]:
+    """`batch` prompts of 8..16 random ids (never pad / EOS); the longest has 16 so both sides pad to 16."""
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(8, 17, BATCH)
+    lengths = rng.integers(8, 17, batch)
     lengths[0] = 16
     return [rng.integers(2, vocab, n).tolist() for n in lengths]
 
@@ -48,10 +50,10 @@ def _left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-def _check_full_length(response: np.ndarray) -> None:
-    if response.shape[1] != NEW_TOKENS or np.any(response == EOS_ID):
+def _check_full_length(response: np.ndarray, new_tokens: int) -> None:
+    if response.shape[1] != new_tokens or np.any(response == EOS_ID):
         raise RuntimeError(f"generation stopped early or emitted EOS (shape {response.shape}); the benchmark needs "
-                           f"{NEW_TOKENS} tokens per row on both sides")
+                           f"{new_tokens} tokens per row on both sides")
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -67,7 +69,8 @@ def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
     sampler = Sampler(graphdef, model.config, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID,
                       cache_dtype=args.get("cache_dtype", "float32"),
                       cpu_decode_matmuls=args.get("cpu_decode_matmuls", "eigen"))
-    params = SamplingParams(max_new_tokens=NEW_TOKENS, greedy=True)
+    new_tokens = args.get("new_tokens", NEW_TOKENS)
+    params = SamplingParams(max_new_tokens=new_tokens, greedy=True)
     prompts = args["prompts"]
 
     def generate():
@@ -75,9 +78,9 @@ def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
 
     first_s, out = timed_call(generate)
     times = [timed_call(generate)[0] for _ in range(args["reps"])]
-    _check_full_length(out.response_ids)
-    if sampler.last_num_steps != NEW_TOKENS or not out.response_mask.all():
-        raise RuntimeError(f"ntl-jax ran {sampler.last_num_steps} decode steps; expected {NEW_TOKENS}")
+    _check_full_length(out.response_ids, new_tokens)
+    if sampler.last_num_steps != new_tokens or not out.response_mask.all():
+        raise RuntimeError(f"ntl-jax ran {sampler.last_num_steps} decode steps; expected {new_tokens}")
     return {"times": times, "first_call_s": first_s, "compile_s": first_s - median(times),
             "device": jax_device_note(), "first_row": out.response_ids[0, :8].tolist()}
 
@@ -91,7 +94,8 @@ def torch_generate(args: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32).to(device).eval()
     ids, mask = _left_pad(args["prompts"])
     ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=EOS_ID,
+    new_tokens = args.get("new_tokens", NEW_TOKENS)
+    kwargs = dict(attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, eos_token_id=EOS_ID,
                   pad_token_id=PAD_ID)
     if args["cache"] == "static":
         kwargs["cache_implementation"] = "static"
@@ -105,35 +109,36 @@ def torch_generate(args: dict[str, Any]) -> dict[str, Any]:
 
     first_s, out = timed_call(generate)
     times = [timed_call(generate)[0] for _ in range(args["reps"])]
-    _check_full_length(out[:, ids.shape[1]:].cpu().numpy())
+    _check_full_length(out[:, ids.shape[1]:].cpu().numpy(), new_tokens)
     return {"times": times, "first_call_s": first_s, "threads": torch.get_num_threads(),
             "first_row": out[0, ids.shape[1]:ids.shape[1] + 8].tolist()}
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
+def _case(spec: ModelSpec, workdir: str, scale: str) -> Result:
+    full, smoke = scale == "full", scale == "smoke"
+    batch, new_tokens = (SMOKE_BATCH, SMOKE_NEW_TOKENS) if smoke else (BATCH, NEW_TOKENS)
     path = save_random_checkpoint(spec, os.path.join(workdir, spec.name), eos_id=EOS_ID, pad_id=PAD_ID,
                                   silence_token=EOS_ID)
-    prompts = make_prompts(spec.vocab)
-    tokens = BATCH * NEW_TOKENS
-    ours = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 3 if quick else 7})
+    prompts = make_prompts(spec.vocab, batch=batch)
+    tokens = batch * new_tokens
+    shape = {"path": path, "prompts": prompts, "new_tokens": new_tokens}
+    ours = run_worker("rollout", "jax_generate", {**shape, "reps": 7 if full else (1 if smoke else 3)})
     ours_tps = tokens / median(ours["times"])
     variants = {}
-    if not quick:  # TrainerConfig.kv_cache_dtype='bfloat16', reported beside the float32 figure (not the ratio)
-        half = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 5,
-                                                      "cache_dtype": "bfloat16"})
+    if full:  # TrainerConfig.kv_cache_dtype='bfloat16', reported beside the float32 figure (not the ratio)
+        half = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cache_dtype": "bfloat16"})
         variants["bfloat16_kv_cache_tokens_per_s"] = tokens / median(half["times"])
         # TrainerConfig.cpu_decode_matmuls='xla_default': jaxlib's YNNPACK dots in the decode loop (the default
         # before 2026-12-01; 'eigen' is the ratio's setting).
-        ynn = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "reps": 5,
-                                                     "cpu_decode_matmuls": "xla_default"})
+        ynn = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cpu_decode_matmuls": "xla_default"})
         variants["ynnpack_decode_tokens_per_s"] = tokens / median(ynn["times"])
     baselines = {}
-    for setting, cache in itertools.product(torch_thread_settings(quick), CACHE_MODES[:1] if quick else CACHE_MODES):
-        reps = 2 if quick else (3 if spec is MID else 5)
+    for setting, cache in itertools.product(torch_thread_settings(scale), CACHE_MODES if full else CACHE_MODES[:1]):
+        reps = (3 if spec is MID else 5) if full else (1 if smoke else 2)
         threads, env = TORCH_THREAD_SETTINGS[setting]
-        run = run_worker("rollout", "torch_generate", {"path": path, "prompts": prompts, "reps": reps,
-                                                       "threads": threads, "cache": cache}, env=env)
+        run = run_worker("rollout", "torch_generate", {**shape, "reps": reps, "threads": threads, "cache": cache},
+                         env=env)
         baselines[f"{setting}-{cache}"] = {"tokens_per_s": tokens / median(run["times"]),
                                              "times_s": spread(run["times"]), "first_call_s": run["first_call_s"]}
     best = max(baselines, key=lambda k: baselines[k]["tokens_per_s"])
@@ -144,7 +149,7 @@ def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
         ours=f"{ours_tps:,.0f} tok/s", baseline=f"{base_tps:,.0f} tok/s ({best})",
         ratio=ours_tps / base_tps, ratio_desc="tokens/s ntl-jax / transformers generate", target_op=">=",
         target=TARGETS[spec.name],
-        details={"model": spec.describe(), "batch": BATCH, "new_tokens": NEW_TOKENS, "greedy": True,
+        details={"model": spec.describe(), "batch": batch, "new_tokens": new_tokens, "greedy": True,
                  "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
                              "compile_s": ours["compile_s"], "device": ours["device"], "threads": JAX_THREADS_NOTE,
                              **variants},
@@ -152,9 +157,10 @@ def _case(spec: ModelSpec, workdir: str, quick: bool) -> Result:
                  "same_first_tokens": ours["first_row"] == run["first_row"]})
 
 
-def run(quick: bool) -> list[Result]:
+def run(scale: str) -> list[Result]:
+    specs = (MICRO,) if check_scale(scale) == "smoke" else (TINY, MID)
     with tempfile.TemporaryDirectory(prefix="bench_rollout_") as workdir:
-        return [_case(spec, workdir, quick) for spec in (TINY, MID)]
+        return [_case(spec, workdir, scale) for spec in specs]
 
 
 if __name__ == "__main__":

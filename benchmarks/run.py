@@ -1,5 +1,8 @@
 """Run the benchmark suite and print a table: `python -m benchmarks.run [--only a,b] [--quick] [--json out.json]`.
 
+`--scale` (`common.SCALES`): full (default; the figures), quick (`--quick`: fewer repetitions and cases, 1-thread
+PyTorch) or smoke (every module at a toy size, what tests/test_benchmarks.py runs).
+
 Every row is a ratio against a baseline measured in the same run (targets are reported, never asserted).
 `learning_speed` is long and runs only when named with `--only`. Load average is recorded around every benchmark
 (the machines are shared); a benchmark that fails is reported with its error and the suite goes on.
@@ -15,7 +18,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks.common import Result, load_average, machine_info, uptime_line
+from benchmarks.common import SCALES, Result, check_scale, load_average, machine_info, uptime_line
 
 BENCHMARKS = ("ntl_overhead", "rollout", "trl_grpo", "logprob_memory", "train_step_efficiency", "learning_speed")
 ON_REQUEST_ONLY = ("learning_speed",)
@@ -45,15 +48,15 @@ def markdown_table(results: list[Result], errors: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def run_suite(names: list[str], quick: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"machine": machine_info(), "mode": "quick" if quick else "full", "benchmarks": {},
+def run_suite(names: list[str], scale: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine_info(), "mode": check_scale(scale), "benchmarks": {},
                               "results": [], "errors": {}}
     results: list[Result] = []
     for name in names:
-        print(f"== {name} ({'quick' if quick else 'full'}) | {uptime_line()}", flush=True)
+        print(f"== {name} ({scale}) | {uptime_line()}", flush=True)
         load_before, start = load_average(), time.perf_counter()
         try:
-            rows = importlib.import_module(f"benchmarks.{name}").run(quick)
+            rows = importlib.import_module(f"benchmarks.{name}").run(scale)
         except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others
             report["errors"][name] = traceback.format_exc()
             print(report["errors"][name], file=sys.stderr, flush=True)
@@ -73,10 +76,14 @@ def run_suite(names: list[str], quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions / iterations / cases")
+    parser.add_argument("--scale", choices=SCALES, default="full",
+                        help="full: the figures; quick: fewer repetitions / cases, 1-thread PyTorch; smoke: toy sizes")
+    parser.add_argument("--quick", action="store_true", help="same as --scale quick")
     parser.add_argument("--json", help="write the full report (details of every row) to this file")
     args = parser.parse_args(argv)
-    report = run_suite(_selected(args.only), args.quick)
+    if args.quick and args.scale not in ("full", "quick"):
+        parser.error(f"--quick and --scale {args.scale} contradict each other; give one of them")
+    report = run_suite(_selected(args.only), "quick" if args.quick else args.scale)
     print("\n" + report["table"])
     print(f"\n{report['machine']['date']} | {report['machine']['cpu']} x{report['machine']['cpu_count']} | "
           f"start: {report['machine']['uptime_start']} | end: {report['machine']['uptime_end']}")

@@ -14,6 +14,7 @@ Model FLOPs per step (rematerialisation not counted):
 N_matmul = every weight multiplying activations (attention, MLP, LM head; not the embedding lookup); the second
 term is QK^T and PV over the full T x T score matrix (3x the forward for forward + backward).
 Peak reference: a 2048^3 float32 matmul in the same framework and process, timed interleaved with the steps.
+Smoke scale: `common.MICRO`, batch 2 x 32, a 256^3 matmul, one repetition.
 """
 from __future__ import annotations
 
@@ -23,24 +24,30 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (JAX_THREADS_NOTE, MID, TORCH_THREAD_SETTINGS, Result, jax_device_note, median,
-                               param_count, run_worker, save_random_checkpoint, spread, timed_call, torch_thread_note,
-                               torch_thread_settings, worker_main)
+from benchmarks.common import (JAX_THREADS_NOTE, MICRO, MID, TORCH_THREAD_SETTINGS, ModelSpec, Result, check_scale,
+                               jax_device_note, median, param_count, run_worker, save_random_checkpoint, spread,
+                               timed_call, torch_thread_note, torch_thread_settings, worker_main)
 
 BATCH, SEQ = 8, 256
 MATMUL_N = 2048
+# scale -> model, batch, sequence, reference matmul size, repetitions
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"spec": MID, "batch": BATCH, "seq": SEQ, "matmul_n": MATMUL_N, "reps": 8},
+    "quick": {"spec": MID, "batch": BATCH, "seq": SEQ, "matmul_n": MATMUL_N, "reps": 3},
+    "smoke": {"spec": MICRO, "batch": 2, "seq": 32, "matmul_n": 256, "reps": 1},
+}
 LR, WEIGHT_DECAY = 1e-4, 0.01
 TARGET_SPEED, TARGET_EFFICIENCY = 1.0, 0.9  # issue 14: PyTorch at its best setting; 90% of the matmul rate
 
 
-def step_flops(spec=MID, batch: int = BATCH, seq: int = SEQ) -> float:
+def step_flops(spec: ModelSpec = MID, batch: int = BATCH, seq: int = SEQ) -> float:
     n_matmul = param_count(spec)["matmul"]
     attention = 12 * spec.layers * batch * seq**2 * spec.hidden
     return 6.0 * n_matmul * batch * seq + attention
 
 
-def _tokens(vocab: int) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, vocab, (BATCH, SEQ)).astype(np.int32)
+def _tokens(vocab: int, batch: int, seq: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, vocab, (batch, seq)).astype(np.int32)
 
 
 def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
@@ -57,8 +64,8 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
     logprob_fn = token_logprobs if args["variant"] == "chunked" else token_logprobs_naive
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     opt_state = tx.init(params)
-    ids = jnp.asarray(_tokens(model.config.vocab_size))
-    positions = jnp.broadcast_to(jnp.arange(SEQ, dtype=jnp.int32), ids.shape)
+    ids = jnp.asarray(_tokens(model.config.vocab_size, args.get("batch", BATCH), args.get("seq", SEQ)))
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
     mask = jnp.ones_like(ids)
 
     def loss_fn(p):
@@ -115,7 +122,8 @@ def torch_train_step(args: dict[str, Any]) -> dict[str, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    ids = torch.from_numpy(_tokens(model.config.vocab_size).astype(np.int64)).to(device)
+    ids = _tokens(model.config.vocab_size, args.get("batch", BATCH), args.get("seq", SEQ))
+    ids = torch.from_numpy(ids.astype(np.int64)).to(device)
     n = args.get("matmul_n", MATMUL_N)
     a = torch.ones(n, n, device=device) / n
     b = torch.ones(n, n, device=device)
@@ -145,33 +153,35 @@ def torch_train_step(args: dict[str, Any]) -> dict[str, Any]:
             "loss_last": loss1, "threads": torch.get_num_threads(), "matmul_n": n}
 
 
-def summarize(out: dict[str, Any], flops: float) -> dict[str, Any]:
+def summarize(out: dict[str, Any], flops: float, tokens: int = BATCH * SEQ) -> dict[str, Any]:
     step_s, matmul_s = median(out["step_times"]), median(out["matmul_times"])
     achieved, peak = flops / step_s / 1e9, 2.0 * out.get("matmul_n", MATMUL_N) ** 3 / matmul_s / 1e9
-    return {"step_s": spread(out["step_times"]), "tokens_per_s": BATCH * SEQ / step_s, "gflops": achieved,
+    return {"step_s": spread(out["step_times"]), "tokens_per_s": tokens / step_s, "gflops": achieved,
             "matmul_gflops": peak, "efficiency": achieved / peak}
 
 
-def run(quick: bool) -> list[Result]:
-    flops = step_flops()
-    reps = 3 if quick else 8
+def run(scale: str) -> list[Result]:
+    size = SIZES[check_scale(scale)]
+    spec, shape = size["spec"], {k: size[k] for k in ("batch", "seq", "matmul_n", "reps")}
+    flops, tokens = step_flops(spec, size["batch"], size["seq"]), size["batch"] * size["seq"]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
-        path = save_random_checkpoint(MID, os.path.join(workdir, "mid"))
-        variants = ("chunked",) if quick else ("chunked", "full_logits")
-        ours = {v: run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": v, "reps": reps})
+        path = save_random_checkpoint(spec, os.path.join(workdir, spec.name))
+        variants = ("chunked", "full_logits") if scale == "full" else ("chunked",)
+        ours = {v: run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": v, **shape})
                 for v in variants}
         torch_runs = {}
-        for setting in torch_thread_settings(quick):
+        for setting in torch_thread_settings(scale):
             threads, env = TORCH_THREAD_SETTINGS[setting]
             torch_runs[setting] = run_worker("train_step_efficiency", "torch_train_step",
-                                             {"path": path, "threads": threads, "reps": reps}, env=env)
-    jax_stats = {v: {**summarize(out, flops), "compile_s": out["compile_s"], "loss": [out["loss_first"],
-                                                                                      out["loss_last"]]}
-                 for v, out in ours.items()}
-    torch_stats = {t: {**summarize(out, flops), "first_call_s": out["first_call_s"]} for t, out in torch_runs.items()}
+                                             {"path": path, "threads": threads, **shape}, env=env)
+    jax_stats = {v: {**summarize(out, flops, tokens), "compile_s": out["compile_s"],
+                     "loss": [out["loss_first"], out["loss_last"]]} for v, out in ours.items()}
+    torch_stats = {t: {**summarize(out, flops, tokens), "first_call_s": out["first_call_s"]}
+                   for t, out in torch_runs.items()}
     best_t = max(torch_stats, key=lambda t: torch_stats[t]["tokens_per_s"])
     ours_main, base = jax_stats["chunked"], torch_stats[best_t]
-    common_details = {"model": MID.describe(), "batch": BATCH, "seq": SEQ, "model_gflop_per_step": flops / 1e9,
+    common_details = {"model": spec.describe(), "batch": size["batch"], "seq": size["seq"],
+                      "model_gflop_per_step": flops / 1e9,
                       "flop_formula": "6*N_matmul*B*T + 12*L*B*T^2*(H*Dh)", "ntl_jax": jax_stats,
                       "torch": torch_stats, "jax_threads": JAX_THREADS_NOTE,
                       "torch_threads": torch_thread_note(best_t), "device": ours["chunked"]["device"]}
@@ -182,7 +192,8 @@ def run(quick: bool) -> list[Result]:
                ratio_desc="tokens/s ntl-jax / PyTorch", target_op=">=", target=TARGET_SPEED, details=common_details),
         Result(benchmark="train_step_efficiency", case="FLOP/s vs matmul",
                ours=f"{ours_main['gflops']:.0f} GFLOP/s", baseline=f"matmul {ours_main['matmul_gflops']:.0f} GFLOP/s",
-               ratio=ours_main["efficiency"], ratio_desc="model FLOP/s of the step / 2048^3 matmul FLOP/s (same run)",
+               ratio=ours_main["efficiency"],
+               ratio_desc=f"model FLOP/s of the step / {size['matmul_n']}^3 matmul FLOP/s (same run)",
                target_op=">=", target=TARGET_EFFICIENCY,
                details={"torch_efficiency_vs_own_matmul": {t: s["efficiency"] for t, s in torch_stats.items()},
                         **({"full_logits_efficiency": jax_stats["full_logits"]["efficiency"]}

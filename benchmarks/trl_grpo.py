@@ -14,7 +14,8 @@ exact match) and no evaluation.
   `common.TORCH_THREAD_SETTINGS` setting in full mode (1 thread in quick mode); the fastest end to end is the baseline.
 
 Steady state: median wall time between consecutive iteration ends, skipping the first `skip` iterations
-(compilation / warm-up). End to end: wall time of the whole process (interpreter start, imports, model load,
+(compilation / warm-up); smoke scale runs 2 iterations of 4 prompts x 2 generations on `common.MICRO`'s shape.
+End to end: wall time of the whole process (interpreter start, imports, model load,
 trainer construction, N iterations, final checkpoint, exit), measured by the parent. The ntl-jax side runs twice
 with one persistent compilation cache (`TrainerConfig.compilation_cache_dir`, on by default in `ntl_jax.train`):
 the first process starts cold ("first run"), the second loads the compiled programs ("warm cache"), as a user's
@@ -29,28 +30,37 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (JAX_THREADS_NOTE, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result, median, run_worker,
-                               spread, torch_thread_note, torch_thread_settings, worker_main)
+from benchmarks.common import (JAX_THREADS_NOTE, MICRO, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result, check_scale,
+                               median, run_worker, spread, torch_thread_note, torch_thread_settings, worker_main)
 
 PROMPTS_PER_ITER, GENERATIONS, COMPLETION_TOKENS = 32, 8, 8
 LEARNING_RATE = 1e-6
 TARGET_STEADY, TARGET_END_TO_END = 2.0, 1.5  # CPU targets of issue 14 (the GPU goal, 10x steady, is gpu_suite's)
+# scale -> iterations, steady-state skip, prompts per iteration, generations, completion tokens, model shape
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"iterations": 20, "skip": 5, "prompts_per_iter": PROMPTS_PER_ITER, "generations": GENERATIONS,
+             "completion_tokens": COMPLETION_TOKENS, "model": TINY},
+    "quick": {"iterations": 12, "skip": 3, "prompts_per_iter": PROMPTS_PER_ITER, "generations": GENERATIONS,
+              "completion_tokens": COMPLETION_TOKENS, "model": TINY},
+    "smoke": {"iterations": 2, "skip": 1, "prompts_per_iter": 4, "generations": 2, "completion_tokens": 4,
+              "model": MICRO},
+}
 
 
-def _rows(iterations: int) -> list[dict]:
+def _rows(iterations: int, prompts_per_iter: int) -> list[dict]:
     from ntl_jax.data.arithmetic import make_arithmetic_examples
 
-    return make_arithmetic_examples(PROMPTS_PER_ITER * iterations, seed=0, ops="+-", min_digits=1, max_digits=2)
+    return make_arithmetic_examples(prompts_per_iter * iterations, seed=0, ops="+-", min_digits=1, max_digits=2)
 
 
-def make_checkpoint(directory: str) -> str:
-    """Random TINY-shaped Qwen2 over the character tokenizer; tokenizer files saved beside the weights."""
+def make_checkpoint(directory: str, shape: ModelSpec = TINY) -> str:
+    """Random Qwen2 of `shape`'s width and depth over the character tokenizer; tokenizer files beside the weights."""
     from benchmarks.common import save_random_checkpoint
     from ntl_jax.models.tokenizers import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
-    spec = ModelSpec("tiny_char", TINY.hidden, TINY.layers, TINY.heads, TINY.kv_heads, TINY.intermediate,
-                     len(tokenizer))
+    spec = ModelSpec(f"{shape.name}_char", shape.hidden, shape.layers, shape.heads, shape.kv_heads,
+                     shape.intermediate, len(tokenizer))
     return save_random_checkpoint(spec, directory, tokenizer=tokenizer, eos_id=tokenizer.eos_token_id,
                                   pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id)
 
@@ -71,17 +81,17 @@ def ntl_jax_grpo(args: dict[str, Any]) -> dict[str, Any]:
 
     enable_compilation_cache(args["compilation_cache_dir"])  # as `python -m ntl_jax.train` does
 
-    iterations = args["iterations"]
-    ppo = PPOConfig(train_batch_size=PROMPTS_PER_ITER, rollout_n=GENERATIONS, ppo_mini_batch_size=PROMPTS_PER_ITER,
-                    ppo_micro_batch_size=PROMPTS_PER_ITER * GENERATIONS, ppo_epochs=1, max_prompt_length=16,
-                    max_response_length=COMPLETION_TOKENS, adv_estimator="grpo", use_kl_loss=False,
+    iterations, prompts = args["iterations"], args["prompts_per_iter"]
+    ppo = PPOConfig(train_batch_size=prompts, rollout_n=args["generations"], ppo_mini_batch_size=prompts,
+                    ppo_micro_batch_size=prompts * args["generations"], ppo_epochs=1, max_prompt_length=16,
+                    max_response_length=args["completion_tokens"], adv_estimator="grpo", use_kl_loss=False,
                     actor_lr=LEARNING_RATE, temperature=1.0)
     run = TrainerConfig(output_dir=args["output_dir"], seed=0, total_training_steps=iterations,
                         test_freq=10**9, save_freq=10**9, max_to_keep=1, resume_mode="disable",
                         val_before_train=False, use_tensorboard=False, progress_bar=False, reward_runner="local")
     config = ExperimentConfig(ppo=ppo, trainer=run)
     tokenizer = load_tokenizer(args["path"])
-    trainer = create_ppo_trainer(config, tokenizer, policy_path=args["path"], train_rows=_rows(iterations),
+    trainer = create_ppo_trainer(config, tokenizer, policy_path=args["path"], train_rows=_rows(iterations, prompts),
                                  val_rows=None)
     stamps = []
     log_metrics = trainer.log_metrics
@@ -109,14 +119,15 @@ def trl_grpo(args: dict[str, Any]) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(args["threads"])
-    rows = _rows(args["iterations"])
+    rows = _rows(args["iterations"], args["prompts_per_iter"])
     dataset = Dataset.from_list([{"prompt": r["prompt"][-1]["content"],
                                   "ground_truth": str(r["reward_model"]["ground_truth"])} for r in rows])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args["path"])
     model = AutoModelForCausalLM.from_pretrained(args["path"], dtype=torch.float32)
     config = GRPOConfig(output_dir=args["output_dir"], use_cpu=True, report_to="none", bf16=False,
-                        per_device_train_batch_size=PROMPTS_PER_ITER * GENERATIONS, num_generations=GENERATIONS,
-                        max_completion_length=COMPLETION_TOKENS, gradient_checkpointing=False,
+                        per_device_train_batch_size=args["prompts_per_iter"] * args["generations"],
+                        num_generations=args["generations"], max_completion_length=args["completion_tokens"],
+                        gradient_checkpointing=False,
                         max_steps=args["iterations"], logging_steps=1, save_strategy="no",
                         learning_rate=LEARNING_RATE, beta=0.0, temperature=1.0, seed=0, disable_tqdm=True,
                         dataloader_num_workers=0)
@@ -149,18 +160,19 @@ def _side_stats(out: dict[str, Any], skip: int) -> dict[str, Any]:
             "score_mean": out["score_mean"], **({"phase_s": out["phase_s"]} if "phase_s" in out else {})}
 
 
-def run(quick: bool) -> list[Result]:
-    iterations, skip = (12, 3) if quick else (20, 5)  # end to end over 20 iterations, start-up included
+def run(scale: str) -> list[Result]:
+    size = SIZES[check_scale(scale)]  # full: end to end over 20 iterations, start-up included
+    iterations, skip = size["iterations"], size["skip"]
     with tempfile.TemporaryDirectory(prefix="bench_grpo_") as workdir:
-        path = make_checkpoint(os.path.join(workdir, "policy"))
-        common = {"path": path, "iterations": iterations, "skip": skip}
+        path = make_checkpoint(os.path.join(workdir, "policy"), size["model"])
+        common = {"path": path, **{k: v for k, v in size.items() if k != "model"}}
         # Twice with one compilation cache: the first process fills it (a first run), the second starts warm.
         cache = {"compilation_cache_dir": os.path.join(workdir, "xla_cache")}
         ours_cold, ours = (_side_stats(run_worker("trl_grpo", "ntl_jax_grpo", {
             **common, **cache, "output_dir": os.path.join(workdir, f"ntl_jax_{name}")}), skip)
             for name in ("cold", "warm"))
         trl = {}
-        for setting in torch_thread_settings(quick):
+        for setting in torch_thread_settings(scale):
             threads, env = TORCH_THREAD_SETTINGS[setting]
             out = run_worker("trl_grpo", "trl_grpo", {**common, "threads": threads,
                                                       "output_dir": os.path.join(workdir, f"trl_{setting}")}, env=env)
@@ -169,9 +181,11 @@ def run(quick: bool) -> list[Result]:
     best = min(trl, key=lambda t: trl[t]["steady_s"]["median"])
     best_e2e = min(trl, key=lambda t: trl[t]["end_to_end_s"])
     base, base_e2e = trl[best], trl[best_e2e]
-    details = {"model": "TINY shape (width 128, 4 layers) over the character tokenizer (83 tokens)",
-               "per_iteration": f"{PROMPTS_PER_ITER} prompts x {GENERATIONS} generations, <= {COMPLETION_TOKENS} "
-                                "completion tokens", "iterations": iterations, "steady_skip": skip,
+    details = {"model": f"{size['model'].name} shape (width {size['model'].hidden}, {size['model'].layers} layers) "
+                        "over the character tokenizer (83 tokens)",
+               "per_iteration": f"{size['prompts_per_iter']} prompts x {size['generations']} generations, <= "
+                                f"{size['completion_tokens']} completion tokens", "iterations": iterations,
+               "steady_skip": skip,
                "ntl_jax": ours, "ntl_jax_cold_cache": ours_cold, "trl": trl,
                "trl_best": {"steady": best, "end_to_end": best_e2e},
                "jax_threads": JAX_THREADS_NOTE, "torch_threads": torch_thread_note(best)}

@@ -1,0 +1,97 @@
+"""Every benchmark module runs end to end at smoke scale (toy sizes), so the suite cannot rot.
+
+The numbers of a smoke run mean nothing (toy shapes, one repetition, 1-thread PyTorch); what is checked is that
+every module imports, starts its workers (ntl-jax, PyTorch, TRL), and returns well-formed rows through the same
+entry points a user runs: `python -m benchmarks.run --scale smoke`, `python -m benchmarks.gpu_suite --smoke`
+(its CPU fallback) and `python -m benchmarks.learning_parity --smoke`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import common, logprob_memory, run
+from ntl_jax.ppo.config import PPOConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROW_KEYS = {"benchmark", "case", "ours", "baseline", "ratio", "ratio_desc", "target_op", "target", "details", "met"}
+
+
+def _check_rows(rows: list[dict], benchmark: str | None = None) -> None:
+    assert rows, "a benchmark returned no rows"
+    for row in rows:
+        assert set(row) == ROW_KEYS, row.keys()
+        if benchmark is not None:
+            assert row["benchmark"] == benchmark
+        assert row["target_op"] in ("<=", ">=") and row["target"] > 0
+        assert math.isfinite(row["ratio"]) and row["ratio"] >= 0, (row["case"], row["ratio"])
+        assert row["ours"] and row["baseline"] and row["details"]
+
+
+def _run_module(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", run.BENCHMARKS)
+def test_each_benchmark_runs_at_smoke_scale(name, tmp_path):
+    report_path = tmp_path / "report.json"
+    assert run.main(["--scale", "smoke", "--only", name, "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "smoke" and report["errors"] == {}
+    _check_rows(report["results"], name)
+    assert report["table"].count("\n") == len(report["results"]) + 1  # header, rule, one line per row
+    assert report["benchmarks"][name]["elapsed_s"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_at_smoke_scale(tmp_path):
+    report_path = tmp_path / "gpu.json"
+    _run_module("benchmarks.gpu_suite", "--smoke", "--budget-s", "1200", "--json", str(report_path), timeout=1200)
+    report = json.loads(report_path.read_text())
+    assert report["smoke"] and report["errors"] == {} and report["skipped"] == []
+    assert {row["benchmark"] for row in report["results"]} == {"rollout", "train_step_efficiency", "ntl_overhead"}
+    # Without CUDA PyTorch the rollout row has no baseline (NaN ratio); the others are ntl-jax-only ratios.
+    _check_rows([r for r in report["results"] if r["benchmark"] != "rollout" or report["torch_cuda"]])
+
+
+@pytest.mark.slow
+def test_learning_parity_runs_at_smoke_scale(tmp_path):
+    _run_module("benchmarks.learning_parity", "--smoke", "--seeds", "0", "--output_dir", str(tmp_path), timeout=1200)
+    report = json.loads((tmp_path / "learning_parity.json").read_text())
+    assert report["iterations"] == 2 and report["eval_every"] == 1
+    (seed_run,) = report["runs"]
+    for side in ("ntl_jax", "trl"):
+        steps = [step for step, _ in seed_run[side]["curve"]]
+        assert steps == [0, 1, 2], (side, seed_run[side]["curve"])
+        assert all(0.0 <= acc <= 1.0 for _, acc in seed_run[side]["curve"])
+    assert (tmp_path / "learning_parity.md").read_text().count("\n") == 4  # header, rule, seed 0, mean
+    assert (tmp_path / "learning_parity.png").stat().st_size > 0
+
+
+def test_unknown_scale_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"benchmark scale 'huge' is unknown; allowed: full, quick, smoke"):
+        common.check_scale("huge")
+    with pytest.raises(SystemExit):
+        run.main(["--quick", "--scale", "smoke"])
+    with pytest.raises(SystemExit, match="--only nope is unknown"):
+        run.main(["--only", "nope", "--scale", "smoke"])
+
+
+def test_only_the_full_scale_measures_every_pytorch_setting():
+    assert common.torch_thread_settings("full") == tuple(common.TORCH_THREAD_SETTINGS)
+    assert common.torch_thread_settings("quick") == common.torch_thread_settings("smoke") == ("1thr",)
+
+
+def test_logprob_memory_labels_the_shipped_default_chunk():
+    assert logprob_memory.DEFAULT_CHUNK == PPOConfig().logprob_chunk_size
