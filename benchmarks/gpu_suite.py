@@ -35,9 +35,11 @@ def _torch_cuda() -> bool:
 
 def gpu_ntl_overhead(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
     del workdir, with_torch
+    if smoke:
+        return ntl_overhead.run("smoke")
     rows = []
-    for name in ("smoke",) if smoke else ("embedded", "qwen_vocab", "qwen05b_shape"):
-        out = run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": 2 if smoke else 12, "warmup": 2})
+    for name in ("embedded", "qwen_vocab", "qwen05b_shape"):
+        out = run_worker("ntl_overhead", "actor_updates", {"case": name, "reps": 12, "warmup": 2})
         rows.append(ntl_overhead.result_row(name, out))
     return rows
 

@@ -31,9 +31,9 @@ from benchmarks.common import (JAX_THREADS_NOTE, MICRO, MID, TORCH_THREAD_SETTIN
 BATCH, SEQ = 8, 256
 MATMUL_N = 2048
 # scale -> model, batch, sequence, reference matmul size, repetitions
+_FULL = {"spec": MID, "batch": BATCH, "seq": SEQ, "matmul_n": MATMUL_N, "reps": 8}
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"spec": MID, "batch": BATCH, "seq": SEQ, "matmul_n": MATMUL_N, "reps": 8},
-    "quick": {"spec": MID, "batch": BATCH, "seq": SEQ, "matmul_n": MATMUL_N, "reps": 3},
+    "full": _FULL, "quick": {**_FULL, "reps": 3},
     "smoke": {"spec": MICRO, "batch": 2, "seq": 32, "matmul_n": 256, "reps": 1},
 }
 LR, WEIGHT_DECAY = 1e-4, 0.01
