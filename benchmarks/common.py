@@ -199,6 +199,9 @@ class Result:
     target_op: str  # '<=' or '>='
     target: float
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The machine's limit for this figure, measured in the same run (`benchmarks.machine_limit`), and where the
+    # ntl-jax figure stands against it; "" where no machine limit applies (a ratio of two ntl-jax programs).
+    machine_limit: str = ""
 
     @property
     def met(self) -> bool:

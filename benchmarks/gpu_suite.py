@@ -54,7 +54,7 @@ def gpu_rollout(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
                                       pad_id=rollout.PAD_ID, silence_token=rollout.EOS_ID)
         prompts = rollout.make_prompts(spec.vocab, batch=batch)
         ours = run_worker("rollout", "jax_generate", {"path": path, "prompts": prompts, "new_tokens": new_tokens,
-                                                      "reps": 1 if smoke else 5})
+                                                      "reps": 1 if smoke else 5, "machine_limit": True})
         ours_tps = tokens / median(ours["times"])
         details = {"model": spec.describe(), "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
                                                          "compile_s": ours["compile_s"], "device": ours["device"]}}
@@ -70,7 +70,8 @@ def gpu_rollout(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
         rows.append(Result(benchmark="rollout", case=f"{spec.name} ({spec.hidden}w/{spec.layers}L)",
                            ours=f"{ours_tps:,.0f} tok/s", baseline=baseline, ratio=ours_tps / base_tps,
                            ratio_desc="tokens/s ntl-jax / transformers generate", target_op=">=",
-                           target=rollout.TARGETS[spec.name], details=details))
+                           target=rollout.TARGETS[spec.name], details=details,
+                           machine_limit=rollout.machine_limit_text(ours_tps, ours["decode_matmul_floor"])))
     return rows
 
 
@@ -87,6 +88,7 @@ def gpu_train_step(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
         out = run_worker("train_step_efficiency", "jax_train_step", {"path": path, "variant": variant, **size})
         stats[variant] = {**train_step_efficiency.summarize(out, flops, tokens), "compile_s": out["compile_s"]}
     ours = stats["chunked"]
+    limit_text = train_step_efficiency.machine_limit_text(flops, ours)
     rows = []
     if with_torch:
         out = run_worker("train_step_efficiency", "torch_train_step", {"path": path, "threads": 1, "device": "cuda",
@@ -97,11 +99,12 @@ def gpu_train_step(workdir: str, with_torch: bool, smoke: bool) -> list[Result]:
                            baseline=f"{base['step_s']['median'] * 1e3:.1f} ms/step (CUDA)",
                            ratio=ours["tokens_per_s"] / base["tokens_per_s"], ratio_desc="tokens/s ntl-jax / PyTorch",
                            target_op=">=", target=train_step_efficiency.TARGET_SPEED,
-                           details={"ntl_jax": stats, "torch": base}))
+                           details={"ntl_jax": stats, "torch": base}, machine_limit=limit_text))
     rows.append(Result(benchmark="train_step_efficiency", case="FLOP/s vs matmul",
                        ours=f"{ours['gflops']:.0f} GFLOP/s", baseline=f"matmul {ours['matmul_gflops']:.0f} GFLOP/s",
                        ratio=ours["efficiency"], ratio_desc=f"model FLOP/s / {size['matmul_n']}^3 TF32 matmul FLOP/s",
-                       target_op=">=", target=train_step_efficiency.TARGET_EFFICIENCY, details={"ntl_jax": stats}))
+                       target_op=">=", target=train_step_efficiency.TARGET_EFFICIENCY, details={"ntl_jax": stats},
+                       machine_limit=limit_text))
     return rows
 
 

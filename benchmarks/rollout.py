@@ -6,6 +6,9 @@ tokens. The EOS token's LM-head column is zeroed so its logit is exactly 0 and g
 sides generate all 64 tokens (checked). Throughput = 32 * 64 / median generate time; the first ntl-jax call
 (tracing + XLA compilation) is excluded from the median and reported as `compile_s`. ntl-jax runs its default
 `cpu_decode_matmuls='eigen'`; full mode also reports 'xla_default' (YNNPACK) and a bfloat16 KV cache beside it.
+Machine limit: the same ntl-jax worker then times the decode loop's weight matmuls alone at the same shape
+(`machine_limit.decode_matmul_floor`: M = 32 rows, 64 steps, one compiled loop, the faster XLA:CPU dot path); the
+row reports ntl-jax's tokens/s as a fraction of it.
 
 PyTorch runs every thread setting (`common.TORCH_THREAD_SETTINGS`) x cache mode (`CACHE_MODES`) in its own
 process; the fastest one is the baseline (all are reported). Quick mode runs 1 thread with the dynamic cache only;
@@ -23,6 +26,7 @@ import numpy as np
 from benchmarks.common import (JAX_THREADS_NOTE, MICRO, MID, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result,
                                check_scale, jax_device_note, median, run_worker, save_random_checkpoint, spread,
                                timed_call, torch_thread_note, torch_thread_settings, worker_main)
+from benchmarks.machine_limit import decode_matmul_floor
 
 BATCH = 32
 NEW_TOKENS = 64
@@ -81,8 +85,18 @@ def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
     _check_full_length(out.response_ids, new_tokens)
     if sampler.last_num_steps != new_tokens or not out.response_mask.all():
         raise RuntimeError(f"ntl-jax ran {sampler.last_num_steps} decode steps; expected {new_tokens}")
+    floor = None
+    if args.get("machine_limit"):
+        floor = decode_matmul_floor(model.config, len(prompts), new_tokens, reps=max(1, min(args["reps"], 5)))
     return {"times": times, "first_call_s": first_s, "compile_s": first_s - median(times),
-            "device": jax_device_note(), "first_row": out.response_ids[0, :8].tolist()}
+            "device": jax_device_note(), "first_row": out.response_ids[0, :8].tolist(), "decode_matmul_floor": floor}
+
+
+def machine_limit_text(tokens_per_s: float, floor: dict[str, Any] | None) -> str:
+    """'<floor> tok/s decode matmuls alone; ntl-jax at <fraction>' (see `machine_limit.decode_matmul_floor`)."""
+    if not floor:
+        return ""
+    return f"{floor['tokens_per_s']:,.0f} tok/s decode matmuls alone; ntl-jax at {tokens_per_s / floor['tokens_per_s']:.0%}"
 
 
 def torch_generate(args: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +137,8 @@ def _case(spec: ModelSpec, workdir: str, scale: str) -> Result:
     prompts = make_prompts(spec.vocab, batch=batch)
     tokens = batch * new_tokens
     shape = {"path": path, "prompts": prompts, "new_tokens": new_tokens}
-    ours = run_worker("rollout", "jax_generate", {**shape, "reps": 7 if full else (1 if smoke else 3)})
+    ours = run_worker("rollout", "jax_generate", {**shape, "reps": 7 if full else (1 if smoke else 3),
+                                                  "machine_limit": True})
     ours_tps = tokens / median(ours["times"])
     variants = {}
     if full:  # TrainerConfig.kv_cache_dtype='bfloat16', reported beside the float32 figure (not the ratio)
@@ -148,8 +163,8 @@ def _case(spec: ModelSpec, workdir: str, scale: str) -> Result:
         benchmark="rollout", case=f"{spec.name} ({spec.hidden}w/{spec.layers}L)",
         ours=f"{ours_tps:,.0f} tok/s", baseline=f"{base_tps:,.0f} tok/s ({best})",
         ratio=ours_tps / base_tps, ratio_desc="tokens/s ntl-jax / transformers generate", target_op=">=",
-        target=TARGETS[spec.name],
-        details={"model": spec.describe(), "batch": batch, "new_tokens": new_tokens, "greedy": True,
+        target=TARGETS[spec.name], machine_limit=machine_limit_text(ours_tps, ours["decode_matmul_floor"]),
+        details={"decode_matmul_floor": ours["decode_matmul_floor"],"model": spec.describe(), "batch": batch, "new_tokens": new_tokens, "greedy": True,
                  "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
                              "compile_s": ours["compile_s"], "device": ours["device"], "threads": JAX_THREADS_NOTE,
                              **variants},

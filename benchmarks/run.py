@@ -39,12 +39,13 @@ def _fmt_ratio(x: float) -> str:
 
 
 def markdown_table(results: list[Result], errors: dict[str, str]) -> str:
-    lines = ["| benchmark | case | ntl-jax | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | case | ntl-jax | baseline (its best setting) | machine limit | ratio | target | met |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.benchmark} | {r.case} | {r.ours} | {r.baseline} | {_fmt_ratio(r.ratio)} "
-                     f"| {r.target_op} {r.target:g} | {'yes' if r.met else 'NO'} |")
+        lines.append(f"| {r.benchmark} | {r.case} | {r.ours} | {r.baseline} | {r.machine_limit or '-'} "
+                     f"| {_fmt_ratio(r.ratio)} | {r.target_op} {r.target:g} | {'yes' if r.met else 'NO'} |")
     for name, err in errors.items():
-        lines.append(f"| {name} | error | {err.splitlines()[-1][:80]} | | | | NO |")
+        lines.append(f"| {name} | error | {err.splitlines()[-1][:80]} | | | | | NO |")
     return "\n".join(lines)
 
 
@@ -64,7 +65,8 @@ def run_suite(names: list[str], scale: str) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
         report["benchmarks"][name] = {"elapsed_s": elapsed, "load_before": load_before, "load_after": load_average()}
         for row in rows:
-            print(f"   {row.case}: ntl-jax {row.ours} | baseline {row.baseline} | ratio {_fmt_ratio(row.ratio)} "
+            limit = f" | machine limit {row.machine_limit}" if row.machine_limit else ""
+            print(f"   {row.case}: ntl-jax {row.ours} | baseline {row.baseline}{limit} | ratio {_fmt_ratio(row.ratio)} "
                   f"(target {row.target_op} {row.target:g}: {'met' if row.met else 'MISSED'})", flush=True)
         results.extend(rows)
     report["results"] = [r.to_dict() for r in results]

@@ -20,6 +20,11 @@ trainer construction, N iterations, final checkpoint, exit), measured by the par
 with one persistent compilation cache (`TrainerConfig.compilation_cache_dir`, on by default in `ntl_jax.train`):
 the first process starts cold ("first run"), the second loads the compiled programs ("warm cache"), as a user's
 second run does; steady state is the warm process's.
+
+Machine limit: after training, the warm ntl-jax worker times a 2048^3 matmul in the same process
+(`machine_limit.matmul_gflops`); the iteration's model FLOPs (`machine_limit.iteration_matmul_flops`: rollout
+2 N and update 6 N per position, over the measured mean prompt and completion lengths, no padding) at that rate
+is a lower bound on any implementation's iteration on this machine; the row reports both sides against it.
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (JAX_THREADS_NOTE, MICRO, TINY, TORCH_THREAD_SETTINGS, ModelSpec, Result, check_scale,
-                               median, run_worker, spread, torch_thread_note, torch_thread_settings, worker_main)
+                               median, param_count, run_worker, spread, torch_thread_note, torch_thread_settings,
+                               worker_main)
+from benchmarks.machine_limit import iteration_matmul_flops, matmul_gflops
 
 PROMPTS_PER_ITER, GENERATIONS, COMPLETION_TOKENS = 32, 8, 8
 LEARNING_RATE = 1e-6
@@ -52,15 +59,21 @@ def _rows(iterations: int, prompts_per_iter: int) -> list[dict]:
     return make_arithmetic_examples(prompts_per_iter * iterations, seed=0, ops="+-", min_digits=1, max_digits=2)
 
 
+def char_spec(shape: ModelSpec = TINY) -> ModelSpec:
+    """`shape`'s width and depth over the character tokenizer's vocabulary."""
+    from ntl_jax.models.tokenizers import build_char_tokenizer
+
+    return ModelSpec(f"{shape.name}_char", shape.hidden, shape.layers, shape.heads, shape.kv_heads,
+                     shape.intermediate, len(build_char_tokenizer()))
+
+
 def make_checkpoint(directory: str, shape: ModelSpec = TINY) -> str:
-    """Random Qwen2 of `shape`'s width and depth over the character tokenizer; tokenizer files beside the weights."""
+    """Random Qwen2 of `char_spec(shape)`; tokenizer files beside the weights."""
     from benchmarks.common import save_random_checkpoint
     from ntl_jax.models.tokenizers import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
-    spec = ModelSpec(f"{shape.name}_char", shape.hidden, shape.layers, shape.heads, shape.kv_heads,
-                     shape.intermediate, len(tokenizer))
-    return save_random_checkpoint(spec, directory, tokenizer=tokenizer, eos_id=tokenizer.eos_token_id,
+    return save_random_checkpoint(char_spec(shape), directory, tokenizer=tokenizer, eos_id=tokenizer.eos_token_id,
                                   pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id)
 
 
@@ -104,7 +117,9 @@ def ntl_jax_grpo(args: dict[str, Any]) -> dict[str, Any]:
     trainer.fit()
     trainer.close()
     history = trainer.history
-    return {"iteration_s": np.diff([start] + stamps).tolist(),
+    gflops = matmul_gflops(2048) if args.get("machine_limit") else None
+    return {"iteration_s": np.diff([start] + stamps).tolist(), "matmul_gflops": gflops,
+            "mean_prompt_tokens": float(np.mean([h["prompt_length/mean"] for h in history])),
             "mean_completion_tokens": float(np.mean([h["response_length/mean"] for h in history])),
             "score_mean": float(np.mean([h["critic/score/mean"] for h in history])),
             "phase_s": {k.split("/")[1]: median([h[k] for h in history[args["skip"]:] if k in h])
@@ -156,7 +171,8 @@ def _side_stats(out: dict[str, Any], skip: int) -> dict[str, Any]:
     return {"steady_s": spread(steady), "end_to_end_s": out["process_wall_s"],
             "startup_s": out["process_wall_s"] - sum(out["iteration_s"]), "first_iteration_s": out["iteration_s"][0],
             "iterations": len(out["iteration_s"]), "mean_completion_tokens": out["mean_completion_tokens"],
-            "score_mean": out["score_mean"], **({"phase_s": out["phase_s"]} if "phase_s" in out else {})}
+            "score_mean": out["score_mean"],
+            **{k: out[k] for k in ("phase_s", "mean_prompt_tokens", "matmul_gflops") if out.get(k) is not None}}
 
 
 def run(scale: str) -> list[Result]:
@@ -168,8 +184,8 @@ def run(scale: str) -> list[Result]:
         # Twice with one compilation cache: the first process fills it (a first run), the second starts warm.
         cache = {"compilation_cache_dir": os.path.join(workdir, "xla_cache")}
         ours_cold, ours = (_side_stats(run_worker("trl_grpo", "ntl_jax_grpo", {
-            **common, **cache, "output_dir": os.path.join(workdir, f"ntl_jax_{name}")}), skip)
-            for name in ("cold", "warm"))
+            **common, **cache, "output_dir": os.path.join(workdir, f"ntl_jax_{name}"), "machine_limit": name == "warm"}),
+            skip) for name in ("cold", "warm"))
         trl = {}
         for setting in torch_thread_settings(scale):
             threads, env = TORCH_THREAD_SETTINGS[setting]
@@ -189,10 +205,19 @@ def run(scale: str) -> list[Result]:
                "trl_best": {"steady": best, "end_to_end": best_e2e},
                "jax_threads": JAX_THREADS_NOTE, "torch_threads": torch_thread_note(best)}
     steady_ours, steady_base = ours["steady_s"]["median"], base["steady_s"]["median"]
+    flops = iteration_matmul_flops(param_count(char_spec(size["model"]))["matmul"],
+                                   size["prompts_per_iter"] * size["generations"], ours["mean_prompt_tokens"],
+                                   ours["mean_completion_tokens"])
+    limit_s = flops["total"] / (ours["matmul_gflops"] * 1e9)
+    details["machine_limit"] = {"matmul_gflops": ours["matmul_gflops"], "iteration_gflop": flops["total"] / 1e9,
+                                "rollout_gflop": flops["rollout"] / 1e9, "update_gflop": flops["update"] / 1e9,
+                                "iteration_s_at_matmul_rate": limit_s}
+    limit_text = (f"{limit_s:.3f} s ({flops['total'] / 1e9:.1f} GFLOP at the {ours['matmul_gflops']:.0f} GFLOP/s "
+                  f"matmul rate); ntl-jax at {limit_s / steady_ours:.0%}, TRL at {limit_s / steady_base:.0%}")
     return [
         Result(benchmark="trl_grpo", case="steady s/iter", ours=f"{steady_ours:.3f} s", baseline=f"{steady_base:.3f} s"
                f" ({best})", ratio=steady_base / steady_ours, ratio_desc="TRL s/iter / ntl-jax s/iter",
-               target_op=">=", target=TARGET_STEADY, details=details),
+               target_op=">=", target=TARGET_STEADY, details=details, machine_limit=limit_text),
         Result(benchmark="trl_grpo", case=f"end-to-end {iterations} iters, warm cache",
                ours=f"{ours['end_to_end_s']:.1f} s",
                baseline=f"{base_e2e['end_to_end_s']:.1f} s ({best_e2e})",

@@ -15,11 +15,14 @@ import sys
 
 import pytest
 
-from benchmarks import common, logprob_memory, run
+from benchmarks import common, logprob_memory, machine_limit, run
 from ntl_jax.ppo.config import PPOConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROW_KEYS = {"benchmark", "case", "ours", "baseline", "ratio", "ratio_desc", "target_op", "target", "details", "met"}
+ROW_KEYS = {"benchmark", "case", "ours", "baseline", "ratio", "ratio_desc", "target_op", "target", "details", "met",
+            "machine_limit"}
+# Rows measured against PyTorch / TRL also report the machine's limit, measured in the same run (issue 14).
+ROWS_WITH_A_MACHINE_LIMIT = {"rollout", "trl_grpo", "train_step_efficiency"}
 
 
 def _check_rows(rows: list[dict], benchmark: str | None = None) -> None:
@@ -31,6 +34,8 @@ def _check_rows(rows: list[dict], benchmark: str | None = None) -> None:
         assert row["target_op"] in ("<=", ">=") and row["target"] > 0
         assert math.isfinite(row["ratio"]) and row["ratio"] >= 0, (row["case"], row["ratio"])
         assert row["ours"] and row["baseline"] and row["details"]
+        if row["benchmark"] in ROWS_WITH_A_MACHINE_LIMIT and not row["case"].startswith("end-to-end"):
+            assert "ntl-jax at " in row["machine_limit"], (row["case"], row["machine_limit"])
 
 
 def _run_module(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -95,3 +100,15 @@ def test_only_the_full_scale_measures_every_pytorch_setting():
 
 def test_logprob_memory_labels_the_shipped_default_chunk():
     assert logprob_memory.DEFAULT_CHUNK == PPOConfig().logprob_chunk_size
+
+
+def test_iteration_flops_follow_the_documented_formula():
+    flops = machine_limit.iteration_matmul_flops(1000, sequences=4, prompt_positions=5.0, completion_tokens=3.0)
+    assert flops == {"rollout": 2 * 1000 * 4 * 8, "update": 6 * 1000 * 4 * 8, "total": 8 * 1000 * 4 * 8}
+
+
+def test_decode_matmul_floor_runs_both_dot_paths():
+    floor = machine_limit.decode_matmul_floor(common.model_config(common.MICRO), batch=2, steps=3, reps=1)
+    assert set(floor["by_dot_path"]) == {"xla_default", "eigen"}
+    assert floor["tokens_per_s"] == max(floor["by_dot_path"].values()) > 0
+    assert machine_limit.matmul_gflops(64, reps=1) > 0
