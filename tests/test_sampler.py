@@ -179,6 +179,18 @@ def test_warp_logits_top_k_and_top_p():
     np.testing.assert_allclose(warp_logits(logits, SamplingParams(temperature=2.0)), logits / 2.0)
 
 
+def test_greedy_pick_is_jnp_argmax_with_ties_nan_and_inf():
+    """The two-reduction argmax of the sampler equals jnp.argmax: first maximum on ties, NaN wins, all -inf -> 0."""
+    rows = jnp.array([[1.0, 3.0, 3.0, 0.0], [jnp.nan, 1.0, jnp.nan, 2.0], [-jnp.inf] * 4, [2.0, jnp.inf, 0.0, jnp.inf],
+                      [0.5, -1.0, 7.0, 7.0]], jnp.float32)
+    random_rows = jax.random.normal(jax.random.key(0), (64, 8192))
+    greedy = SamplingParams(greedy=True)
+    for logits in (rows, random_rows, jnp.round(random_rows)):  # rounding makes ties common
+        picked = sample_tokens(logits, jax.random.split(jax.random.key(1), logits.shape[0]), greedy)
+        assert picked.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(picked), np.asarray(jnp.argmax(logits, axis=-1)))
+
+
 def test_sample_tokens_follow_warped_distribution():
     probs = np.array([0.05, 0.5, 0.15, 0.3])
     rows = 20000
