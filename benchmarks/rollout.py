@@ -96,7 +96,8 @@ def machine_limit_text(tokens_per_s: float, floor: dict[str, Any] | None) -> str
     """'<floor> tok/s decode matmuls alone; ntl-jax at <fraction>' (see `machine_limit.decode_matmul_floor`)."""
     if not floor:
         return ""
-    return f"{floor['tokens_per_s']:,.0f} tok/s decode matmuls alone; ntl-jax at {tokens_per_s / floor['tokens_per_s']:.0%}"
+    share = tokens_per_s / floor["tokens_per_s"]
+    return f"{floor['tokens_per_s']:,.0f} tok/s decode matmuls alone; ntl-jax at {share:.0%}"
 
 
 def torch_generate(args: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +165,8 @@ def _case(spec: ModelSpec, workdir: str, scale: str) -> Result:
         ours=f"{ours_tps:,.0f} tok/s", baseline=f"{base_tps:,.0f} tok/s ({best})",
         ratio=ours_tps / base_tps, ratio_desc="tokens/s ntl-jax / transformers generate", target_op=">=",
         target=TARGETS[spec.name], machine_limit=machine_limit_text(ours_tps, ours["decode_matmul_floor"]),
-        details={"decode_matmul_floor": ours["decode_matmul_floor"],"model": spec.describe(), "batch": batch, "new_tokens": new_tokens, "greedy": True,
+        details={"model": spec.describe(), "batch": batch, "new_tokens": new_tokens, "greedy": True,
+                 "decode_matmul_floor": ours["decode_matmul_floor"],
                  "ntl_jax": {"tokens_per_s": ours_tps, "times_s": spread(ours["times"]),
                              "compile_s": ours["compile_s"], "device": ours["device"], "threads": JAX_THREADS_NOTE,
                              **variants},

@@ -184,8 +184,8 @@ def run(scale: str) -> list[Result]:
         # Twice with one compilation cache: the first process fills it (a first run), the second starts warm.
         cache = {"compilation_cache_dir": os.path.join(workdir, "xla_cache")}
         ours_cold, ours = (_side_stats(run_worker("trl_grpo", "ntl_jax_grpo", {
-            **common, **cache, "output_dir": os.path.join(workdir, f"ntl_jax_{name}"), "machine_limit": name == "warm"}),
-            skip) for name in ("cold", "warm"))
+            **common, **cache, "output_dir": os.path.join(workdir, f"ntl_jax_{name}"),
+            "machine_limit": name == "warm"}), skip) for name in ("cold", "warm"))
         trl = {}
         for setting in torch_thread_settings(scale):
             threads, env = TORCH_THREAD_SETTINGS[setting]
