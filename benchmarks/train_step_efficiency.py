@@ -29,6 +29,7 @@ from benchmarks.common import (JAX_THREADS_NOTE, MICRO, MID, TORCH_THREAD_SETTIN
                                jax_device_note, median, param_count, run_worker, save_random_checkpoint, spread,
                                timed_call, torch_thread_note, torch_thread_settings, worker_main)
 from benchmarks.logprob_memory import DEFAULT_CHUNK
+from benchmarks.machine_limit import square_matmul
 
 BATCH, SEQ = 8, 256
 MATMUL_N = 2048
@@ -77,10 +78,6 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
                          compute_entropy=False)
         return -jnp.mean(out.logprobs)
 
-    @jax.jit
-    def matmul(a, b):
-        return a @ b
-
     def train_step(p, s):
         loss, grads = jax.value_and_grad(loss_fn)(p)
         updates, s = tx.update(grads, s, p)
@@ -88,8 +85,7 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
 
     step = jax.jit(train_step, donate_argnums=(0, 1))
     n = args.get("matmul_n", MATMUL_N)
-    a = jnp.ones((n, n), jnp.float32) / n
-    b = jnp.ones((n, n), jnp.float32)
+    matmul = square_matmul(n)
     state = {"p": params, "s": opt_state}
 
     def run_step():
@@ -97,12 +93,12 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
         return jax.block_until_ready(loss)
 
     compile_s, loss0 = timed_call(run_step)
-    matmul(a, b).block_until_ready()
+    matmul()
     step_times, matmul_times = [], []
     for _ in range(args["reps"]):
         step_times.append(timed_call(run_step)[0])
         for _ in range(3):
-            matmul_times.append(timed_call(lambda: matmul(a, b).block_until_ready())[0])
+            matmul_times.append(timed_call(matmul)[0])
     loss1 = float(run_step())
     if not np.isfinite(loss1) or loss1 >= float(loss0):
         raise RuntimeError(f"ntl-jax training loss did not decrease ({float(loss0):.4f} -> {loss1:.4f})")
