@@ -148,6 +148,19 @@ def test_prompt_samples_do_not_depend_on_batch(split, sampler):
     assert (alone.response_ids[0] != alone.response_ids[1]).any()
 
 
+def test_samples_of_a_prompt_share_one_prefill(split, model, sampler):
+    # Prefill runs once per prompt and its cache is repeated n times: sample 0 of each prompt under n = 3 is the
+    # n = 1 sample (same row key), and the prefill program sees the prompts, not the rows.
+    once = sampler.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=12, temperature=1.0), jax.random.key(8))
+    fresh = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS)
+    three = fresh.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=12, temperature=1.0, n=3),
+                           jax.random.key(8))
+    np.testing.assert_array_equal(three.response_ids[::3], once.response_ids)
+    np.testing.assert_allclose(three.response_logprobs[::3], once.response_logprobs, atol=1e-5)
+    np.testing.assert_array_equal(three.prompt_ids, np.repeat(once.prompt_ids, 3, axis=0))
+    assert [batch for (_, batch, *_) in fresh._programs] == [len(PROMPTS)]
+
+
 def test_compiles_once_per_bucket(split, model):
     fresh = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS)
     params = SamplingParams(max_new_tokens=8, temperature=1.0)
@@ -206,7 +219,7 @@ def test_mesh_generation_matches_single_device(split, model, sampler):
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
     sharded = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, mesh=mesh,
                       prompt_buckets=BUCKETS)
-    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=2)  # 3 prompts x 2 = 6 rows, padded to 8
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=2)  # 3 prompts padded to 4, x 2 = 8 rows
     prompts = PROMPTS[:3]
     want = sampler.generate(split[1], prompts, params, jax.random.key(6))
     got = sharded.generate(split[1], prompts, params, jax.random.key(6))
