@@ -158,7 +158,7 @@ def test_samples_of_a_prompt_share_one_prefill(split, model, sampler):
     np.testing.assert_array_equal(three.response_ids[::3], once.response_ids)
     np.testing.assert_allclose(three.response_logprobs[::3], once.response_logprobs, atol=1e-5)
     np.testing.assert_array_equal(three.prompt_ids, np.repeat(once.prompt_ids, 3, axis=0))
-    assert [batch for (_, batch, *_) in fresh._programs] == [len(PROMPTS)]
+    assert [key[1:3] for key in fresh._programs] == [(len(PROMPTS), 3 * len(PROMPTS))]  # prompts, rows
 
 
 def test_compiles_once_per_bucket(split, model):
@@ -225,6 +225,10 @@ def test_mesh_generation_matches_single_device(split, model, sampler):
     got = sharded.generate(split[1], prompts, params, jax.random.key(6))
     np.testing.assert_array_equal(got.response_ids, want.response_ids[:, :8])
     np.testing.assert_allclose(got.response_logprobs, want.response_logprobs[:, :8], atol=1e-4)
+    # One prompt x 2 samples: prefill pads the prompts to the 4 batch shards, decode only the rows (4, not 8).
+    one = sharded.generate(split[1], prompts[:1], params, jax.random.key(6))
+    np.testing.assert_array_equal(one.response_ids, want.response_ids[:2, :8])
+    assert (BUCKETS[0], 4, 4) in [key[:3] for key in sharded._programs]
 
 
 def test_bad_inputs_raise(split, model, sampler):
@@ -253,7 +257,7 @@ def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sa
     half = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
                    cache_dtype=jnp.bfloat16)
     params = SamplingParams(max_new_tokens=8, greedy=True)
-    prefill, _ = half._build_programs(16, params, with_digits=False)
+    prefill, _ = half._build_programs(16, 4, params, with_digits=False)
     ids = jnp.zeros((4, 16), jnp.int32)
     cache_dtypes = {leaf.dtype for leaf in jax.tree.leaves(jax.eval_shape(prefill, split[1], ids, jnp.ones_like(ids)))
                     if leaf.ndim == 5}
@@ -266,7 +270,7 @@ def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sa
 
 def _decode_hlo(sampler_, split_, params):
     """Optimised HLO text of the decode program for 4 rows at prompt bucket 16."""
-    prefill, decode = sampler_._build_programs(16, params, with_digits=False)
+    prefill, decode = sampler_._build_programs(16, 4, params, with_digits=False)
     ids, rows = jnp.zeros((4, 16), jnp.int32), jnp.arange(4, dtype=jnp.int32)
     cache, logits = jax.eval_shape(prefill, split_[1], ids, jnp.ones_like(ids))
     return decode.lower(split_[1], cache, logits, jnp.ones_like(ids), jax.random.key(0), rows, rows).compile().as_text()

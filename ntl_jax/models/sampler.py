@@ -202,7 +202,8 @@ class Sampler:
             return 1
         return int(np.prod([self.mesh.shape[a] for a in BATCH_MESH_AXES]))
 
-    def _build_programs(self, prompt_len: int, params: SamplingParams, with_digits: bool) -> tuple[Any, Any]:
+    def _build_programs(self, prompt_len: int, num_rows: int, params: SamplingParams, with_digits: bool
+                        ) -> tuple[Any, Any]:
         graphdef, config, cache_dtype = self.graphdef, self.config, self.cache_dtype
         max_new, cache_len = params.max_new_tokens, prompt_len + params.max_new_tokens
         eos_ids = jnp.asarray(self.eos_token_ids, jnp.int32)
@@ -228,9 +229,10 @@ class Sampler:
             hidden, cache = model(prompt_ids, response_positions(prompt_mask), cache_mask, cache=cache, cache_index=0)
             # Left padding puts every row's last real token at slot P-1.
             first_logits = model.logits(hidden[:, -1:])[:, 0]
-            # Row i * n + j (sample j of prompt i) starts from prompt i's cache and logits.
-            cache = pin_cache_rows(KVCache(*(jnp.repeat(x, params.n, axis=1) for x in cache)))
-            return cache, jnp.repeat(first_logits, params.n, axis=0)
+            # Row i * n + j (sample j of prompt i) starts from prompt i's cache and logits; the first num_rows rows
+            # are decoded (fewer than padded prompts * n when the prompts were padded to the batch shards).
+            cache = pin_cache_rows(KVCache(*(jnp.repeat(x, params.n, axis=1)[:, :num_rows] for x in cache)))
+            return cache, jnp.repeat(first_logits, params.n, axis=0)[:num_rows]
 
         def decode(state, cache, first_logits, prompt_mask, rng, prompt_index, sample_index):
             counts["decode"] += 1
@@ -284,10 +286,11 @@ class Sampler:
         return (jax.jit(sharded_activations(mesh, prefill)),
                 jax.jit(decode, donate_argnums=(1,), compiler_options=self.decode_compiler_options))
 
-    def _programs_for(self, prompt_len: int, batch: int, params: SamplingParams, with_digits: bool) -> tuple[Any, Any]:
-        key = (prompt_len, batch, params, with_digits)
+    def _programs_for(self, prompt_len: int, batch: int, num_rows: int, params: SamplingParams, with_digits: bool
+                      ) -> tuple[Any, Any]:
+        key = (prompt_len, batch, num_rows, params, with_digits)
         if key not in self._programs:
-            self._programs[key] = self._build_programs(prompt_len, params, with_digits)
+            self._programs[key] = self._build_programs(prompt_len, num_rows, params, with_digits)
         return self._programs[key]
 
     def _left_pad(self, prompts: Sequence[Sequence[int]], prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -339,18 +342,19 @@ class Sampler:
         prompt_ids, prompt_mask = self._left_pad(prompts, prompt_len)
         num_rows = len(prompts) * params.n
 
-        # With a mesh, pad the prompts to a multiple of the batch shards by repeating prompt 0 (its rows are dropped
-        # afterwards), so both the B prompts of prefill and the B * n rows of decode divide over the shards.
+        # With a mesh, pad the prompts (prefill) and the rows (decode) each to a multiple of the batch shards by
+        # repeating prompt 0; the padding rows are dropped afterwards.
         multiple = self._batch_multiple()
         padded_prompts = -(-len(prompts) // multiple) * multiple
+        padded_rows = -(-num_rows // multiple) * multiple
         take = np.concatenate([np.arange(len(prompts)), np.zeros(padded_prompts - len(prompts), np.int64)])
-        prompt_index = np.repeat(np.asarray(prompt_indices, np.int32)[take], params.n)
-        sample_index = np.tile(np.arange(params.n, dtype=np.int32), padded_prompts)
+        prompt_index = np.repeat(np.asarray(prompt_indices, np.int32)[take], params.n)[:padded_rows]
+        sample_index = np.tile(np.arange(params.n, dtype=np.int32), padded_prompts)[:padded_rows]
+        row_mask = np.repeat(prompt_mask[take], params.n, 0)[:padded_rows]
         placed_state, (ids_d, mask_d, row_mask_d, pidx_d, sidx_d) = self._place(
-            state, [prompt_ids[take], prompt_mask[take], np.repeat(prompt_mask[take], params.n, 0), prompt_index,
-                    sample_index]
+            state, [prompt_ids[take], prompt_mask[take], row_mask, prompt_index, sample_index]
         )
-        prefill, decode = self._programs_for(prompt_len, padded_prompts, params, return_digit_logits)
+        prefill, decode = self._programs_for(prompt_len, padded_prompts, padded_rows, params, return_digit_logits)
         cache, first_logits = prefill(placed_state, ids_d, mask_d)
         tokens, mask, logprobs, digit_logits, num_steps, _ = decode(
             placed_state, cache, first_logits, row_mask_d, rng, pidx_d, sidx_d
