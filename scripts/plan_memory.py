@@ -133,22 +133,25 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
         transient = (stats["arguments"] - resident_args) + stats["temporaries"] + stats["outputs"] - stats["aliased"]
         phases.append({"phase": name, **stats, "peak": resident_total + max(transient, 0)})
 
-    # Generation: prefill over the whole batch, then the decode loop with the donated KV cache.
+    # Generation as `Sampler.generate` runs it: prefill over the prompts (their cache rows then repeated for the
+    # rollout_n samples), then the decode loop over the rows with the donated KV cache; both padded to the shards.
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    num_prompts, num_rows = (-(-k // data_parallel) * data_parallel for k in (ppo.train_batch_size, rows))
     sampler = Sampler(actor_graph, model_config, eos_token_ids=[0], pad_token_id=0, mesh=mesh,
                       digit_ids=digit_ids, cache_dtype=DTYPES[run.kv_cache_dtype])
-    prefill, decode = sampler._build_programs(prompt_len, SamplingParams(max_new_tokens=ppo.max_response_length),
-                                              with_digits=False)
-    prompts = (seq(rows, prompt_len), seq(rows, prompt_len))
+    prefill, decode = sampler._build_programs(
+        prompt_len, num_rows, SamplingParams(max_new_tokens=ppo.max_response_length, n=ppo.rollout_n),
+        with_digits=False)
+    prompts = (seq(num_prompts, prompt_len), seq(num_prompts, prompt_len))
     prefill_lowered = prefill.lower(actor_params, *prompts)
     add("generation: prefill", prefill_lowered.compile(), resident_bytes["actor params"])
     cache, first_logits = prefill_lowered.out_info
     rng = jax.eval_shape(lambda: jax.random.key(0))
-    index = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=data)
-    add("generation: decode loop", decode.lower(actor_params, cache, first_logits, prompts[1], rng, index,
-                                                index).compile(), resident_bytes["actor params"])
+    index = jax.ShapeDtypeStruct((num_rows,), jnp.int32, sharding=data)
+    add("generation: decode loop", decode.lower(actor_params, cache, first_logits, seq(num_rows, prompt_len), rng,
+                                                index, index).compile(), resident_bytes["actor params"])
 
     # Forward passes over the iteration's responses, the log-prob micro-batch at a time.
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     n = ppo.log_prob_chunk(data_parallel) or rows
     inputs = (seq(n, prompt_len), seq(n, prompt_len), seq(n, ppo.max_response_length),
               seq(n, ppo.max_response_length, jnp.float32))
