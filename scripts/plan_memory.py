@@ -135,10 +135,9 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
     # Generation as `Sampler.generate` runs it: prefill over the prompts (their cache rows then repeated for the
     # rollout_n samples), then the decode loop over the rows with the donated KV cache; both padded to the shards.
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    num_prompts, num_rows = (-(-k // data_parallel) * data_parallel for k in (ppo.train_batch_size, rows))
     sampler = Sampler(actor_graph, model_config, eos_token_ids=[0], pad_token_id=0, mesh=mesh,
                       digit_ids=digit_ids, cache_dtype=DTYPES[run.kv_cache_dtype])
+    num_prompts, num_rows = sampler.padded_sizes(ppo.train_batch_size, ppo.rollout_n)
     prefill, decode = sampler._build_programs(
         prompt_len, num_rows, SamplingParams(max_new_tokens=ppo.max_response_length, n=ppo.rollout_n),
         with_digits=False)
@@ -152,6 +151,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
                                                 index, index).compile(), resident_bytes["actor params"])
 
     # Forward passes over the iteration's responses, the log-prob micro-batch at a time.
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     n = ppo.log_prob_chunk(data_parallel) or rows
     inputs = (seq(n, prompt_len), seq(n, prompt_len), seq(n, ppo.max_response_length),
               seq(n, ppo.max_response_length, jnp.float32))

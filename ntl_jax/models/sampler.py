@@ -202,6 +202,12 @@ class Sampler:
             return 1
         return int(np.prod([self.mesh.shape[a] for a in BATCH_MESH_AXES]))
 
+    def padded_sizes(self, num_prompts: int, n: int) -> tuple[int, int]:
+        """(prompts prefilled, rows decoded) for `num_prompts` prompts x `n` samples: each rounded up to a multiple
+        of the mesh's batch shards (1 without a mesh)."""
+        multiple = self._batch_multiple()
+        return tuple(-(-k // multiple) * multiple for k in (num_prompts, num_prompts * n))
+
     def _build_programs(self, prompt_len: int, num_rows: int, params: SamplingParams, with_digits: bool
                         ) -> tuple[Any, Any]:
         graphdef, config, cache_dtype = self.graphdef, self.config, self.cache_dtype
@@ -344,9 +350,7 @@ class Sampler:
 
         # With a mesh, pad the prompts (prefill) and the rows (decode) each to a multiple of the batch shards by
         # repeating prompt 0; the padding rows are dropped afterwards.
-        multiple = self._batch_multiple()
-        padded_prompts = -(-len(prompts) // multiple) * multiple
-        padded_rows = -(-num_rows // multiple) * multiple
+        padded_prompts, padded_rows = self.padded_sizes(len(prompts), params.n)
         take = np.concatenate([np.arange(len(prompts)), np.zeros(padded_prompts - len(prompts), np.int64)])
         prompt_index = np.repeat(np.asarray(prompt_indices, np.int32)[take], params.n)[:padded_rows]
         sample_index = np.tile(np.arange(params.n, dtype=np.int32), padded_prompts)[:padded_rows]
