@@ -159,3 +159,59 @@ def test_sequence_logprobs_matches_unpadded_per_row_forward():
         want = jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(response)[:, None], -1)[:, 0]
         np.testing.assert_allclose(out.logprobs[row, :len(response)], want, atol=1e-5)
         np.testing.assert_allclose(out.digit_logits[row, :len(response)], logits[:, 20:30], atol=1e-5)
+
+
+def _grouped_batch(num_prompts: int, group: int, seed: int = 0):
+    """Left-padded prompts of different lengths, each repeated for ``group`` right-padded responses."""
+    rng = np.random.default_rng(seed)
+    prompt_len, response_len = 6, 5
+    prompt_ids = np.zeros((num_prompts, prompt_len), np.int32)
+    prompt_mask = np.zeros_like(prompt_ids)
+    for row in range(num_prompts):
+        length = int(rng.integers(1, prompt_len + 1))
+        prompt_ids[row, prompt_len - length:], prompt_mask[row, prompt_len - length:] = rng.integers(3, 60, length), 1
+    prompt_ids, prompt_mask = np.repeat(prompt_ids, group, 0), np.repeat(prompt_mask, group, 0)
+    response_ids = rng.integers(3, 60, (num_prompts * group, response_len)).astype(np.int32)
+    lengths = rng.integers(1, response_len + 1, num_prompts * group)
+    response_mask = (np.arange(response_len)[None] < lengths[:, None]).astype(np.float32)
+    return prompt_ids, prompt_mask, np.where(response_mask > 0, response_ids, 0), response_mask
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_shared_prompt_forward_matches_per_row_forward(group):
+    """Each prompt run once for its group (KV prefix repeated) gives the per-row forward's log-probs, entropy,
+    digit slice, critic values and parameter gradients; the prompt's gradient is the sum over its responses."""
+    from flax import nnx
+
+    from ntl_jax.models.config import ModelConfig
+    from ntl_jax.models.decoder import CausalLM, ValueModel
+    from ntl_jax.models.logprobs import sequence_logprobs
+    from ntl_jax.ppo.steps import response_values
+
+    config = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    policy = CausalLM(config, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(policy)
+    critic_graphdef, critic_state = nnx.split(ValueModel.from_policy(policy, rngs=nnx.Rngs(1)))
+    batch = _grouped_batch(3, group)
+
+    def loss(s, g):
+        out = sequence_logprobs(nnx.merge(graphdef, s), *batch, digit_ids=DIGIT_IDS, chunk_size=2, group_size=g)
+        mask = batch[3]
+        value = (-jnp.sum(out.logprobs * mask) + 0.3 * jnp.sum(out.entropy * mask)
+                 + 0.1 * jnp.sum(jax.nn.log_softmax(out.digit_logits, -1)[..., 3] * mask))
+        return value, out
+
+    for g in (group, group // 2):
+        (shared_loss, shared), shared_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(state, g)
+        (full_loss, full), full_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(state, 1)
+        for a, b in zip(shared, full):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(shared_loss, full_loss, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(shared_grad), jax.tree.leaves(full_grad)):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+        values = [jax.jit(lambda s, gs=gs: response_values(nnx.merge(critic_graphdef, s), *batch, group_size=gs))(
+            critic_state) for gs in (g, 1)]
+        np.testing.assert_allclose(values[0], values[1], atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="group_size=5"):
+        sequence_logprobs(nnx.merge(graphdef, state), *batch, group_size=5)

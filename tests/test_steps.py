@@ -3,6 +3,8 @@ accumulation and the device count do not change the update (every loss is aggreg
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,3 +187,65 @@ def test_loss_aggregation_over_micro_batches_matches_agg_loss_of_the_whole_batch
         whole = agg_loss(loss_mat, mask, mode)
         shares = sum(agg_loss(loss_mat[i:i + 2], mask[i:i + 2], mode, normalizer=normalizer) for i in (0, 2))
         np.testing.assert_allclose(shares, whole, rtol=1e-6)
+
+
+def _grouped(batch: RolloutBatch, group: int) -> RolloutBatch:
+    """``batch`` with rows i*group .. i*group+group-1 answering one prompt (the sampler's order), some left-padded."""
+    first = np.arange(batch.size) // group * group
+    prompt_ids, prompt_mask = np.asarray(batch.prompt_ids)[first], np.asarray(batch.prompt_mask).copy()[first]
+    prompt_mask[first % (2 * group) == 0, 0] = 0  # every other prompt one token shorter (left padding)
+    return batch.replace(prompt_ids=jnp.asarray(np.where(prompt_mask > 0, prompt_ids, 0)),
+                         prompt_mask=jnp.asarray(prompt_mask))
+
+
+def test_shared_prompt_update_equals_per_row_update():
+    """A group's prompt run once (``ActorLossSettings.group_size``) gives the per-row update: on one device, with
+    strided micro-batches (2 micro-batches of a rollout grouped by 4 hold groups of 2), and on eight devices."""
+    settings = _settings("wasserstein", "token-mean", entropy_coeff=0.01, use_kl=True, kl_coef=0.1)
+    one = make_mesh(devices=jax.devices()[:1])
+
+    def sgd(group_size, num_micro, mesh, rows=8, group=4):
+        tx = optax.sgd(1.0)
+        state = ModuleState.from_module(_model(), mesh, tx)
+        update = make_actor_update(state.graphdef, tx, dataclasses.replace(settings, group_size=group_size),
+                                   digit_ids=DIGIT_IDS, num_micro_batches=num_micro, mesh=mesh,
+                                   param_shardings=state.shardings, opt_shardings=state.opt_shardings)
+        batch = _grouped(jax.tree.map(lambda x: jnp.concatenate([x] * (rows // 8)), _ragged_batch()), group)
+        before = jax.device_get(state.params)  # the update donates its inputs
+        params, _, metrics = update(state.params, state.opt_state, batch, jnp.float32(0.7))
+        delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), before, jax.device_get(params))
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(delta)]), jax.device_get(metrics)
+
+    full, full_metrics = sgd(1, 1, one)
+    for group_size, num_micro, mesh, rows in ((4, 1, one, 8), (2, 2, one, 8), (2, 1, make_mesh(), 16)):
+        shared, metrics = sgd(group_size, num_micro, mesh, rows)
+        reference = full if rows == 8 else sgd(1, 1, one, rows)[0]
+        np.testing.assert_allclose(shared, reference, rtol=2e-4, atol=1e-6)
+        if rows == 8:
+            np.testing.assert_allclose(metrics["actor/pg_loss"], full_metrics["actor/pg_loss"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("rows,chunk,micro,mini,expected", [
+    (8, 0, 1, 32, (8, 8)),     # whole iteration in one pass and one micro-batch
+    (8, 64, 2, 32, (8, 4)),    # two strided micro-batches hold 4 of each prompt's 8 rows
+    (8, 0, 3, 32, (8, 1)),     # 3 micro-batches do not divide a group of 8: rows mix prompts
+    (8, 0, 1, 16, (8, 1)),     # smaller mini-batches are shuffled rows
+    (8, 4, 1, 32, (4, 8)),     # passes of 4 rows: each holds half a group
+])
+def test_prompt_groups(rows, chunk, micro, mini, expected):
+    from ntl_jax.ppo.config import PPOConfig
+
+    ppo = PPOConfig(train_batch_size=32, rollout_n=rows, ppo_mini_batch_size=mini, ppo_micro_batch_size=8,
+                    log_prob_micro_batch_size=chunk)
+    assert ppo.prompt_groups(1, micro) == expected
+    assert dataclasses.replace(ppo, share_prompt_forward=False).prompt_groups(1, micro) == (1, 1)
+
+
+def test_shared_prompt_group_keeps_groups_on_one_device():
+    from ntl_jax.ppo.config import shared_prompt_group
+
+    assert shared_prompt_group(256, 8, 1) == 8
+    assert shared_prompt_group(16, 8, 4) == 4   # 4 rows per device: half a group each
+    assert shared_prompt_group(16, 8, 16) == 1  # one row per device
+    assert shared_prompt_group(24, 6, 4) == 6   # 6 rows per device: one whole group
+    assert shared_prompt_group(12, 6, 4) == 3   # 3 rows per device: half a group each

@@ -346,6 +346,10 @@ class ValueModel(nnx.Module):
     def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """-> values [B,T] float32 = hidden @ w + b."""
         hidden, _ = self.model(input_ids, positions, attention_mask)
+        return self.score(hidden)
+
+    def score(self, hidden: jax.Array) -> jax.Array:
+        """Final-norm hidden states [B, T, D] -> values [B, T] float32 (the score head)."""
         values = dense(hidden, self.score_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
         return values[..., 0] + self.score_bias[...].astype(jnp.float32)[0]
 

@@ -24,7 +24,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from ntl_jax.models.decoder import dense
+from ntl_jax.models.decoder import KVCache, dense, init_kv_cache
 
 
 class TokenLogProbs(NamedTuple):
@@ -158,6 +158,52 @@ def sequence_inputs(prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids:
     return input_ids, attention_mask, response_positions(attention_mask)
 
 
+def _first_of_groups(x: jax.Array, group_size: int) -> jax.Array:
+    """[N, ...] -> [N / g, ...]: row i * g of each group, as a reshape (keeps a row-sharded layout local)."""
+    return x.reshape(x.shape[0] // group_size, group_size, *x.shape[1:])[:, 0]
+
+
+def _repeat_rows(x: jax.Array, group_size: int, axis: int = 0) -> jax.Array:
+    """Each row along ``axis`` repeated ``group_size`` times in place (``jnp.repeat``) as broadcast + reshape."""
+    x = jnp.expand_dims(x, axis + 1)
+    shape = x.shape[: axis + 1] + (group_size,) + x.shape[axis + 2:]
+    x = jnp.broadcast_to(x, shape)
+    return x.reshape(shape[:axis] + (shape[axis] * group_size,) + shape[axis + 2:])
+
+
+def scoring_hidden(body: Any, prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids: jax.Array,
+                   response_mask: jax.Array, *, group_size: int = 1) -> jax.Array:
+    """Final-norm hidden states that predict the T response tokens: slots ``P-1 .. P+T-2`` of concat(prompt,
+    response) -> [N, T, D]. ``body`` is a `DecoderBody` (or a `CausalLM`, which calls its body).
+
+    ``group_size`` g > 1: rows ``i*g .. i*g+g-1`` hold the same prompt (the sampler's row order with n = g), so the
+    prompt runs once per group (a prefill into a P-slot KV cache); its keys / values and its last hidden state are
+    repeated g times and the responses run as a continuation that attends to them. The same function as g = 1
+    (tested), on ``N/g * P + N * T`` positions instead of ``N * (P + T)``; the prompt's gradient is the sum over
+    its g responses. Float rounding differs from g = 1 (attention sums over keys in another order).
+    """
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    if group_size == 1:
+        input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+        hidden, _ = body(input_ids, positions, attention_mask)
+        return jax.lax.slice_in_dim(hidden, prompt_len - 1, prompt_len - 1 + response_len, axis=1)
+    if not isinstance(group_size, int) or group_size < 1 or prompt_ids.shape[0] % group_size:
+        raise ValueError(f"group_size={group_size!r} is invalid; allowed: a positive int dividing the "
+                         f"{prompt_ids.shape[0]} rows")
+    group_ids, group_mask = _first_of_groups(prompt_ids, group_size), _first_of_groups(prompt_mask, group_size)
+    cache = init_kv_cache(body.config, group_ids.shape[0], prompt_len, dtype=body.dtype)
+    prompt_hidden, cache = body(group_ids.astype(jnp.int32), response_positions(group_mask), group_mask, cache=cache,
+                                cache_index=0)
+    # Response slots P .. P+T-1 of every row's cache receive the responses' own keys / values.
+    cache = KVCache(*(jnp.pad(_repeat_rows(c, group_size, axis=1),
+                              ((0, 0), (0, 0), (0, response_len), (0, 0), (0, 0))) for c in cache))
+    input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    response_hidden, _ = body(input_ids[:, prompt_len:], positions[:, prompt_len:], attention_mask, cache=cache,
+                              cache_index=prompt_len)
+    last_prompt = _repeat_rows(prompt_hidden[:, prompt_len - 1:], group_size)
+    return jnp.concatenate([last_prompt, response_hidden[:, : response_len - 1]], axis=1)
+
+
 def sequence_logprobs(
     model: Any,
     prompt_ids: jax.Array,
@@ -169,23 +215,23 @@ def sequence_logprobs(
     chunk_size: int = 128,
     compute_entropy: bool = True,
     temperature: float = 1.0,
+    group_size: int = 1,
 ) -> TokenLogProbs:
     """Run `model` (a CausalLM) over concat(prompt, response) and score the T response tokens.
 
     The hidden state at slot P-1+t predicts response token t, so the slice hidden[:, P-1 : P-1+T] is scored against
-    `response_ids`. Positions are cumsum(mask)-1 over the concatenated mask (left-padded prompts keep RoPE exact).
+    `response_ids` (`scoring_hidden`; ``group_size`` > 1 runs each group's shared prompt once). Positions are
+    cumsum(mask)-1 over the concatenated mask (left-padded prompts keep RoPE exact).
     Log-probs and entropy are of ``logits / temperature`` (pass the rollout temperature), the digit slice is raw.
     """
     chex.assert_rank([prompt_ids, prompt_mask, response_ids, response_mask], 2)
     chex.assert_equal_shape([prompt_ids, prompt_mask])
     chex.assert_equal_shape([response_ids, response_mask])
     chex.assert_equal_shape_prefix([prompt_ids, response_ids], 1)
-    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    prompt_len = prompt_ids.shape[1]
     if prompt_len < 1:
         raise ValueError(f"prompt length {prompt_len} is invalid; at least one prompt slot is needed to predict token 0")
-    input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    hidden, _ = model(input_ids, positions, attention_mask)
-    hidden = jax.lax.slice_in_dim(hidden, prompt_len - 1, prompt_len - 1 + response_len, axis=1)
+    hidden = scoring_hidden(model.model, prompt_ids, prompt_mask, response_ids, response_mask, group_size=group_size)
     return token_logprobs(
         hidden,
         model.lm_head_kernel(),

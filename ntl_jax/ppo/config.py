@@ -10,6 +10,7 @@ implement them (advantage estimators, loss aggregations, KL estimators, KL contr
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import gin
@@ -91,6 +92,10 @@ class PPOConfig:
         True, "with one actor step per iteration (ppo_epochs=1, ppo_mini_batch_size=train_batch_size), take the old "
               "log-probs from the update's own forward (stop-gradient; verl's on_policy) and skip the separate pass; "
               "only without NTL and KL-in-reward, which read that pass")
+    share_prompt_forward: bool = knob(
+        True, "in the log-prob / value passes and in updates whose mini-batch is the whole iteration, run each "
+              "prompt once for its rollout_n responses and attend to its keys / values (the same function, prompt "
+              "tokens not recomputed n times; rounding differs); not with TrainerConfig.remat or scan_layers")
 
     def __post_init__(self) -> None:
         n = "PPOConfig"
@@ -101,7 +106,8 @@ class PPOConfig:
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
                     "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
-        for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward", "skip_on_policy_old_log_prob"):
+        for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward", "skip_on_policy_old_log_prob",
+                    "share_prompt_forward"):
             check_bool(n, key, getattr(self, key))
         check_choice(n, "adv_estimator", self.adv_estimator, ADVANTAGE_ESTIMATORS)
         check_choice(n, "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
@@ -183,6 +189,29 @@ class PPOConfig:
             fail("PPOConfig", "log_prob_micro_batch_size", self.log_prob_micro_batch_size,
                  f"0 or a multiple of the data-parallel device count data*fsdp={data_parallel}")
         return self.log_prob_micro_batch_size
+
+    def prompt_groups(self, data_parallel: int, num_micro_batches: int) -> tuple[int, int]:
+        """Rows per shared prompt (``share_prompt_forward``) in (the log-prob / value passes, each update
+        micro-batch); 1 = every row runs its own prompt. Rows come in the sampler's order (row i * rollout_n + j
+        answers prompt i); passes take contiguous chunks, micro-batches every ``num_micro_batches``-th row of a
+        mini-batch, and only a mini-batch holding the whole iteration keeps that order (smaller ones are shuffled)."""
+        if not self.share_prompt_forward:
+            return 1, 1
+        rows = self.log_prob_chunk(data_parallel) or self.responses_per_iteration
+        forward = shared_prompt_group(rows, math.gcd(self.rollout_n, rows), data_parallel)
+        update = 1
+        if self.ppo_mini_batch_size == self.train_batch_size and self.rollout_n % num_micro_batches == 0:
+            update = shared_prompt_group(self.responses_per_iteration // num_micro_batches,
+                                         self.rollout_n // num_micro_batches, data_parallel)
+        return forward, update
+def shared_prompt_group(num_rows: int, samples_per_prompt: int, data_parallel: int) -> int:
+    """Rows per shared prompt for a forward over ``num_rows`` rows whose consecutive runs of ``samples_per_prompt``
+    rows answer one prompt: the largest ``g`` dividing ``samples_per_prompt`` with ``num_rows % (g * data_parallel)
+    == 0``, so every group sits whole on one device's contiguous block of rows (1 = no sharing)."""
+    for g in range(samples_per_prompt, 0, -1):
+        if samples_per_prompt % g == 0 and num_rows % (g * data_parallel) == 0:
+            return g
+    return 1
 
 
 @gin.configurable(module="ntl_jax")

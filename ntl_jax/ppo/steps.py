@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ntl_jax.models.logprobs import TokenLogProbs, sequence_inputs, sequence_logprobs
+from ntl_jax.models.logprobs import TokenLogProbs, scoring_hidden, sequence_logprobs
 from ntl_jax.models.sharding import sharded_activations
 from ntl_jax.ntl.losses import NumberLayout, effective_weights, ntl_per_position
 from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
@@ -75,27 +75,30 @@ def tree_shardings(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def response_values(critic: nnx.Module, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
-    """Critic value of the state before each response token: slot ``P - 1 + t`` (verl's ``values[:, -T-1:-1]``)."""
-    input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    values = critic(input_ids, positions, attention_mask)
-    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
-    return values[:, prompt_len - 1: prompt_len - 1 + response_len].astype(jnp.float32)
+def response_values(critic: nnx.Module, prompt_ids, prompt_mask, response_ids, response_mask, *,
+                    group_size: int = 1) -> jax.Array:
+    """Critic value of the state before each response token: slot ``P - 1 + t`` (verl's ``values[:, -T-1:-1]``);
+    ``group_size`` as in :func:`scoring_hidden`."""
+    hidden = scoring_hidden(critic.model, prompt_ids, prompt_mask, response_ids, response_mask, group_size=group_size)
+    return critic.score(hidden)
 
 
 def make_logprob_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any, *, digit_ids: jax.Array | None,
-                      chunk_size: int, temperature: float, compute_entropy: bool = True) -> Callable[..., TokenLogProbs]:
+                      chunk_size: int, temperature: float, compute_entropy: bool = True,
+                      group_size: int = 1) -> Callable[..., TokenLogProbs]:
     """``(state, prompt_ids, prompt_mask, response_ids, response_mask) -> TokenLogProbs`` (jitted).
 
     Log-probs and entropy are of ``logits / temperature``, the rollout temperature (verl), so old, current and
-    reference log-probs all describe the distribution the responses were sampled from.
+    reference log-probs all describe the distribution the responses were sampled from. ``group_size`` > 1: runs of
+    that many rows share their prompt, which runs once (:func:`scoring_hidden`).
     """
     data = batch_sharding(mesh)
 
     def step(state, prompt_ids, prompt_mask, response_ids, response_mask):
         model = nnx.merge(graphdef, state)
         return sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, digit_ids=digit_ids,
-                                 chunk_size=chunk_size, compute_entropy=compute_entropy, temperature=temperature)
+                                 chunk_size=chunk_size, compute_entropy=compute_entropy, temperature=temperature,
+                                 group_size=group_size)
 
     out = TokenLogProbs(logprobs=data, entropy=data if compute_entropy else None,
                         digit_logits=data if digit_ids is not None else None)
@@ -103,12 +106,14 @@ def make_logprob_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any, 
                    out_shardings=out)
 
 
-def make_value_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any) -> Callable[..., jax.Array]:
+def make_value_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: Any, *,
+                    group_size: int = 1) -> Callable[..., jax.Array]:
     """``(critic_state, prompt_ids, prompt_mask, response_ids, response_mask) -> values [N, T]`` (jitted)."""
     data = batch_sharding(mesh)
 
     def step(state, prompt_ids, prompt_mask, response_ids, response_mask):
-        return response_values(nnx.merge(graphdef, state), prompt_ids, prompt_mask, response_ids, response_mask)
+        return response_values(nnx.merge(graphdef, state), prompt_ids, prompt_mask, response_ids, response_mask,
+                               group_size=group_size)
 
     return jax.jit(sharded_activations(mesh, step), in_shardings=(state_shardings, data, data, data, data),
                    out_shardings=data)
@@ -161,12 +166,14 @@ class ActorLossSettings:
     chunk_size: int
     temperature: float = 1.0  # rollout temperature: log-probs, entropy and KL are of logits / temperature (verl)
     on_policy: bool = False  # old log-probs = stop_gradient(this forward's); batch.old_logprobs is not read
+    group_size: int = 1  # runs of this many micro-batch rows share one prompt, run once (scoring_hidden)
 
     @classmethod
-    def from_config(cls, cfg: PPOConfig, ntl_method: str | None, on_policy: bool = False) -> "ActorLossSettings":
+    def from_config(cls, cfg: PPOConfig, ntl_method: str | None, on_policy: bool = False,
+                    group_size: int = 1) -> "ActorLossSettings":
         return cls(cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c, cfg.loss_agg_mode, cfg.entropy_coeff,
                    cfg.use_kl_loss, cfg.kl_loss_coef, cfg.kl_loss_type, ntl_method, cfg.logprob_chunk_size,
-                   cfg.temperature, on_policy)
+                   cfg.temperature, on_policy, group_size)
 
 
 def ntl_token_losses(digit_logits: jax.Array, batch: RolloutBatch, method: str) -> jax.Array:
@@ -190,7 +197,7 @@ def actor_loss(model: nnx.Module, batch: RolloutBatch, ntl_weight: jax.Array, se
     use_ntl = settings.ntl_method is not None
     out = sequence_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                             digit_ids=digit_ids if use_ntl else None, chunk_size=settings.chunk_size,
-                            compute_entropy=True, temperature=settings.temperature)
+                            compute_entropy=True, temperature=settings.temperature, group_size=settings.group_size)
     mask = batch.response_mask
 
     def agg(loss_mat: jax.Array) -> jax.Array:
@@ -217,9 +224,11 @@ def actor_loss(model: nnx.Module, batch: RolloutBatch, ntl_weight: jax.Array, se
 
 
 def critic_loss(model: nnx.Module, batch: RolloutBatch, cliprange_value: float, loss_agg_mode: str,
-                normalizer: LossNormalizer | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                normalizer: LossNormalizer | None = None, group_size: int = 1
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clipped value loss ``0.5 * agg(max((V - R)^2, (clip(V, V_old +- c) - R)^2))``."""
-    values = response_values(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    values = response_values(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                             group_size=group_size)
     loss, vf_metrics = value_loss(values, batch.old_values, batch.returns, batch.response_mask,
                                   cliprange_value=cliprange_value, loss_agg_mode=loss_agg_mode, normalizer=normalizer)
     metrics = {"critic/vf_loss": loss, "critic/vpred_mean": token_mean(values, batch.response_mask, normalizer),
@@ -302,10 +311,11 @@ def make_actor_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, 
 
 def make_critic_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: PPOConfig, *,
                        num_micro_batches: int, mesh: Mesh, param_shardings: Any,
-                       opt_shardings: Any) -> Callable[..., Any]:
-    """``(params, opt_state, batch) -> (params, opt_state, metrics)`` (jitted, donating)."""
+                       opt_shardings: Any, group_size: int = 1) -> Callable[..., Any]:
+    """``(params, opt_state, batch) -> (params, opt_state, metrics)`` (jitted, donating); ``group_size`` as in
+    :class:`ActorLossSettings`."""
     def loss_fn(model, micro_batch, normalizer):
-        return critic_loss(model, micro_batch, cfg.cliprange_value, cfg.loss_agg_mode, normalizer)
+        return critic_loss(model, micro_batch, cfg.cliprange_value, cfg.loss_agg_mode, normalizer, group_size)
 
     return make_update_step(graphdef, tx, loss_fn, num_micro_batches=num_micro_batches, mesh=mesh,
                             param_shardings=param_shardings, opt_shardings=opt_shardings,

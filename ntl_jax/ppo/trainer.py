@@ -160,24 +160,30 @@ class PPOTrainer:
     def _build_steps(self) -> None:
         models, mesh, ppo = self.models, self.mesh, self.ppo
         policy = models.policy
+        # The shared-prompt forward runs through the KV-cache path, which neither rematerialises nor scans layers.
+        forward_group, update_group = ((1, 1) if self.run.remat or self.run.scan_layers else
+                                       ppo.prompt_groups(self.mesh.shape["data"] * self.mesh.shape["fsdp"],
+                                                         self.num_micro_batches))
+        log.info("rows per shared prompt: %d in log-prob / value passes, %d in updates", forward_group, update_group)
         self.logprob_step = make_logprob_step(policy.graphdef, mesh, policy.shardings, digit_ids=self.digit_ids,
-                                              chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature)
+                                              chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature,
+                                              group_size=forward_group)
         self.ref_logprob_step = make_logprob_step(policy.graphdef, mesh, policy.shardings, digit_ids=None,
                                                   chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature,
-                                                  compute_entropy=False)
+                                                  compute_entropy=False, group_size=forward_group)
         settings = ActorLossSettings.from_config(ppo, self.ntl.method if self.ntl.enabled else None,
-                                                 on_policy=self.old_log_prob_from_update)
+                                                 on_policy=self.old_log_prob_from_update, group_size=update_group)
         self.actor_update = make_actor_update(policy.graphdef, policy.tx, settings, digit_ids=self.digit_ids,
                                               num_micro_batches=self.num_micro_batches, mesh=mesh,
                                               param_shardings=policy.shardings, opt_shardings=policy.opt_shardings)
         self.advantage_step = make_advantage_step(ppo, mesh)
         if models.critic is not None:
             critic = models.critic
-            self.value_step = make_value_step(critic.graphdef, mesh, critic.shardings)
+            self.value_step = make_value_step(critic.graphdef, mesh, critic.shardings, group_size=forward_group)
             self.critic_update = make_critic_update(critic.graphdef, critic.tx, ppo,
                                                     num_micro_batches=self.num_micro_batches, mesh=mesh,
                                                     param_shardings=critic.shardings,
-                                                    opt_shardings=critic.opt_shardings)
+                                                    opt_shardings=critic.opt_shardings, group_size=update_group)
 
     def _build_rollout(self):
         if self.run.rollout_mode == "colocated":
