@@ -97,15 +97,18 @@ def decode_matmul_floor(config: Any, batch: int, steps: int, reps: int = 5) -> d
             "what": f"the decode loop's weight matmuls alone, M = {batch}, {steps} steps, one compiled loop"}
 
 
-def iteration_matmul_flops(n_matmul: int, sequences: int, prompt_positions: float, completion_tokens: float) -> dict:
+def iteration_matmul_flops(n_matmul: int, sequences: int, prompt_positions: float, completion_tokens: float,
+                           samples_per_prompt: int = 1) -> dict:
     """Model FLOPs of one RL iteration without critic / reference / separate old-log-prob pass:
 
-        rollout = 2 * N * sequences * (prompt_positions + completion_tokens)    (prefill + decode, one pass each)
-        update  = 6 * N * sequences * (prompt_positions + completion_tokens)    (forward + backward over the batch)
+        positions = sequences / samples_per_prompt * prompt_positions + sequences * completion_tokens
+        rollout   = 2 * N * positions    (prefill + decode, one pass each)
+        update    = 6 * N * positions    (forward + backward over the batch)
 
-    N = weights multiplying activations (`common.param_count(...)["matmul"]`); attention is negligible at <= 16
-    positions and not counted.
+    A prompt's samples share its prefix, so the least work runs each prompt once (both the sampler and the
+    update's shared-prompt forward do). N = weights multiplying activations (`common.param_count(...)["matmul"]`);
+    attention is negligible at <= 16 positions and not counted.
     """
-    positions = sequences * (prompt_positions + completion_tokens)
+    positions = sequences / samples_per_prompt * prompt_positions + sequences * completion_tokens
     return {"rollout": 2.0 * n_matmul * positions, "update": 6.0 * n_matmul * positions,
             "total": 8.0 * n_matmul * positions}

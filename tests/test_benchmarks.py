@@ -106,6 +106,9 @@ def test_logprob_memory_labels_the_shipped_default_chunk():
 def test_iteration_flops_follow_the_documented_formula():
     flops = machine_limit.iteration_matmul_flops(1000, sequences=4, prompt_positions=5.0, completion_tokens=3.0)
     assert flops == {"rollout": 2 * 1000 * 4 * 8, "update": 6 * 1000 * 4 * 8, "total": 8 * 1000 * 4 * 8}
+    shared = machine_limit.iteration_matmul_flops(1000, sequences=4, prompt_positions=5.0, completion_tokens=3.0,
+                                                  samples_per_prompt=2)  # 2 prompts x 5 + 4 x 3 positions
+    assert shared == {"rollout": 2 * 1000 * 22, "update": 6 * 1000 * 22, "total": 8 * 1000 * 22}
 
 
 def test_decode_matmul_floor_times_each_distinct_dot_path():
