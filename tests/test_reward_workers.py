@@ -101,6 +101,20 @@ def test_local_runner_abandons_a_hung_call_and_keeps_going(reward_file):
     runner.close()
 
 
+def test_local_runner_limits_each_call_not_the_batch(reward_file):
+    """Calls run back to back on one thread, yet each has its own limit: four 0.3 s calls under a 0.5 s limit all
+    finish (1.2 s in all), and two hangs in one batch each time out while the samples between and after them score."""
+    runner = LocalRewardRunner(RewardFnSpec(path=reward_file), timeout_s=0.5, fallback_score=-1.0)
+    slow = [{**item, "delay_s": 0.3} for item in _items(["ok"] * 4)]
+    result = runner.score(slow)
+    assert result.num_timeouts == 0 and result.scores.tolist() == [0.75, 1.75, 2.75, 3.75]
+    behaviours = ["hang", "ok", "hang", "ok", "ok"]
+    result = runner.score(_items(behaviours))
+    assert result.num_timeouts == 2 and result.scores[0] == result.scores[2] == -1.0
+    _check_healthy(result, behaviours)
+    runner.close()
+
+
 def test_runner_rejects_bad_items_and_arguments(reward_file):
     runner = LocalRewardRunner(RewardFnSpec(path=reward_file), timeout_s=None)
     with pytest.raises(ValueError, match=r"reward item 0 lacks keys \['ground_truth'\]"):
