@@ -177,10 +177,11 @@ def _grouped_batch(num_prompts: int, group: int, seed: int = 0):
     return prompt_ids, prompt_mask, np.where(response_mask > 0, response_ids, 0), response_mask
 
 
-@pytest.mark.parametrize("group", [2, 4])
-def test_shared_prompt_forward_matches_per_row_forward(group):
+@pytest.mark.parametrize("group,layers", [(2, "loop"), (4, "loop"), (4, "scan+remat")])
+def test_shared_prompt_forward_matches_per_row_forward(group, layers):
     """Each prompt run once for its group (KV prefix repeated) gives the per-row forward's log-probs, entropy,
-    digit slice, critic values and parameter gradients; the prompt's gradient is the sum over its responses."""
+    digit slice, critic values and parameter gradients; the prompt's gradient is the sum over its responses.
+    Also with the layers scanned and rematerialised (the real-scale configs)."""
     from flax import nnx
 
     from ntl_jax.models.config import ModelConfig
@@ -190,7 +191,7 @@ def test_shared_prompt_forward_matches_per_row_forward(group):
 
     config = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
-    policy = CausalLM(config, rngs=nnx.Rngs(0))
+    policy = CausalLM(config, rngs=nnx.Rngs(0), remat=layers != "loop", scan_layers=layers != "loop")
     graphdef, state = nnx.split(policy)
     critic_graphdef, critic_state = nnx.split(ValueModel.from_policy(policy, rngs=nnx.Rngs(1)))
     batch = _grouped_batch(3, group)

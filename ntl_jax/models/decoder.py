@@ -140,14 +140,20 @@ class Attention(nnx.Module):
         return y if bias is None else y + bias[...].astype(self.dtype)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array,
-                 layer_cache: tuple[jax.Array, jax.Array, int] | None, cache_index: jax.Array | int | None
-                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+                 layer_cache: tuple[jax.Array, jax.Array, int] | None, cache_index: jax.Array | int | None,
+                 prefix: tuple[jax.Array, jax.Array] | None = None, return_kv: bool = False
+                 ) -> tuple[jax.Array, Any]:
         """x [B,T,D], attend bool [B,T,S]; layer_cache = (cache_k, cache_v, layer) with the stacked
-        [L,B,S,KVH,Dh] caches, whose slot ``cache_index`` of ``layer`` receives this step's k/v."""
+        [L,B,S,KVH,Dh] caches, whose slot ``cache_index`` of ``layer`` receives this step's k/v; or ``prefix``
+        = (k, v) [B,P,KVH,Dh] of P earlier slots, attended before this call's own (S = P + T).
+        -> (y, the updated cache | this call's (k, v) when ``return_kv`` | None)."""
         q = apply_rope(self._project(x, self.q_kernel, self.q_bias), cos, sin)
         k = apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin)
         v = self._project(x, self.v_kernel, self.v_bias)
-        new_cache = None
+        new_cache = (k, v) if return_kv else None
+        if prefix is not None:
+            k = jnp.concatenate([prefix[0].astype(self.dtype), k], axis=1)
+            v = jnp.concatenate([prefix[1].astype(self.dtype), v], axis=1)
         if layer_cache is not None:
             # Write this layer's k/v straight into the stacked [L,B,S,KVH,Dh] cache: slicing a layer out and
             # setting it back costs XLA full-cache copies in the decode loop; one in-place update does not.
@@ -204,14 +210,19 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.mlp = MLP(config, rngs=rngs, **kw)
 
-    def __call__(self, x, cos, sin, attend, layer_cache, cache_index):
-        attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, attend, layer_cache, cache_index)
+    def __call__(self, x, cos, sin, attend, layer_cache, cache_index, prefix=None, return_kv=False):
+        attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, attend, layer_cache, cache_index,
+                                             prefix, return_kv)
         x = constrain_batch(x + attn_out)
         return x + self.mlp(self.post_attention_layernorm(x)), new_cache
 
 
 def _apply_layer(layer: DecoderLayer, *args):
     return layer(*args)
+
+
+def _apply_layer_returning_kv(layer: DecoderLayer, *args):
+    return layer(*args, return_kv=True)
 
 
 def attention_allowed(attention_mask: jax.Array, num_queries: int, first_slot: jax.Array | int) -> jax.Array:
@@ -237,29 +248,44 @@ class DecoderBody(nnx.Module):
         self.scan_layers = scan_layers
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array, *,
-                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
-        _check_inputs(input_ids, positions, attention_mask, cache, cache_index)
+                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None,
+                 prefix: KVCache | None = None, return_kv: bool = False) -> tuple[jax.Array, KVCache | None]:
+        """-> (final-norm hidden [B,T,D], KV cache). Without ``cache``: ``prefix`` [L,B,P,KVH,Dh] holds the keys /
+        values of P earlier slots (``attention_mask`` then covers P + T slots, query t sits at slot P + t), and
+        ``return_kv`` returns this call's own keys / values [L,B,T,KVH,Dh] in place of the cache. Both are
+        differentiable, so a shared prompt can run once and its responses continue from it in training."""
+        _check_inputs(input_ids, positions, attention_mask, cache, cache_index, prefix)
         x = constrain_batch(jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype))
         cos, sin = rope_tables(positions, rope_inv_freq(self.config))
-        first_slot = 0 if cache is None else cache_index
+        first_slot = cache_index if cache is not None else (0 if prefix is None else prefix.k.shape[2])
         attend = attention_allowed(attention_mask, input_ids.shape[1], first_slot)
         if cache is None and self.scan_layers:
-            return self.norm(self._scanned_layers(x, cos, sin, attend)), None
+            x, own_kv = self._scanned_layers(x, cos, sin, attend, prefix, return_kv)
+            return self.norm(x), own_kv
         # Rematerialise only passes that are differentiated (no KV cache): decoding keeps nothing for a backward
         # pass, and nnx.remat inside the sampler's while_loop would rebind Variables across trace levels.
-        apply_layer: Callable = nnx.remat(_apply_layer) if self.remat and cache is None else _apply_layer
+        apply_layer: Callable = _apply_layer_returning_kv if return_kv else _apply_layer
+        if self.remat and cache is None:
+            apply_layer = nnx.remat(apply_layer)
         cache_k, cache_v = (None, None) if cache is None else cache
+        own_kv = []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache_k, cache_v, i)
-            x, new_layer_cache = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index)
+            layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i])
+            x, layer_out = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index, layer_prefix)
             x = constrain_batch(x)
             if cache is not None:
-                cache_k, cache_v, _ = new_layer_cache
-        new_cache = None if cache is None else KVCache(cache_k, cache_v)
-        return self.norm(x), new_cache
+                cache_k, cache_v, _ = layer_out
+            elif return_kv:
+                own_kv.append(layer_out)
+        if cache is not None:
+            return self.norm(x), KVCache(cache_k, cache_v)
+        if return_kv:
+            return self.norm(x), KVCache(jnp.stack([k for k, _ in own_kv]), jnp.stack([v for _, v in own_kv]))
+        return self.norm(x), None
 
-    def _scanned_layers(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array) -> jax.Array:
+    def _scanned_layers(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array,
+                        prefix: KVCache | None, return_kv: bool) -> tuple[jax.Array, KVCache | None]:
         """x -> layer_{L-1}(... layer_0(x)) as one ``lax.scan`` over the layers' weights stacked on a new axis.
 
         Why: unrolled, XLA schedules every layer's gathered (fsdp) weights and weight gradients to be live at once
@@ -271,25 +297,31 @@ class DecoderBody(nnx.Module):
         stacked = constrain_stacked_layers(
             jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(layer) for layer in self.layers]))
 
-        def one_layer(h: jax.Array, layer_state: Any) -> tuple[jax.Array, None]:
-            h, _ = nnx.merge(graphdef, layer_state)(h, cos, sin, attend, None, None)
-            return constrain_batch(h), None
+        def one_layer(h: jax.Array, xs: Any) -> tuple[jax.Array, Any]:
+            layer_state, layer_prefix = xs
+            h, own = nnx.merge(graphdef, layer_state)(h, cos, sin, attend, None, None, layer_prefix, return_kv)
+            return constrain_batch(h), own
 
-        x, _ = jax.lax.scan(jax.checkpoint(one_layer) if self.remat else one_layer, x, stacked)
-        return x
+        layer_prefixes = None if prefix is None else (prefix.k, prefix.v)
+        x, own_kv = jax.lax.scan(jax.checkpoint(one_layer) if self.remat else one_layer, x, (stacked, layer_prefixes))
+        return x, (KVCache(*own_kv) if return_kv else None)
 
 
-def _check_inputs(input_ids, positions, attention_mask, cache, cache_index) -> None:
+def _check_inputs(input_ids, positions, attention_mask, cache, cache_index, prefix=None) -> None:
     if input_ids.ndim != 2 or positions.shape != input_ids.shape:
         raise ValueError(f"input_ids {input_ids.shape} / positions {positions.shape}; allowed: equal [B, T] shapes")
     if attention_mask.ndim != 2 or attention_mask.shape[0] != input_ids.shape[0]:
         raise ValueError(f"attention_mask shape {attention_mask.shape}; allowed: [B={input_ids.shape[0]}, S]")
+    if prefix is not None and (cache is not None or prefix.k.shape[1] != input_ids.shape[0]):
+        raise ValueError(f"prefix of shape {prefix.k.shape} with a cache or for {input_ids.shape[0]} rows; allowed: "
+                         "no cache and a prefix [L, B, P, KVH, Dh] over the same B rows")
     if cache is None:
+        prefix_len = 0 if prefix is None else prefix.k.shape[2]
         if cache_index is not None:
             raise ValueError(f"cache_index={cache_index!r} given without a cache; allowed: None")
-        if attention_mask.shape[1] != input_ids.shape[1]:
+        if attention_mask.shape[1] != prefix_len + input_ids.shape[1]:
             raise ValueError(f"attention_mask length {attention_mask.shape[1]} without cache; "
-                             f"allowed: T={input_ids.shape[1]}")
+                             f"allowed: prefix + T = {prefix_len + input_ids.shape[1]}")
     else:
         if cache_index is None:
             raise ValueError("cache given without cache_index; allowed: an int or int32 scalar slot")

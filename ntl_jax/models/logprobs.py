@@ -24,7 +24,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from ntl_jax.models.decoder import KVCache, dense, init_kv_cache
+from ntl_jax.models.decoder import KVCache, dense
 
 
 class TokenLogProbs(NamedTuple):
@@ -174,11 +174,12 @@ def _repeat_rows(x: jax.Array, group_size: int, axis: int = 0) -> jax.Array:
 def scoring_hidden(body: Any, prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids: jax.Array,
                    response_mask: jax.Array, *, group_size: int = 1) -> jax.Array:
     """Final-norm hidden states that predict the T response tokens: slots ``P-1 .. P+T-2`` of concat(prompt,
-    response) -> [N, T, D]. ``body`` is a `DecoderBody` (or a `CausalLM`, which calls its body).
+    response) -> [N, T, D]. ``body`` is a `DecoderBody` (a `CausalLM`'s or `ValueModel`'s ``.model``).
 
     ``group_size`` g > 1: rows ``i*g .. i*g+g-1`` hold the same prompt (the sampler's row order with n = g), so the
-    prompt runs once per group (a prefill into a P-slot KV cache); its keys / values and its last hidden state are
-    repeated g times and the responses run as a continuation that attends to them. The same function as g = 1
+    prompt runs once per group; its keys / values and its last hidden state are
+    repeated g times and the responses run as a continuation that attends to them (``DecoderBody``'s
+    ``return_kv`` / ``prefix``, differentiable; with remat and scanned layers too). The same function as g = 1
     (tested), on ``N/g * P + N * T`` positions instead of ``N * (P + T)``; the prompt's gradient is the sum over
     its g responses. Float rounding differs from g = 1 (attention sums over keys in another order).
     """
@@ -191,15 +192,11 @@ def scoring_hidden(body: Any, prompt_ids: jax.Array, prompt_mask: jax.Array, res
         raise ValueError(f"group_size={group_size!r} is invalid; allowed: a positive int dividing the "
                          f"{prompt_ids.shape[0]} rows")
     group_ids, group_mask = _first_of_groups(prompt_ids, group_size), _first_of_groups(prompt_mask, group_size)
-    cache = init_kv_cache(body.config, group_ids.shape[0], prompt_len, dtype=body.dtype)
-    prompt_hidden, cache = body(group_ids.astype(jnp.int32), response_positions(group_mask), group_mask, cache=cache,
-                                cache_index=0)
-    # Response slots P .. P+T-1 of every row's cache receive the responses' own keys / values.
-    cache = KVCache(*(jnp.pad(_repeat_rows(c, group_size, axis=1),
-                              ((0, 0), (0, 0), (0, response_len), (0, 0), (0, 0))) for c in cache))
+    prompt_hidden, prompt_kv = body(group_ids.astype(jnp.int32), response_positions(group_mask), group_mask,
+                                    return_kv=True)
+    prefix = KVCache(*(_repeat_rows(c, group_size, axis=1) for c in prompt_kv))
     input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    response_hidden, _ = body(input_ids[:, prompt_len:], positions[:, prompt_len:], attention_mask, cache=cache,
-                              cache_index=prompt_len)
+    response_hidden, _ = body(input_ids[:, prompt_len:], positions[:, prompt_len:], attention_mask, prefix=prefix)
     last_prompt = _repeat_rows(prompt_hidden[:, prompt_len - 1:], group_size)
     return jnp.concatenate([last_prompt, response_hidden[:, : response_len - 1]], axis=1)
 

@@ -95,7 +95,7 @@ class PPOConfig:
     share_prompt_forward: bool = knob(
         True, "in the log-prob / value passes and in updates whose mini-batch is the whole iteration, run each "
               "prompt once for its rollout_n responses and attend to its keys / values (the same function, prompt "
-              "tokens not recomputed n times; rounding differs); not with TrainerConfig.remat or scan_layers")
+              "tokens not recomputed n times; rounding differs)")
 
     def __post_init__(self) -> None:
         n = "PPOConfig"

@@ -160,10 +160,8 @@ class PPOTrainer:
     def _build_steps(self) -> None:
         models, mesh, ppo = self.models, self.mesh, self.ppo
         policy = models.policy
-        # The shared-prompt forward runs through the KV-cache path, which neither rematerialises nor scans layers.
-        forward_group, update_group = ((1, 1) if self.run.remat or self.run.scan_layers else
-                                       ppo.prompt_groups(self.mesh.shape["data"] * self.mesh.shape["fsdp"],
-                                                         self.num_micro_batches))
+        forward_group, update_group = ppo.prompt_groups(self.mesh.shape["data"] * self.mesh.shape["fsdp"],
+                                                        self.num_micro_batches)
         log.info("rows per shared prompt: %d in log-prob / value passes, %d in updates", forward_group, update_group)
         self.logprob_step = make_logprob_step(policy.graphdef, mesh, policy.shardings, digit_ids=self.digit_ids,
                                               chunk_size=ppo.logprob_chunk_size, temperature=ppo.temperature,
