@@ -150,7 +150,9 @@ def enable_compilation_cache(path: str) -> str | None:
     """Point JAX's persistent compilation cache at ``path`` (``~`` expanded); ``''`` leaves it off.
 
     Takes effect for compilations after the call (JAX opens the cache at the first one), so it runs before the
-    trainer compiles anything. Steps that compile in under 0.5 s are not worth a disk round trip and stay out.
+    trainer compiles anything. Every program is cached, however quick to compile: loading one takes milliseconds,
+    while the small ones (advantages, gathers, shapes seen once) add up to ~2 s of a warm start when recompiled
+    (GRPO benchmark, 20 iterations: 11.6-11.8 s -> 9.4-9.5 s per warm process).
     """
     if not path:
         return None
@@ -159,7 +161,7 @@ def enable_compilation_cache(path: str) -> str | None:
     path = os.path.expanduser(path)
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
 
