@@ -163,6 +163,24 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpu_fields() -> dict[str, Any]:
+    """x86 family / model numbers and the vector extensions that decide XLA:CPU's fastest matmul path."""
+    fields: dict[str, Any] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value
+                elif key == "flags":
+                    flags = set(value.split())
+                    fields["vector_extensions"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_tile"})
+                    break
+    except OSError:
+        pass
+    return fields
+
+
 def machine_info() -> dict[str, Any]:
     """What the run was measured on (no JAX import: workers report their own device)."""
     try:
@@ -171,7 +189,7 @@ def machine_info() -> dict[str, Any]:
         mem_gb = float("nan")
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "memory_gb": round(mem_gb, 1),
+        "cpu": _cpu_model(), "cpu_fields": _cpu_fields(), "cpu_count": os.cpu_count(), "memory_gb": round(mem_gb, 1),
         "python": platform.python_version(), "platform": platform.platform(),
         "versions": {n: _version(n) for n in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "trl")},
         "uptime_start": uptime_line(),

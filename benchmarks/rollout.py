@@ -5,7 +5,8 @@ PyTorch with `AutoModelForCausalLM.from_pretrained`. Same 32 left-padded prompts
 tokens. The EOS token's LM-head column is zeroed so its logit is exactly 0 and greedy decoding never picks it: both
 sides generate all new tokens (checked). Throughput = generated tokens / median generate time; the first ntl-jax call
 (tracing + XLA compilation) is excluded from the median and reported as `compile_s`. ntl-jax runs its default
-`cpu_decode_matmuls='eigen'`; full mode also reports 'xla_default' (YNNPACK) and a bfloat16 KV cache beside it.
+`cpu_decode_matmuls='auto'` (YNNPACK on AVX-512 CPUs, else Eigen); full mode also reports the dot path 'auto' did
+not pick and a bfloat16 KV cache beside it.
 
 A third, GRPO-shaped case (`GROUP`: MID, 8 prompts of 48..64 tokens x 8 samples each, 32 new tokens) measures what
 a GRPO rollout pays: ntl-jax `generate` with `SamplingParams(n=8)` against transformers `generate` on the prompts
@@ -85,7 +86,7 @@ def jax_generate(args: dict[str, Any]) -> dict[str, Any]:
     graphdef, state = nnx.split(model)
     sampler = Sampler(graphdef, model.config, eos_token_ids=[EOS_ID], pad_token_id=PAD_ID,
                       cache_dtype=args.get("cache_dtype", "float32"),
-                      cpu_decode_matmuls=args.get("cpu_decode_matmuls", "eigen"))
+                      cpu_decode_matmuls=args.get("cpu_decode_matmuls", "auto"))
     new_tokens = args.get("new_tokens", NEW_TOKENS)
     samples = args.get("samples", 1)
     params = SamplingParams(max_new_tokens=new_tokens, greedy=True, n=samples)
@@ -176,10 +177,13 @@ def _case(spec: ModelSpec, workdir: str, scale: str, group: dict[str, Any] | Non
     if full and group is None:  # TrainerConfig.kv_cache_dtype='bfloat16', reported beside the float32 figure
         half = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cache_dtype": "bfloat16"})
         variants["bfloat16_kv_cache_tokens_per_s"] = tokens / median(half["times"])
-        # TrainerConfig.cpu_decode_matmuls='xla_default': jaxlib's YNNPACK dots in the decode loop (the default
-        # before 2026-12-01; 'eigen' is the ratio's setting).
-        ynn = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cpu_decode_matmuls": "xla_default"})
-        variants["ynnpack_decode_tokens_per_s"] = tokens / median(ynn["times"])
+        # TrainerConfig.cpu_decode_matmuls: the dot path 'auto' (the ratio's setting) did not pick on this CPU.
+        from ntl_jax.models.xla_cpu import resolve_decode_matmuls
+
+        other = "eigen" if resolve_decode_matmuls("auto") == "xla_default" else "xla_default"
+        run = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cpu_decode_matmuls": other})
+        variants["auto_picked"] = resolve_decode_matmuls("auto")
+        variants[f"{other}_decode_tokens_per_s"] = tokens / median(run["times"])
     baselines = {}
     for setting, cache in itertools.product(torch_thread_settings(scale), CACHE_MODES if full else CACHE_MODES[:1]):
         reps = (3 if spec is MID else 5) if full else (1 if smoke else 2)

@@ -276,17 +276,24 @@ def _decode_hlo(sampler_, split_, params):
     return decode.lower(split_[1], cache, logits, jnp.ones_like(ids), jax.random.key(0), rows, rows).compile().as_text()
 
 
-def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_the_same(split, model, sampler):
-    """TrainerConfig.cpu_decode_matmuls: 'eigen' (default) compiles the CPU decode loop without YNNPACK fusions
-    (faster at its few rows, benchmarks/rollout.py); 'xla_default' keeps jaxlib's. Same greedy tokens either way."""
-    from ntl_jax.models.xla_cpu import decode_compiler_options
+def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_the_same(split, model):
+    """TrainerConfig.cpu_decode_matmuls: 'eigen' compiles the CPU decode loop without YNNPACK fusions (faster at its
+    few rows on AVX2 machines, benchmarks/rollout.py); 'xla_default' keeps jaxlib's; 'auto' (default) picks
+    'xla_default' on AVX-512 CPUs, else 'eigen'. Same greedy tokens either way."""
+    from ntl_jax.models.xla_cpu import decode_compiler_options, host_has_avx512, resolve_decode_matmuls
 
     default = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
                       cpu_decode_matmuls="xla_default")
+    sampler = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
+                      cpu_decode_matmuls="eigen")
+    automatic = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS)
     params = SamplingParams(max_new_tokens=8, greedy=True)
     assert default.decode_compiler_options == {}
+    assert resolve_decode_matmuls("auto") == ("xla_default" if host_has_avx512() else "eigen")
+    assert automatic.decode_compiler_options == decode_compiler_options(resolve_decode_matmuls("auto"), "cpu")
     assert decode_compiler_options("eigen", "gpu") == decode_compiler_options("eigen", "tpu") == {}
-    with pytest.raises(ValueError, match=r"cpu_decode_matmuls='mkl'; allowed: one of \('eigen', 'xla_default'\)"):
+    with pytest.raises(ValueError, match=r"cpu_decode_matmuls='mkl'; allowed: one of \('auto', 'eigen', "
+                                         r"'xla_default'\)"):
         Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, cpu_decode_matmuls="mkl")
     assert "ynn_fusion" not in _decode_hlo(sampler, split, params)
     if "ynn_fusion" not in _decode_hlo(default, split, params):

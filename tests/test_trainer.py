@@ -125,11 +125,11 @@ def test_kv_cache_dtype_and_cpu_decode_matmuls_reach_the_sampler_and_are_validat
     trainer = _trainer(with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="bfloat16",
                                     cpu_decode_matmuls="xla_default"), policy_dir)
     assert trainer.sampler.cache_dtype == jnp.bfloat16
-    assert trainer.sampler.decode_compiler_options == {}  # 'eigen' (default) is covered by test_sampler.py
+    assert trainer.sampler.decode_compiler_options == {}  # 'eigen' and 'auto' (default): test_sampler.py
     trainer.close()
     with pytest.raises(ValueError, match="kv_cache_dtype='float16' is invalid; allowed: 'float32', 'bfloat16'"):
         with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="float16")
-    with pytest.raises(ValueError, match="cpu_decode_matmuls='mkl' is invalid; allowed: 'eigen', 'xla_default'"):
+    with pytest.raises(ValueError, match="cpu_decode_matmuls='mkl' is invalid; allowed: 'auto', 'eigen', 'xla_default'"):
         with_trainer(tiny_experiment(str(tmp_path)), cpu_decode_matmuls="mkl")
 
 

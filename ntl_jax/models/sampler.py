@@ -143,7 +143,8 @@ class Sampler:
     """Generates responses for batches of token-id prompts with a `CausalLM` given as (graphdef, state).
 
     `cpu_decode_matmuls`: on XLA:CPU, 'eigen' compiles the decode loop with YNNPACK dot fusions off (faster at its
-    few-row matmuls, see `ntl_jax.models.xla_cpu`); 'xla_default' keeps jaxlib's choice. No effect elsewhere.
+    few-row matmuls on AVX2 machines, see `ntl_jax.models.xla_cpu`); 'xla_default' keeps jaxlib's choice; 'auto'
+    (default) is 'xla_default' on AVX-512 CPUs, else 'eigen'. No effect elsewhere.
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class Sampler:
         mesh: Mesh | None = None,
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         cache_dtype: Any = jnp.float32,
-        cpu_decode_matmuls: str = "eigen",
+        cpu_decode_matmuls: str = "auto",
     ) -> None:
         eos = (eos_token_ids,) if isinstance(eos_token_ids, (int, np.integer)) else tuple(eos_token_ids)
         if not eos or any(not 0 <= int(t) < config.vocab_size for t in eos):

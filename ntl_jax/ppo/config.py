@@ -241,9 +241,10 @@ class TrainerConfig:
     param_dtype: str = knob("float32", "storage dtype of parameters and Adam moments (keep float32 for small lrs)")
     kv_cache_dtype: str = knob("float32", "dtype of the rollout KV cache: float32, bfloat16 (half the decode memory "
                                           "and cache traffic; keys/values rounded to bfloat16)")
-    cpu_decode_matmuls: str = knob("eigen", "XLA:CPU only, the rollout decode loop's matmuls: eigen (YNNPACK dot "
-                                            "fusions off for that program: faster at its few rows), xla_default "
-                                            "(jaxlib's choice); training programs always keep jaxlib's choice")
+    cpu_decode_matmuls: str = knob("auto", "XLA:CPU only, the rollout decode loop's matmuls: eigen (YNNPACK dot "
+                                           "fusions off for that program: faster at its few rows on AVX2 machines), "
+                                           "xla_default (jaxlib's YNNPACK: faster on AVX-512 ones), auto (xla_default "
+                                           "if the CPU has AVX-512, else eigen); training programs keep jaxlib's")
     remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
     scan_layers: bool = knob(False, "differentiated passes run the layers as one lax.scan over stacked weights: one "
                                     "layer's gathered fsdp weights live at a time, one compiled layer (large models)")

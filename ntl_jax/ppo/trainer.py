@@ -313,7 +313,8 @@ class PPOTrainer:
         for _ in range(ppo.ppo_epochs):
             order = rng.permutation(rollout.size)
             for start in range(0, rollout.size, mini_size):
-                mini = _take_rows(rollout, self._device(np.sort(order[start:start + mini_size])))
+                rows = np.sort(order[start:start + mini_size])  # all rows in order when one mini-batch
+                mini = rollout if rows.size == rollout.size else _take_rows(rollout, self._device(rows))
                 if models.critic is not None:
                     with timed(timings, "update_critic"):
                         models.critic.params, models.critic.opt_state, critic_metrics = self.critic_update(
