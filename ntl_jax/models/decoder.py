@@ -5,7 +5,8 @@ Every parameter carries logical axis names in its `out_sharding` metadata (see `
 `param_dtype`; RMSNorm, RoPE tables, attention scores and softmax run in float32.
 
 Masking rule: key slot j may be attended by query slot i iff j <= i and attention_mask[b, j]. Without a cache the
-query t sits at slot t; with a cache it sits at slot cache_index + t, and its k/v are written there.
+query t sits at slot t (slot P + t after a ``prefix`` of P slots' keys / values); with a cache it sits at slot
+cache_index + t, and its k/v are written there.
 """
 from __future__ import annotations
 
