@@ -216,3 +216,12 @@ def test_shared_prompt_forward_matches_per_row_forward(group, layers):
         np.testing.assert_allclose(values[0], values[1], atol=2e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="group_size=5"):
         sequence_logprobs(nnx.merge(graphdef, state), *batch, group_size=5)
+    body = nnx.merge(graphdef, state).model
+    ids = jnp.asarray(batch[0])
+    _, own = body(ids, jnp.zeros_like(ids), jnp.ones_like(ids), return_kv=True)
+    assert own.k.shape == (config.num_hidden_layers, *ids.shape, config.num_key_value_heads, config.dim_per_head)
+    with pytest.raises(ValueError, match="prefix of shape"):  # a prefix for other rows
+        body(ids, jnp.zeros_like(ids), jnp.ones((ids.shape[0], 2 * ids.shape[1])), prefix=own._replace(
+            k=own.k[:, :1], v=own.v[:, :1]))
+    with pytest.raises(ValueError, match="allowed: prefix \\+ T = 12"):  # the mask must cover prefix + T slots
+        body(ids, jnp.zeros_like(ids), jnp.ones_like(ids), prefix=own)
