@@ -394,3 +394,24 @@ def test_example_configs_are_the_preset_files():
                     key, value = (part.strip() for part in line[len("ntl_jax.NTLConfig."):].split("=", 1))
                     bound[key] = ast.literal_eval(value)
         assert bound == settings, name
+
+
+def test_a_rollout_out_of_group_order_is_refused_while_prompts_are_shared(tmp_path, policy_dir):
+    """The shared-prompt forward reads rows i * n .. i * n + n - 1 as prompt i's samples: a rollout whose rows are
+    in another order is refused with one line, never trained on with the wrong prompts."""
+    trainer = _trainer(tiny_experiment(str(tmp_path)), policy_dir)
+    generate = trainer.rollout.generate
+
+    def rows_shifted_by_one(*args, **kwargs):  # row 0 now holds the last prompt's second sample
+        out = generate(*args, **kwargs)
+        assert not np.array_equal(out.prompt_ids[0], out.prompt_ids[-1])  # the batch has different prompts
+        return out._replace(**{name: np.roll(getattr(out, name), 1, axis=0) for name in (
+            "prompt_ids", "prompt_mask", "response_ids", "response_mask")})
+
+    trainer.rollout.generate = rows_shifted_by_one
+    try:
+        batch = trainer.loader.next_batch()
+        with pytest.raises(RuntimeError, match="not in groups of rollout_n=2 rows per prompt"):
+            trainer.generate(batch)
+    finally:
+        trainer.close()

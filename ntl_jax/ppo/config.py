@@ -204,6 +204,8 @@ class PPOConfig:
             update = shared_prompt_group(self.responses_per_iteration // num_micro_batches,
                                          self.rollout_n // num_micro_batches, data_parallel)
         return forward, update
+
+
 def shared_prompt_group(num_rows: int, samples_per_prompt: int, data_parallel: int) -> int:
     """Rows per shared prompt for a forward over ``num_rows`` rows whose consecutive runs of ``samples_per_prompt``
     rows answer one prompt: the largest ``g`` dividing ``samples_per_prompt`` with ``num_rows % (g * data_parallel)

@@ -291,6 +291,11 @@ class PPOTrainer:
         texts = self.tokenizer.batch_decode(np.where(gen.response_mask > 0, gen.response_ids, self.pad_id),
                                             skip_special_tokens=True)
         rows = [row for row in batch.rows for _ in range(self.ppo.rollout_n)]
+        n = self.ppo.rollout_n
+        if self.ppo.share_prompt_forward and n > 1 and not np.array_equal(  # the shared-prompt forward relies on it
+                gen.prompt_ids, np.repeat(gen.prompt_ids[::n], n, axis=0)):
+            raise RuntimeError(f"the rollout's rows are not in groups of rollout_n={n} rows per prompt (row i * n + j "
+                               "= sample j of prompt i); set PPOConfig.share_prompt_forward = False for this rollout")
         prompt_ids, prompt_mask, response_ids, response_mask = self._device(
             (gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask.astype(np.float32)))
         return Sequences(rows, texts, gen, prompt_ids, prompt_mask, response_ids, response_mask)
