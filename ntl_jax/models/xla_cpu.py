@@ -6,8 +6,8 @@ Eigen dots, same tokens), while at training shapes (M = thousands of tokens) YNN
 6.3 s). So only the decode program turns YNNPACK dot fusions off; every other program keeps jaxlib's choice.
 
 On an AVX-512 machine (AMD EPYC, Zen 5 family 26, the project's machine from 2026-12-02) the order reverses at
-every decode shape measured: tiny 13,755 vs 10,447 tok/s, mid 1,848 vs 1,775 (benchmarks/rollout.py), tiny at 256
-rows ~41,000 vs 26,000-30,000. 'auto' (the default) therefore keeps YNNPACK where the CPU has AVX-512 and uses Eigen
+every decode shape measured: tiny 18,465 vs 15,599 tok/s, mid 2,241 vs 2,129 (benchmarks/rollout.py,
+results/cpu_zen5_2026-12-02.json), and larger row counts in a scratch sweep. 'auto' (the default) therefore keeps YNNPACK where the CPU has AVX-512 and uses Eigen
 elsewhere (the earlier machine, ~110 GFLOP/s per 2048^3 matmul against ~350 on the Zen 5, had the Eigen result
 above; its CPU flags were not recorded).
 """
