@@ -185,7 +185,7 @@ def test_shared_prompt_forward_matches_per_row_forward(group, layers):
     from flax import nnx
 
     from ntl_jax.models.config import ModelConfig
-    from ntl_jax.models.decoder import CausalLM, ValueModel
+    from ntl_jax.models.decoder import CausalLM, KVCache, ValueModel
     from ntl_jax.models.logprobs import sequence_logprobs
     from ntl_jax.ppo.steps import response_values
 
@@ -219,9 +219,15 @@ def test_shared_prompt_forward_matches_per_row_forward(group, layers):
     body = nnx.merge(graphdef, state).model
     ids = jnp.asarray(batch[0])
     _, own = body(ids, jnp.zeros_like(ids), jnp.ones_like(ids), return_kv=True)
-    assert own.k.shape == (config.num_hidden_layers, *ids.shape, config.num_key_value_heads, config.dim_per_head)
-    with pytest.raises(ValueError, match="prefix of shape"):  # a prefix for other rows
-        body(ids, jnp.zeros_like(ids), jnp.ones((ids.shape[0], 2 * ids.shape[1])), prefix=own._replace(
-            k=own.k[:, :1], v=own.v[:, :1]))
+    b, t = ids.shape
+    kvh, dh = config.num_key_value_heads, config.dim_per_head
+    assert len(own.k) == len(own.v) == config.num_hidden_layers
+    assert all(k.shape == (b, kvh, t, dh) and v.shape == (b, kvh, dh, t) for k, v in zip(own.k, own.v))
+    with pytest.raises(ValueError, match="prefix keys of shape"):  # a prefix for other rows
+        body(ids, jnp.zeros_like(ids), jnp.ones((ids.shape[0], 2 * ids.shape[1])), prefix=KVCache(
+            *(tuple(x[:1] for x in layers) for layers in own)))
+    with pytest.raises(ValueError, match="prefix with 1 / 1 layers"):  # one layer's keys / values only
+        body(ids, jnp.zeros_like(ids), jnp.ones((ids.shape[0], 2 * ids.shape[1])), prefix=KVCache(
+            own.k[:1], own.v[:1]))
     with pytest.raises(ValueError, match="allowed: prefix \\+ T = 12"):  # the mask must cover prefix + T slots
         body(ids, jnp.zeros_like(ids), jnp.ones_like(ids), prefix=own)

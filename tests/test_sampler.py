@@ -79,6 +79,7 @@ def test_greedy_matches_transformers_to_max_length(hf_model_dir, split, sampler)
     np.testing.assert_array_equal(out.response_ids, hf_tokens)
     np.testing.assert_array_equal(out.response_mask, np.ones((4, 16), np.int32))
     assert sampler.last_num_steps == 16
+    assert out.response_logprobs is None  # only on request (return_logprobs=True)
     # Left padding to the bucket.
     assert out.prompt_ids.shape == (4, 16)
     np.testing.assert_array_equal(out.prompt_ids[1, -7:], PROMPTS[1])
@@ -92,7 +93,8 @@ def test_greedy_matches_transformers_with_early_eos(hf_model_dir, split, model):
     eos = int(free_run[0, 4])
     hf_tokens = _hf_greedy(hf_model_dir[1], PROMPTS, 16, eos)
     early = Sampler(split[0], model.config, eos_token_ids=[eos], pad_token_id=PAD, prompt_buckets=BUCKETS)
-    out = early.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=16, greedy=True), jax.random.key(0))
+    out = early.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=16, greedy=True), jax.random.key(0),
+                         return_logprobs=True)
     hf_len = hf_tokens.shape[1]
     np.testing.assert_array_equal(out.response_ids[:, :hf_len], hf_tokens)
     assert (out.response_ids[:, hf_len:] == PAD).all()
@@ -107,7 +109,8 @@ def test_greedy_matches_transformers_with_early_eos(hf_model_dir, split, model):
 def test_logprobs_and_digit_logits_match_full_recompute(split, model, sampler, temperature):
     # The PPO recompute at the rollout temperature reproduces the sampler's log-probs (verl: logits / temperature).
     params = SamplingParams(max_new_tokens=16, temperature=temperature, n=2)
-    out = sampler.generate(split[1], PROMPTS, params, jax.random.key(3), return_digit_logits=True)
+    out = sampler.generate(split[1], PROMPTS, params, jax.random.key(3), return_digit_logits=True,
+                           return_logprobs=True)
     assert out.response_ids.shape == (8, 16) and out.digit_logits.shape == (8, 16, 10)
     recompute = jax.jit(lambda state, *a: sequence_logprobs(nnx.merge(split[0], state), *a, digit_ids=DIGIT_IDS,
                                                              chunk_size=8, temperature=temperature))
@@ -127,8 +130,8 @@ def test_top_k_one_equals_greedy(split, sampler):
 
 def test_sampling_reproducible_and_key_dependent(split, sampler):
     params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, top_k=50)
-    first = sampler.generate(split[1], PROMPTS, params, jax.random.key(1))
-    again = sampler.generate(split[1], PROMPTS, params, jax.random.key(1))
+    first = sampler.generate(split[1], PROMPTS, params, jax.random.key(1), return_logprobs=True)
+    again = sampler.generate(split[1], PROMPTS, params, jax.random.key(1), return_logprobs=True)
     other = sampler.generate(split[1], PROMPTS, params, jax.random.key(2))
     np.testing.assert_array_equal(first.response_ids, again.response_ids)
     np.testing.assert_array_equal(first.response_logprobs, again.response_logprobs)
@@ -137,9 +140,10 @@ def test_sampling_reproducible_and_key_dependent(split, sampler):
 
 def test_prompt_samples_do_not_depend_on_batch(split, sampler):
     params = SamplingParams(max_new_tokens=16, temperature=1.0, n=2)
-    alone = sampler.generate(split[1], [PROMPTS[1]], params, jax.random.key(4), prompt_indices=[5])
+    alone = sampler.generate(split[1], [PROMPTS[1]], params, jax.random.key(4), prompt_indices=[5],
+                             return_logprobs=True)
     batch = sampler.generate(split[1], [PROMPTS[0], PROMPTS[1], PROMPTS[3]], params, jax.random.key(4),
-                             prompt_indices=[3, 5, 7])
+                             prompt_indices=[3, 5, 7], return_logprobs=True)
     np.testing.assert_array_equal(batch.response_ids[2:4], alone.response_ids)
     np.testing.assert_allclose(batch.response_logprobs[2:4], alone.response_logprobs, atol=1e-5)
     # n samples: row i*n + j holds sample j of prompt i, and the two samples differ.
@@ -151,10 +155,11 @@ def test_prompt_samples_do_not_depend_on_batch(split, sampler):
 def test_samples_of_a_prompt_share_one_prefill(split, model, sampler):
     # Prefill runs once per prompt and its cache is repeated n times: sample 0 of each prompt under n = 3 is the
     # n = 1 sample (same row key), and the prefill program sees the prompts, not the rows.
-    once = sampler.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=12, temperature=1.0), jax.random.key(8))
+    once = sampler.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=12, temperature=1.0), jax.random.key(8),
+                            return_logprobs=True)
     fresh = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS)
     three = fresh.generate(split[1], PROMPTS, SamplingParams(max_new_tokens=12, temperature=1.0, n=3),
-                           jax.random.key(8))
+                           jax.random.key(8), return_logprobs=True)
     np.testing.assert_array_equal(three.response_ids[::3], once.response_ids)
     np.testing.assert_allclose(three.response_logprobs[::3], once.response_logprobs, atol=1e-5)
     np.testing.assert_array_equal(three.prompt_ids, np.repeat(once.prompt_ids, 3, axis=0))
@@ -193,12 +198,16 @@ def test_warp_logits_top_k_and_top_p():
 
 
 def test_greedy_pick_is_jnp_argmax_with_ties_nan_and_inf():
-    """The two-reduction argmax of the sampler equals jnp.argmax: first maximum on ties, NaN wins, all -inf -> 0."""
+    """The sampler's argmax (whole-row and blocked) equals jnp.argmax: first maximum on ties, the first NaN wins (also
+    after a larger value or +inf), all -inf -> 0."""
     rows = jnp.array([[1.0, 3.0, 3.0, 0.0], [jnp.nan, 1.0, jnp.nan, 2.0], [-jnp.inf] * 4, [2.0, jnp.inf, 0.0, jnp.inf],
-                      [0.5, -1.0, 7.0, 7.0]], jnp.float32)
+                      [0.5, -1.0, 7.0, 7.0], [9.0, 1.0, jnp.nan, 2.0], [jnp.inf, 1.0, 0.0, jnp.nan]], jnp.float32)
     random_rows = jax.random.normal(jax.random.key(0), (64, 8192))
+    special = random_rows[:6].at[0, 7000].set(jnp.nan).at[1, 3].set(50.0).at[1, 5000].set(jnp.nan)
+    special = special.at[2, 100].set(jnp.inf).at[2, 8000].set(jnp.nan).at[3, 129].set(9.0).at[3, 8191].set(9.0)
+    special = special.at[4].set(-jnp.inf).at[5, 4000].set(jnp.inf)
     greedy = SamplingParams(greedy=True)
-    for logits in (rows, random_rows, jnp.round(random_rows)):  # rounding makes ties common
+    for logits in (rows, random_rows, jnp.round(random_rows), special):  # rounding makes ties common
         picked = sample_tokens(logits, jax.random.split(jax.random.key(1), logits.shape[0]), greedy)
         assert picked.dtype == jnp.int32
         np.testing.assert_array_equal(np.asarray(picked), np.asarray(jnp.argmax(logits, axis=-1)))
@@ -221,8 +230,8 @@ def test_mesh_generation_matches_single_device(split, model, sampler):
                       prompt_buckets=BUCKETS)
     params = SamplingParams(max_new_tokens=8, temperature=1.0, n=2)  # 3 prompts padded to 4, x 2 = 8 rows
     prompts = PROMPTS[:3]
-    want = sampler.generate(split[1], prompts, params, jax.random.key(6))
-    got = sharded.generate(split[1], prompts, params, jax.random.key(6))
+    want = sampler.generate(split[1], prompts, params, jax.random.key(6), return_logprobs=True)
+    got = sharded.generate(split[1], prompts, params, jax.random.key(6), return_logprobs=True)
     np.testing.assert_array_equal(got.response_ids, want.response_ids[:, :8])
     np.testing.assert_allclose(got.response_logprobs, want.response_logprobs[:, :8], atol=1e-4)
     # One prompt x 2 samples: prefill pads the prompts to the 4 batch shards, decode only the rows (4, not 8).
@@ -257,20 +266,20 @@ def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sa
     half = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
                    cache_dtype=jnp.bfloat16)
     params = SamplingParams(max_new_tokens=8, greedy=True)
-    prefill, _ = half._build_programs(16, 4, params, with_digits=False)
+    prefill, _ = half._build_programs(16, 4, params, with_digits=False, with_logprobs=False)
     ids = jnp.zeros((4, 16), jnp.int32)
-    cache_dtypes = {leaf.dtype for leaf in jax.tree.leaves(jax.eval_shape(prefill, split[1], ids, jnp.ones_like(ids)))
-                    if leaf.ndim == 5}
-    assert cache_dtypes == {jnp.dtype(jnp.bfloat16)}
-    full = sampler.generate(split[1], PROMPTS, params, jax.random.key(0))
-    rounded = half.generate(split[1], PROMPTS, params, jax.random.key(0))
+    cache, _ = jax.eval_shape(prefill, split[1], ids, jnp.ones_like(ids))
+    assert {leaf.dtype for leaf in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
+    assert len(cache.k) == model.config.num_hidden_layers
+    full = sampler.generate(split[1], PROMPTS, params, jax.random.key(0), return_logprobs=True)
+    rounded = half.generate(split[1], PROMPTS, params, jax.random.key(0), return_logprobs=True)
     np.testing.assert_array_equal(rounded.response_ids[:, :4], full.response_ids[:, :4])
     np.testing.assert_allclose(rounded.response_logprobs[:, :4], full.response_logprobs[:, :4], atol=0.05)
 
 
 def _decode_hlo(sampler_, split_, params):
     """Optimised HLO text of the decode program for 4 rows at prompt bucket 16."""
-    prefill, decode = sampler_._build_programs(16, 4, params, with_digits=False)
+    prefill, decode = sampler_._build_programs(16, 4, params, with_digits=False, with_logprobs=False)
     ids, rows = jnp.zeros((4, 16), jnp.int32), jnp.arange(4, dtype=jnp.int32)
     cache, logits = jax.eval_shape(prefill, split_[1], ids, jnp.ones_like(ids))
     return decode.lower(split_[1], cache, logits, jnp.ones_like(ids), jax.random.key(0), rows, rows).compile().as_text()
@@ -299,7 +308,7 @@ def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_
     if "ynn_fusion" not in _decode_hlo(default, split, params):
         pytest.skip("this jaxlib does not hand decode dots to YNNPACK: nothing to compare")
     assert sampler.decode_compiler_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    eigen = sampler.generate(split[1], PROMPTS, params, jax.random.key(0))
-    ynnpack = default.generate(split[1], PROMPTS, params, jax.random.key(0))
+    eigen = sampler.generate(split[1], PROMPTS, params, jax.random.key(0), return_logprobs=True)
+    ynnpack = default.generate(split[1], PROMPTS, params, jax.random.key(0), return_logprobs=True)
     np.testing.assert_array_equal(eigen.response_ids, ynnpack.response_ids)
     np.testing.assert_allclose(eigen.response_logprobs, ynnpack.response_logprobs, atol=1e-5)

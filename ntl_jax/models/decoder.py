@@ -27,18 +27,25 @@ _INIT_STD = 0.02  # HF `initializer_range`
 
 
 class KVCache(NamedTuple):
-    """Per-layer keys / values, [L, B, S, KVH, Dh] each (post-RoPE keys)."""
+    """Keys and values of S slots, one array per layer: ``k[l]`` [B, KVH, S, Dh] (post-RoPE), ``v[l]`` [B, KVH, Dh, S].
 
-    k: jax.Array
-    v: jax.Array
+    Why this layout: both attention contractions then read a layer's keys / values as they lie (each contracts its
+    minor axis), and separate per-layer arrays are updated in place in the decode loop. A stacked [L, ...] cache or
+    a [B, S, KVH, Dh] one made XLA:CPU copy or transpose every layer's whole cache at every decode step (tiny model,
+    batch 32: 12 copies per step, a quarter of the step; benchmarks/README.md).
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
 
 def init_kv_cache(config: ModelConfig, batch: int, max_len: int, dtype: DType = jnp.float32) -> KVCache:
-    """Zero cache of shape [L, batch, max_len, KVH, Dh]."""
+    """Zero cache: per layer k [batch, KVH, max_len, Dh] and v [batch, KVH, Dh, max_len]."""
     if batch <= 0 or max_len <= 0:
         raise ValueError(f"init_kv_cache batch={batch}, max_len={max_len}; allowed: positive ints")
-    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.dim_per_head)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+    kvh, dh, layers = config.num_key_value_heads, config.dim_per_head, config.num_hidden_layers
+    return KVCache(k=tuple(jnp.zeros((batch, kvh, max_len, dh), dtype) for _ in range(layers)),
+                   v=tuple(jnp.zeros((batch, kvh, dh, max_len), dtype) for _ in range(layers)))
 
 
 def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str | None, ...], param_dtype: DType,
@@ -141,39 +148,36 @@ class Attention(nnx.Module):
         return y if bias is None else y + bias[...].astype(self.dtype)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array,
-                 layer_cache: tuple[jax.Array, jax.Array, int] | None, cache_index: jax.Array | int | None,
+                 layer_cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int | None,
                  prefix: tuple[jax.Array, jax.Array] | None = None, return_kv: bool = False
-                 ) -> tuple[jax.Array, Any]:
-        """x [B,T,D], attend bool [B,T,S]; layer_cache = (cache_k, cache_v, layer) with the stacked
-        [L,B,S,KVH,Dh] caches, whose slot ``cache_index`` of ``layer`` receives this step's k/v; or ``prefix``
-        = (k, v) [B,P,KVH,Dh] of P earlier slots, attended before this call's own (S = P + T).
-        -> (y, the updated cache | this call's (k, v) when ``return_kv`` | None)."""
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """x [B,T,D], attend bool [B,T,S]; ``layer_cache`` = this layer's (k [B,KVH,S,Dh], v [B,KVH,Dh,S]) (see
+        `KVCache`), whose slot ``cache_index`` receives this call's k/v; or ``prefix`` = (k, v) of P earlier slots in
+        the same layout, attended before this call's own (S = P + T).
+        -> (y, the updated (k, v) | this call's own (k, v) when ``return_kv`` | None)."""
         q = apply_rope(self._project(x, self.q_kernel, self.q_bias), cos, sin)
-        k = apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin)
-        v = self._project(x, self.v_kernel, self.v_bias)
-        new_cache = (k, v) if return_kv else None
+        k = jnp.transpose(apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin), (0, 2, 1, 3))
+        v = jnp.transpose(self._project(x, self.v_kernel, self.v_bias), (0, 2, 3, 1))
+        new_kv = (k, v) if return_kv else None
         if prefix is not None:
-            k = jnp.concatenate([prefix[0].astype(self.dtype), k], axis=1)
-            v = jnp.concatenate([prefix[1].astype(self.dtype), v], axis=1)
+            k = jnp.concatenate([prefix[0].astype(self.dtype), k], axis=2)
+            v = jnp.concatenate([prefix[1].astype(self.dtype), v], axis=3)
         if layer_cache is not None:
-            # Write this layer's k/v straight into the stacked [L,B,S,KVH,Dh] cache: slicing a layer out and
-            # setting it back costs XLA full-cache copies in the decode loop; one in-place update does not.
-            cache_k, cache_v, layer = layer_cache
-            start = (layer, 0, cache_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], start)
-            new_cache = (cache_k, cache_v, layer)
-            k, v = cache_k[layer].astype(self.dtype), cache_v[layer].astype(self.dtype)
+            cache_k, cache_v = layer_cache
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, cache_index, 0))
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, 0, cache_index))
+            new_kv = (cache_k, cache_v)
+            k, v = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
         b, t, h, hd = q.shape
         q = q.reshape(b, t, h // self.num_groups, self.num_groups, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * self.scale
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * self.scale
         scores = jnp.where(attend[:, None, None, :, :], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+        out = jnp.einsum("bkgts,bkds->btkgd", probs, v).reshape(b, t, h, hd)
         y = dense(out, self.o_kernel[...].astype(self.dtype), in_dims=2)
         if self.o_bias is not None:
             y = y + self.o_bias[...].astype(self.dtype)
-        return y, new_cache
+        return y, new_kv
 
 
 class MLP(nnx.Module):
@@ -212,10 +216,10 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs, **kw)
 
     def __call__(self, x, cos, sin, attend, layer_cache, cache_index, prefix=None, return_kv=False):
-        attn_out, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, attend, layer_cache, cache_index,
-                                             prefix, return_kv)
+        attn_out, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, attend, layer_cache, cache_index,
+                                          prefix, return_kv)
         x = constrain_batch(x + attn_out)
-        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+        return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
 def _apply_layer(layer: DecoderLayer, *args):
@@ -251,14 +255,14 @@ class DecoderBody(nnx.Module):
     def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array, *,
                  cache: KVCache | None = None, cache_index: jax.Array | int | None = None,
                  prefix: KVCache | None = None, return_kv: bool = False) -> tuple[jax.Array, KVCache | None]:
-        """-> (final-norm hidden [B,T,D], KV cache). Without ``cache``: ``prefix`` [L,B,P,KVH,Dh] holds the keys /
-        values of P earlier slots (``attention_mask`` then covers P + T slots, query t sits at slot P + t), and
-        ``return_kv`` returns this call's own keys / values [L,B,T,KVH,Dh] in place of the cache. Both are
-        differentiable, so a shared prompt can run once and its responses continue from it in training."""
-        _check_inputs(input_ids, positions, attention_mask, cache, cache_index, prefix)
+        """-> (final-norm hidden [B,T,D], KV cache). Without ``cache``: ``prefix`` (a `KVCache` of P slots) holds
+        the keys / values of P earlier slots (``attention_mask`` then covers P + T slots, query t sits at slot P + t),
+        and ``return_kv`` returns this call's own keys / values (a `KVCache` of T slots) in place of the cache. Both
+        are differentiable, so a shared prompt can run once and its responses continue from it in training."""
+        _check_inputs(input_ids, positions, attention_mask, cache, cache_index, prefix, len(self.layers))
         x = constrain_batch(jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype))
         cos, sin = rope_tables(positions, rope_inv_freq(self.config))
-        first_slot = cache_index if cache is not None else (0 if prefix is None else prefix.k.shape[2])
+        first_slot = cache_index if cache is not None else (0 if prefix is None else prefix.k[0].shape[2])
         attend = attention_allowed(attention_mask, input_ids.shape[1], first_slot)
         if cache is None and self.scan_layers:
             x, own_kv = self._scanned_layers(x, cos, sin, attend, prefix, return_kv)
@@ -268,22 +272,16 @@ class DecoderBody(nnx.Module):
         apply_layer: Callable = _apply_layer_returning_kv if return_kv else _apply_layer
         if self.remat and cache is None:
             apply_layer = nnx.remat(apply_layer)
-        cache_k, cache_v = (None, None) if cache is None else cache
-        own_kv = []
+        keys, values = [], []
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache_k, cache_v, i)
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i])
-            x, layer_out = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index, layer_prefix)
+            x, layer_kv = apply_layer(layer, x, cos, sin, attend, layer_cache, cache_index, layer_prefix)
             x = constrain_batch(x)
-            if cache is not None:
-                cache_k, cache_v, _ = layer_out
-            elif return_kv:
-                own_kv.append(layer_out)
-        if cache is not None:
-            return self.norm(x), KVCache(cache_k, cache_v)
-        if return_kv:
-            return self.norm(x), KVCache(jnp.stack([k for k, _ in own_kv]), jnp.stack([v for _, v in own_kv]))
-        return self.norm(x), None
+            if layer_kv is not None:
+                keys.append(layer_kv[0])
+                values.append(layer_kv[1])
+        return self.norm(x), (KVCache(tuple(keys), tuple(values)) if keys else None)
 
     def _scanned_layers(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: jax.Array,
                         prefix: KVCache | None, return_kv: bool) -> tuple[jax.Array, KVCache | None]:
@@ -303,21 +301,24 @@ class DecoderBody(nnx.Module):
             h, own = nnx.merge(graphdef, layer_state)(h, cos, sin, attend, None, None, layer_prefix, return_kv)
             return constrain_batch(h), own
 
-        layer_prefixes = None if prefix is None else (prefix.k, prefix.v)
+        layer_prefixes = None if prefix is None else (jnp.stack(prefix.k), jnp.stack(prefix.v))
         x, own_kv = jax.lax.scan(jax.checkpoint(one_layer) if self.remat else one_layer, x, (stacked, layer_prefixes))
-        return x, (KVCache(*own_kv) if return_kv else None)
+        return x, (KVCache(tuple(jnp.unstack(own_kv[0])), tuple(jnp.unstack(own_kv[1]))) if return_kv else None)
 
 
-def _check_inputs(input_ids, positions, attention_mask, cache, cache_index, prefix=None) -> None:
+def _check_inputs(input_ids, positions, attention_mask, cache, cache_index, prefix, num_layers) -> None:
     if input_ids.ndim != 2 or positions.shape != input_ids.shape:
         raise ValueError(f"input_ids {input_ids.shape} / positions {positions.shape}; allowed: equal [B, T] shapes")
     if attention_mask.ndim != 2 or attention_mask.shape[0] != input_ids.shape[0]:
         raise ValueError(f"attention_mask shape {attention_mask.shape}; allowed: [B={input_ids.shape[0]}, S]")
-    if prefix is not None and (cache is not None or prefix.k.shape[1] != input_ids.shape[0]):
-        raise ValueError(f"prefix of shape {prefix.k.shape} with a cache or for {input_ids.shape[0]} rows; allowed: "
-                         "no cache and a prefix [L, B, P, KVH, Dh] over the same B rows")
+    for name, kv in (("cache", cache), ("prefix", prefix)):
+        if kv is not None and (len(kv.k) != num_layers or len(kv.v) != num_layers):
+            raise ValueError(f"{name} with {len(kv.k)} / {len(kv.v)} layers of keys / values; allowed: {num_layers}")
+    if prefix is not None and (cache is not None or prefix.k[0].shape[0] != input_ids.shape[0]):
+        raise ValueError(f"prefix keys of shape {prefix.k[0].shape} with a cache or for {input_ids.shape[0]} rows; "
+                         "allowed: no cache and a prefix [B, KVH, P, Dh] per layer over the same B rows")
     if cache is None:
-        prefix_len = 0 if prefix is None else prefix.k.shape[2]
+        prefix_len = 0 if prefix is None else prefix.k[0].shape[2]
         if cache_index is not None:
             raise ValueError(f"cache_index={cache_index!r} given without a cache; allowed: None")
         if attention_mask.shape[1] != prefix_len + input_ids.shape[1]:
@@ -326,9 +327,9 @@ def _check_inputs(input_ids, positions, attention_mask, cache, cache_index, pref
     else:
         if cache_index is None:
             raise ValueError("cache given without cache_index; allowed: an int or int32 scalar slot")
-        if cache.k.shape[1] != input_ids.shape[0] or cache.k.shape[2] != attention_mask.shape[1]:
-            raise ValueError(f"cache shape {cache.k.shape} vs attention_mask {attention_mask.shape}; "
-                             "allowed: cache [L, B, S, KVH, Dh] with S = attention_mask length")
+        if cache.k[0].shape[0] != input_ids.shape[0] or cache.k[0].shape[2] != attention_mask.shape[1]:
+            raise ValueError(f"cache keys of shape {cache.k[0].shape} vs attention_mask {attention_mask.shape}; "
+                             "allowed: [B, KVH, S, Dh] per layer with S = attention_mask length")
 
 
 class CausalLM(nnx.Module):

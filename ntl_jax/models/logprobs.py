@@ -194,7 +194,7 @@ def scoring_hidden(body: Any, prompt_ids: jax.Array, prompt_mask: jax.Array, res
     group_ids, group_mask = _first_of_groups(prompt_ids, group_size), _first_of_groups(prompt_mask, group_size)
     prompt_hidden, prompt_kv = body(group_ids.astype(jnp.int32), response_positions(group_mask), group_mask,
                                     return_kv=True)
-    prefix = KVCache(*(_repeat_rows(c, group_size, axis=1) for c in prompt_kv))
+    prefix = KVCache(*(tuple(_repeat_rows(x, group_size) for x in layers) for layers in prompt_kv))
     input_ids, attention_mask, positions = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
     response_hidden, _ = body(input_ids[:, prompt_len:], positions[:, prompt_len:], attention_mask, prefix=prefix)
     last_prompt = _repeat_rows(prompt_hidden[:, prompt_len - 1:], group_size)

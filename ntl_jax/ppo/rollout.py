@@ -53,10 +53,10 @@ def _concat_outputs(parts: list[GenerationOutput], pad_id: int) -> GenerationOut
         "prompt_ids": np.concatenate([pad_left(p.prompt_ids, pad_id) for p in parts]),
         "prompt_mask": np.concatenate([pad_left(p.prompt_mask, 0) for p in parts]),
     }
-    for name in ("response_ids", "response_mask", "response_logprobs"):
+    for name in ("response_ids", "response_mask"):
         fields[name] = np.concatenate([getattr(p, name) for p in parts])
-    has_digits = parts[0].digit_logits is not None
-    fields["digit_logits"] = np.concatenate([p.digit_logits for p in parts]) if has_digits else None
+    for name in ("response_logprobs", "digit_logits"):  # optional outputs
+        fields[name] = None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])
     extra = {k: getattr(parts[0], k) for k in GenerationOutput._fields if k not in fields}
     return GenerationOutput(**fields, **extra)
 
