@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from ntl_jax.huge_pages import glibc_version, huge_page_tunables, thp_mode
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "@@BENCH_RESULT@@ "
 
@@ -28,11 +30,15 @@ def _threads_env(n: int, **extra: str) -> dict[str, str]:
 
 # Every PyTorch baseline runs at each of these settings (name -> (torch.set_num_threads, environment)); the fastest
 # is the baseline. "2thr" is PyTorch's default on a 2-core machine (OpenMP spin-waits between ops); the passive wait
-# policy helps some small-op workloads and hurts others, so both are measured.
+# policy helps some small-op workloads and hurts others, so both are measured. Every worker runs with glibc's
+# huge-page tunable (`_worker_env`, as `python -m ntl_jax.train` runs); the settings without "-hugepages" turn it
+# off, "2thr-hugepages" keeps it, so PyTorch is measured both ways.
+_NO_HUGE_PAGES = {"GLIBC_TUNABLES": ""}
 TORCH_THREAD_SETTINGS: dict[str, tuple[int, dict[str, str]]] = {
-    "1thr": (1, _threads_env(1)),
-    "2thr": (2, _threads_env(2)),
-    "2thr-passive": (2, _threads_env(2, OMP_WAIT_POLICY="PASSIVE")),
+    "1thr": (1, _threads_env(1, **_NO_HUGE_PAGES)),
+    "2thr": (2, _threads_env(2, **_NO_HUGE_PAGES)),
+    "2thr-passive": (2, _threads_env(2, OMP_WAIT_POLICY="PASSIVE", **_NO_HUGE_PAGES)),
+    "2thr-hugepages": (2, _threads_env(2)),
 }
 QUICK_TORCH_THREAD_SETTINGS = ("1thr",)  # quick / smoke: one setting, a check that the suite runs, not a baseline
 
@@ -88,6 +94,11 @@ def _worker_env(extra: dict[str, str] | None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # Transparent huge pages for malloc'd buffers, as `python -m ntl_jax.train` restarts itself with (see
+    # ntl_jax/huge_pages.py); a setting's `extra` can turn it off (GLIBC_TUNABLES="").
+    tunables = huge_page_tunables(env, glibc_version(), thp_mode())
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
     env.update(extra or {})
     return env
 
