@@ -140,7 +140,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     num_prompts, num_rows = sampler.padded_sizes(ppo.train_batch_size, ppo.rollout_n)
     prefill, decode = sampler._build_programs(
         prompt_len, num_rows, SamplingParams(max_new_tokens=ppo.max_response_length, n=ppo.rollout_n),
-        with_digits=False)
+        with_digits=False, with_logprobs=False)
     prompts = (seq(num_prompts, prompt_len), seq(num_prompts, prompt_len))
     prefill_lowered = prefill.lower(actor_params, *prompts)
     add("generation: prefill", prefill_lowered.compile(), resident_bytes["actor params"])

@@ -156,6 +156,7 @@ class Attention(nnx.Module):
         the same layout, attended before this call's own (S = P + T).
         -> (y, the updated (k, v) | this call's own (k, v) when ``return_kv`` | None)."""
         q = apply_rope(self._project(x, self.q_kernel, self.q_bias), cos, sin)
+        # Keys / values head-major, values transposed: the `KVCache` layouts, which both contractions read as they lie.
         k = jnp.transpose(apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin), (0, 2, 1, 3))
         v = jnp.transpose(self._project(x, self.v_kernel, self.v_bias), (0, 2, 3, 1))
         new_kv = (k, v) if return_kv else None
