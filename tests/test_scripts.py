@@ -505,3 +505,15 @@ def test_the_compilation_cache_makes_a_second_process_load_instead_of_compile(tm
     second = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0 and second.stdout == first.stdout, second.stderr[-2000:]
     assert sorted(p.name for p in cache.iterdir()) == entries  # a hit: nothing compiled, nothing written
+
+
+def test_profile_decode_lists_the_decode_loops_kernels():
+    """`scripts/profile_decode.py` (the table behind the decode-loop layout): per-step kernel times of a real tiny
+    generate, with the JAX operation of each; the LM head's [32, 8192] matmul is among them."""
+    proc = _script("profile_decode.py", "--model", "tiny", "--top", "40", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = proc.stdout.splitlines()[0]
+    assert header.startswith("tiny: 32 rows x 64 tokens, 63 model steps;") and "us per step" in header
+    rows = [line.split() for line in proc.stdout.splitlines()[2:]]
+    assert 10 <= len(rows) <= 40 and all(float(row[0]) > 0 for row in rows)
+    assert any(row[3].startswith("f32[32,8192]") and row[-1].endswith("dot_general") for row in rows)
