@@ -6,7 +6,8 @@ tokens. The EOS token's LM-head column is zeroed so its logit is exactly 0 and g
 sides generate all new tokens (checked). Throughput = generated tokens / median generate time; the first ntl-jax call
 (tracing + XLA compilation) is excluded from the median and reported as `compile_s`. ntl-jax runs its default
 `cpu_decode_matmuls='auto'` (YNNPACK on AVX-512 CPUs, else Eigen); full mode also reports the dot path 'auto' did
-not pick and a bfloat16 KV cache beside it.
+not pick and a bfloat16 KV cache beside it. Neither side computes per-token log-probs while generating (ntl-jax's
+default, `return_logprobs=False`, as its trainer generates; transformers' default without `output_scores`).
 
 A third, GRPO-shaped case (`GROUP`: MID, 8 prompts of 48..64 tokens x 8 samples each, 32 new tokens) measures what
 a GRPO rollout pays: ntl-jax `generate` with `SamplingParams(n=8)` against transformers `generate` on the prompts
