@@ -1,4 +1,5 @@
 """Decoder parity against transformers' PyTorch Qwen2 / Llama (float32), KV-cache consistency, value model."""
+import functools
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -12,7 +13,7 @@ import transformers
 from flax import nnx
 
 from ntl_jax.models.config import ModelConfig
-from ntl_jax.models.decoder import CausalLM, ValueModel, init_kv_cache, rope_inv_freq
+from ntl_jax.models.decoder import CausalLM, ValueModel, grouped_attention, init_kv_cache, rope_inv_freq
 from ntl_jax.models.hf_io import from_pretrained, save_pretrained
 
 torch.set_num_threads(1)
@@ -128,6 +129,48 @@ def test_kv_cache_decode_matches_full_forward():
     real = mask.astype(bool)
     assert cached.shape == full.shape == (3, prompt_len + num_new, config.hidden_size)
     assert np.abs(cached - np.asarray(full))[real].max() <= 1e-5
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_attention_per_group_member_is_the_grouped_attention(queries):
+    """Same outputs and gradients; a fully masked row (left padding) softmaxes to uniform in both."""
+    b, kvh, g, s, dh = 3, 2, 4, 7, 8
+    q, k, v = (jax.random.normal(key, shape) for key, shape in zip(
+        jax.random.split(jax.random.key(0), 3), [(b, queries, kvh, g, dh), (b, kvh, s, dh), (b, kvh, dh, s)]))
+    attend = jax.random.bernoulli(jax.random.key(1), 0.6, (b, queries, s)).at[0].set(False)
+
+    def loss(per_group_member, q, k, v):
+        out = grouped_attention(q, k, v, attend, scale=dh ** -0.5, dtype=jnp.float32,
+                                per_group_member=per_group_member)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    grad_fn = functools.partial(jax.value_and_grad, argnums=(0, 1, 2), has_aux=True)
+    (_, split), split_grads = grad_fn(functools.partial(loss, True))(q, k, v)
+    (_, one), one_grads = grad_fn(functools.partial(loss, False))(q, k, v)
+    assert split.shape == one.shape == (b, queries, kvh, g, dh)
+    np.testing.assert_allclose(split, one, rtol=1e-6, atol=1e-6)
+    for a, c in zip(split_grads, one_grads):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_step_contracts_each_group_member_on_cpu_only():
+    """At one query per row the CPU program has 2 attention contractions per group member; T > 1 and other
+    platforms keep 2 per layer (counted in the lowered StableHLO, where `platform_dependent` is resolved)."""
+    config = ModelConfig(**{k: v for k, v in TINY.items()})  # 4 heads over 2 kv heads: G = 2, 2 layers
+    graphdef, state = nnx.split(CausalLM(config, rngs=nnx.Rngs(0)))
+
+    def dot_count(queries: int, platform: str) -> int:
+        def forward(state, ids):
+            positions = jnp.broadcast_to(jnp.arange(queries, dtype=jnp.int32), ids.shape)
+            return nnx.merge(graphdef, state)(ids, positions, jnp.ones_like(ids))[0]
+
+        traced = jax.jit(forward).trace(state, jnp.zeros((2, queries), jnp.int32))
+        return traced.lower(lowering_platforms=(platform,)).as_text().count("stablehlo.dot_general")
+
+    layers, groups = config.num_hidden_layers, config.num_attention_heads // config.num_key_value_heads
+    extra_on_cpu = {queries: dot_count(queries, "cpu") - dot_count(queries, "cuda") for queries in (1, 2)}
+    assert extra_on_cpu == {1: layers * 2 * (groups - 1), 2: 0}
+    assert dot_count(2, "cpu") == layers * (7 + 2)  # q, k, v, o, gate, up, down and the 2 contractions
 
 
 def test_greedy_decode_matches_transformers_generate(tmp_path):
