@@ -335,6 +335,10 @@ class Sampler:
             self._programs[key] = self._build_programs(prompt_len, num_rows, params, with_digits, with_logprobs)
         return self._programs[key]
 
+    def prompt_width(self, prompts: Sequence[Sequence[int]]) -> int:
+        """Columns of `generate`'s ``prompt_ids`` for these prompts: the smallest bucket >= the longest prompt."""
+        return _bucket_for(max(len(p) for p in prompts), self.prompt_buckets)
+
     def _left_pad(self, prompts: Sequence[Sequence[int]], prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
         prompt_ids = np.full((len(prompts), prompt_len), self.pad_token_id, np.int32)
         prompt_mask = np.zeros((len(prompts), prompt_len), np.int32)
@@ -381,7 +385,7 @@ class Sampler:
         if any(not 0 <= t < vocab for p in prompts for t in p):
             raise ValueError(f"a prompt token id is outside [0, {vocab}); allowed: ids in [0, {vocab})")
 
-        prompt_len = _bucket_for(max(len(p) for p in prompts), self.prompt_buckets)
+        prompt_len = self.prompt_width(prompts)
         prompt_ids, prompt_mask = self._left_pad(prompts, prompt_len)
         num_rows = len(prompts) * params.n
 

@@ -247,6 +247,8 @@ class TrainerConfig:
                                            "fusions off for that program: faster at its few rows on AVX2 machines), "
                                            "xla_default (jaxlib's YNNPACK: faster on AVX-512 ones), auto (xla_default "
                                            "if the CPU has AVX-512, else eigen); training programs keep jaxlib's")
+    compile_ahead: bool = knob(True, "compile the updates' programs in a background thread while the first "
+                                     "iteration's rollout runs (their shapes are known before it)")
     remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
     scan_layers: bool = knob(False, "differentiated passes run the layers as one lax.scan over stacked weights: one "
                                     "layer's gathered fsdp weights live at a time, one compiled layer (large models)")

@@ -34,6 +34,7 @@ from ntl_jax.ppo import ntl_step
 from ntl_jax.ppo import state as state_lib
 from ntl_jax.ppo.batch_stats import batch_metrics
 from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
+from ntl_jax.ppo.compile_ahead import CompileAhead, abstract_like, abstract_rollout
 from ntl_jax.ppo.config import ExperimentConfig
 from ntl_jax.ppo.evaluation import evaluate
 from ntl_jax.ppo.kl_control import KLControllerState, kl_controller_update
@@ -131,6 +132,7 @@ class PPOTrainer:
         self.eos_ids = _eos_ids(tokenizer, self.models.model_config.eos_token_id,
                                 generation_eos_token_ids(policy_path))
         self._build_steps()
+        self.compile_ahead = CompileAhead(self.run.compile_ahead)
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh,
                                cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype],
@@ -226,6 +228,7 @@ class PPOTrainer:
     def train_step(self, batch: PromptBatch) -> dict[str, float]:
         """One PPO iteration on a batch of prompts; returns its metrics (verl's names, plus ntl/*)."""
         ppo, models, timings, start = self.ppo, self.models, {}, time.perf_counter()
+        self._compile_updates_ahead(batch)  # a no-op once this shape has been seen
 
         # 1. Sample rollout_n responses per prompt with the current policy.
         with timed(timings, "gen"):
@@ -300,6 +303,19 @@ class PPOTrainer:
             (gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask.astype(np.float32)))
         return Sequences(rows, texts, gen, prompt_ids, prompt_mask, response_ids, response_mask)
 
+    def _compile_updates_ahead(self, batch: PromptBatch) -> None:
+        """Start compiling the critic / actor updates for this batch's shapes beside the rollout (`compile_ahead`)."""
+        ppo, models = self.ppo, self.models
+        rows, prompt_len = ppo.ppo_mini_batch_size * ppo.rollout_n, self.sampler.prompt_width(batch.prompt_token_ids)
+        mini = abstract_rollout(rows, prompt_len, ppo.max_response_length, batch_sharding(self.mesh))
+        jobs = []
+        if models.critic is not None:
+            jobs.append((self.critic_update, (*abstract_like((models.critic.params, models.critic.opt_state)), mini)))
+        if ppo.critic_warmup <= self.global_step + 1:
+            jobs.append((self.actor_update, (*abstract_like((models.policy.params, models.policy.opt_state)), mini,
+                                             jax.ShapeDtypeStruct((), jnp.float32))))
+        self.compile_ahead.start((rows, prompt_len, len(jobs)), jobs)
+
     def forward(self, step: Any, params: Any, sequences: Sequences) -> Any:
         """A jitted forward over ``log_prob_micro_batch_size`` responses at a time (bounded activation memory)."""
         arrays, size = sequences.arrays, self.log_prob_chunk
@@ -312,6 +328,7 @@ class PPOTrainer:
     def update(self, rollout: RolloutBatch, ntl_weight: float, timings: dict[str, float]) -> dict[str, float]:
         """Critic then actor: ``ppo_epochs`` passes over shuffled mini-batches (advantages are already fixed)."""
         ppo, models = self.ppo, self.models
+        self.compile_ahead.wait()
         mini_size = ppo.ppo_mini_batch_size * ppo.rollout_n
         collected: list[dict[str, Any]] = []
         rng = np.random.default_rng([self.run.seed, self.global_step])
@@ -471,6 +488,7 @@ class PPOTrainer:
         return result
 
     def close(self) -> None:
+        self.compile_ahead.close()
         self.checkpoints.close()
         self.logger.close()
         self.rollout.close()
