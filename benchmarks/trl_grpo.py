@@ -104,7 +104,8 @@ def ntl_jax_grpo(args: dict[str, Any]) -> dict[str, Any]:
                     actor_lr=LEARNING_RATE, temperature=1.0)
     run = TrainerConfig(output_dir=args["output_dir"], seed=0, total_training_steps=iterations,
                         test_freq=10**9, save_freq=10**9, max_to_keep=1, resume_mode="disable",
-                        val_before_train=False, use_tensorboard=False, progress_bar=False, reward_runner="local")
+                        val_before_train=False, use_tensorboard=False, progress_bar=False, reward_runner="local",
+                        compile_ahead=args.get("compile_ahead", True))
     config = ExperimentConfig(ppo=ppo, trainer=run)
     tokenizer = load_tokenizer(args["path"])
     trainer = create_ppo_trainer(config, tokenizer, policy_path=args["path"], train_rows=_rows(iterations, prompts),

@@ -9,8 +9,9 @@ profiler's own overhead inflates every figure by roughly a fifth, so read them a
 
     python scripts/profile_decode.py --model tiny --top 30
 
-The layout of the KV cache (`ntl_jax.models.decoder.KVCache`), the blocked greedy argmax and the optional
-rollout log-probs (`ntl_jax.models.sampler`) were chosen from this table.
+The layout of the KV cache (`ntl_jax.models.decoder.KVCache`), the blocked greedy argmax, the optional
+rollout log-probs (`ntl_jax.models.sampler`) and the CPU decode attention's per-group-member contractions
+(`ntl_jax.models.decoder.grouped_attention`; A/B: `scripts/ab_decode_attention.py`) were chosen from this table.
 """
 from __future__ import annotations
 

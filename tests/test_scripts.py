@@ -517,3 +517,24 @@ def test_profile_decode_lists_the_decode_loops_kernels():
     rows = [line.split() for line in proc.stdout.splitlines()[2:]]
     assert 10 <= len(rows) <= 40 and all(float(row[0]) > 0 for row in rows)
     assert any(row[3].startswith("f32[32,8192]") and row[-1].endswith("dot_general") for row in rows)
+
+
+def test_ab_decode_attention_times_both_attention_forms_on_the_same_tokens():
+    """`scripts/ab_decode_attention.py` (the A/B behind the CPU decode attention): both samplers generate the same
+    tokens, and each variant's tokens/s is reported with their ratio."""
+    proc = _script("ab_decode_attention.py", "--cases", "micro", "--reps", "2", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.splitlines()[-1])
+    assert row["case"] == "micro" and row["groups"] == 2 and row["reps"] == 2 and row["same_tokens"] is True
+    assert row["one_contraction_tok_s"] > 0 and row["per_group_member_tok_s"] > 0
+    assert row["ratio"] == pytest.approx(row["per_group_member_tok_s"] / row["one_contraction_tok_s"], rel=0.01)
+
+
+def test_time_first_iteration_alternates_compile_ahead_off_and_on():
+    """`scripts/time_first_iteration.py` at the benchmark's smoke size, warm cache: one process per setting."""
+    proc = _script("time_first_iteration.py", "--cache", "warm", "--pairs", "1", "--scale", "smoke", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [row["compile_ahead"] for row in rows] == [False, True] and {row["cache"] for row in rows} == {"warm"}
+    for row in rows:
+        assert 0 < row["first_iteration_s"] <= row["iterations_s"] < row["process_wall_s"]
