@@ -9,11 +9,14 @@ updates' argument shapes are known before the rollout exists:
     prompts  = the sampler's bucket for the batch's longest prompt
     response = max_response_length
 
-so `CompileAhead.start` lowers and compiles them on abstract arguments (`jax.ShapeDtypeStruct`s with the
-arguments' shardings) in one background thread, and `CompileAhead.wait` joins it before the first update. A
-jitted function's ``lower(...).compile()`` fills the caches its calls use, so the call finds the program
-(`tests/test_compile_ahead.py` checks that the first update compiles nothing). XLA's compiler releases the GIL,
-so the compilation runs beside the rollout's own on a second core. A shape seen before is not compiled again.
+so `CompileAhead.start` traces and lowers them on abstract arguments (`jax.ShapeDtypeStruct`s with the
+arguments' shardings) in the calling thread, which the first update call would have done anyway, and compiles the
+lowered programs in one background thread; `CompileAhead.wait` joins it before the first update. A jitted
+function's ``lower(...).compile()`` fills the caches its calls use, so the call finds the program
+(`tests/test_compile_ahead.py` checks that the first update compiles nothing). XLA's compiler releases the GIL, so
+a compilation runs beside the rollout's on a second core; tracing holds the GIL, which is why it stays in the
+calling thread (run in the background it slowed a warm-cache start, where compiling is only a cache load). A shape
+seen before is not compiled again.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def abstract_rollout(rows: int, prompt_len: int, response_len: int, sharding: ja
 
 
 class CompileAhead:
-    """One background thread that compiles ``jitted.lower(*abstract_args).compile()`` jobs, each key once."""
+    """``jitted.lower(*abstract_args)`` now, ``.compile()`` in one background thread; each key once."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -66,12 +69,13 @@ class CompileAhead:
         self._pending: list[concurrent.futures.Future] = []
 
     def start(self, key: Hashable, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> bool:
-        """Queue ``jobs`` ((jitted function, abstract args) pairs) unless ``key`` was started before; True if queued."""
+        """Lower ``jobs`` ((jitted function, abstract args) pairs) and queue their compilation, unless ``key`` was
+        started before; True if queued."""
         if not self.enabled or key in self._started:
             return False
         self._started.add(key)
         for jitted, args in jobs:
-            self._pending.append(self._pool.submit(lambda f=jitted, a=args: f.lower(*a).compile()))
+            self._pending.append(self._pool.submit(jitted.lower(*args).compile))
         log.info("compiling %d update program(s) for %s in the background", len(jobs), key)
         return True
 
