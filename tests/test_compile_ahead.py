@@ -91,9 +91,11 @@ def test_a_key_compiles_once_and_a_bad_signature_fails_at_start():
     ahead = CompileAhead()
     square = jax.jit(lambda x: x * x)
     args = (abstract_like(jnp.ones((3,))),)
-    assert ahead.start("k", [(square, args)]) and not ahead.start("k", [(square, args)])
+    assert not ahead.seen("k") and ahead.start("k", [(square, args)])
+    assert ahead.seen("k") and not ahead.start("k", [(square, args)])
     ahead.wait()
     with pytest.raises(TypeError):  # lowering runs in the caller: a wrong signature fails at once
         ahead.start("bad", [(square, (jax.ShapeDtypeStruct((2,), jnp.float32), 1, 2))])
     ahead.close()
-    assert not CompileAhead(enabled=False).start("k", [(square, args)])
+    off = CompileAhead(enabled=False)
+    assert off.seen("k") and not off.start("k", [(square, args)])

@@ -68,10 +68,14 @@ class CompileAhead:
         self._started: set[Hashable] = set()
         self._pending: list[concurrent.futures.Future] = []
 
+    def seen(self, key: Hashable) -> bool:
+        """Whether ``start`` would do nothing for ``key`` (started before, or compiling ahead is off)."""
+        return not self.enabled or key in self._started
+
     def start(self, key: Hashable, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> bool:
         """Lower ``jobs`` ((jitted function, abstract args) pairs) and queue their compilation, unless ``key`` was
         started before; True if queued."""
-        if not self.enabled or key in self._started:
+        if self.seen(key):
             return False
         self._started.add(key)
         for jitted, args in jobs:

@@ -307,14 +307,18 @@ class PPOTrainer:
         """Start compiling the critic / actor updates for this batch's shapes beside the rollout (`compile_ahead`)."""
         ppo, models = self.ppo, self.models
         rows, prompt_len = ppo.ppo_mini_batch_size * ppo.rollout_n, self.sampler.prompt_width(batch.prompt_token_ids)
+        with_critic, with_actor = models.critic is not None, ppo.critic_warmup <= self.global_step + 1
+        key = (rows, prompt_len, with_critic, with_actor)
+        if self.compile_ahead.seen(key):
+            return
         mini = abstract_rollout(rows, prompt_len, ppo.max_response_length, batch_sharding(self.mesh))
         jobs = []
-        if models.critic is not None:
+        if with_critic:
             jobs.append((self.critic_update, (*abstract_like((models.critic.params, models.critic.opt_state)), mini)))
-        if ppo.critic_warmup <= self.global_step + 1:
+        if with_actor:
             jobs.append((self.actor_update, (*abstract_like((models.policy.params, models.policy.opt_state)), mini,
                                              jax.ShapeDtypeStruct((), jnp.float32))))
-        self.compile_ahead.start((rows, prompt_len, len(jobs)), jobs)
+        self.compile_ahead.start(key, jobs)
 
     def forward(self, step: Any, params: Any, sequences: Sequences) -> Any:
         """A jitted forward over ``log_prob_micro_batch_size`` responses at a time (bounded activation memory)."""
