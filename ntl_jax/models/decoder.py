@@ -133,10 +133,10 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Arra
     Scores and softmax in float32. ``per_group_member`` runs the two contractions once per g (the same sums per
     head) instead of once with g among the rows; softmax still runs once. At T = 1 each contraction is then a
     batched matrix-vector product, which XLA:CPU keeps for its own dot emitter instead of handing YNNPACK a batch
-    of G-column GEMMs (its fixed cost per call dominated the tiny model's decode step). Decoding the rollout
-    benchmark's prompts on a 2-core Zen 5, both variants alternating in one process, same tokens, two runs: tiny
-    (G = 2) 1.13x and 1.13x tokens/s, mid (G = 4) 1.02x and 0.95x, GRPO-shaped mid 0.97x and 0.99x. Accelerators
-    keep one contraction: splitting would read the cache G times.
+    of G-column GEMMs (its fixed cost per call dominated the tiny model's decode step). `python
+    scripts/ab_decode_attention.py` (both variants alternating in one process, same tokens; 2-core Zen 5): tiny
+    (G = 2) 1.23x tokens/s, mid (G = 4) 0.97x, GRPO-shaped mid 0.94x (benchmarks/README.md). Accelerators keep one
+    contraction: splitting would read the cache G times.
     """
     members = [slice(g, g + 1) for g in range(q.shape[3])] if per_group_member else [slice(None)]
     scores = jnp.concatenate([jnp.einsum("btkgd,bksd->bkgts", q[:, :, :, m], k, preferred_element_type=jnp.float32)
