@@ -22,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 
 
-def _median_time(fn: Any, reps: int) -> float:
+def median_seconds(fn: Any, reps: int) -> float:
+    """Median wall seconds of ``reps`` calls of ``fn`` after one unmeasured call (compilation, warm-up)."""
     fn()  # compile / warm
     times = []
     for _ in range(reps):
@@ -45,7 +46,7 @@ def square_matmul(n: int) -> Callable[[], Any]:
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     """2 n^3 / median seconds of `square_matmul(n)`."""
-    return 2.0 * n**3 / _median_time(square_matmul(n), reps) / 1e9
+    return 2.0 * n**3 / median_seconds(square_matmul(n), reps) / 1e9
 
 
 def decode_matmul_floor(config: Any, batch: int, steps: int, reps: int = 5) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def decode_matmul_floor(config: Any, batch: int, steps: int, reps: int = 5) -> d
     rates = {}
     for path, options in paths.items():
         compiled = jax.jit(decode_matmuls, compiler_options=options).lower((layers, head), x0).compile()
-        seconds = _median_time(lambda: jax.block_until_ready(compiled((layers, head), x0)), reps)
+        seconds = median_seconds(lambda: jax.block_until_ready(compiled((layers, head), x0)), reps)
         rates[path] = batch * steps / seconds
     return {"tokens_per_s": max(rates.values()), "by_dot_path": rates,
             "what": f"the decode loop's weight matmuls alone, M = {batch}, {steps} steps, one compiled loop"}

@@ -53,21 +53,20 @@ def _tokens(vocab: int, batch: int, seq: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, vocab, (batch, seq)).astype(np.int32)
 
 
-def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
+def make_jax_step(model: Any, variant: str = "chunked", batch: int = BATCH, seq: int = SEQ) -> tuple[Any, Any]:
+    """The benchmark's ntl-jax step for ``model``: (jitted ``step(params, opt_state) -> (params, opt_state, loss)``
+    with both donated, ``(params, opt_state)``). Next-token cross-entropy on fixed random tokens, AdamW."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
-    from ntl_jax.models.hf_io import from_pretrained
     from ntl_jax.models.logprobs import token_logprobs, token_logprobs_naive
 
-    model = from_pretrained(args["path"])
     graphdef, params = nnx.split(model, nnx.Param)
-    logprob_fn = token_logprobs if args["variant"] == "chunked" else token_logprobs_naive
+    logprob_fn = token_logprobs if variant == "chunked" else token_logprobs_naive
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-    opt_state = tx.init(params)
-    ids = jnp.asarray(_tokens(model.config.vocab_size, args.get("batch", BATCH), args.get("seq", SEQ)))
+    ids = jnp.asarray(_tokens(model.config.vocab_size, batch, seq))
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
     mask = jnp.ones_like(ids)
 
@@ -83,7 +82,16 @@ def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s, loss
 
-    step = jax.jit(train_step, donate_argnums=(0, 1))
+    return jax.jit(train_step, donate_argnums=(0, 1)), (params, tx.init(params))
+
+
+def jax_train_step(args: dict[str, Any]) -> dict[str, Any]:
+    import jax
+
+    from ntl_jax.models.hf_io import from_pretrained
+
+    step, (params, opt_state) = make_jax_step(from_pretrained(args["path"]), args["variant"],
+                                              args.get("batch", BATCH), args.get("seq", SEQ))
     n = args.get("matmul_n", MATMUL_N)
     matmul = square_matmul(n)
     state = {"p": params, "s": opt_state}
