@@ -96,6 +96,7 @@ def ntl_jax_grpo(args: dict[str, Any]) -> dict[str, Any]:
     from ntl_jax.train import enable_compilation_cache
 
     enable_compilation_cache(args["compilation_cache_dir"])  # as `python -m ntl_jax.train` does
+    compiles = _compile_log() if args.get("log_compiles") else None
 
     iterations, prompts = args["iterations"], args["prompts_per_iter"]
     ppo = PPOConfig(train_batch_size=prompts, rollout_n=args["generations"], ppo_mini_batch_size=prompts,
@@ -131,7 +132,27 @@ def ntl_jax_grpo(args: dict[str, Any]) -> dict[str, Any]:
             "mean_completion_tokens": float(np.mean([h["response_length/mean"] for h in history])),
             "score_mean": float(np.mean([h["critic/score/mean"] for h in history])),
             "phase_s": {k.split("/")[1]: median([h[k] for h in history[args["skip"]:] if k in h])
-                        for k in history[-1] if k.startswith("timing_s/")}}
+                        for k in history[-1] if k.startswith("timing_s/")},
+            **({"compiles": [{**c, "start_s": c["end"] - c["seconds"] - start} for c in compiles]} if compiles is not None
+               else {})}
+
+
+def _compile_log() -> list[dict[str, Any]]:
+    """A list that receives every XLA compilation of this process from now on: the jitted function, the thread
+    that compiled it, its seconds and its end (perf_counter); cache loads are not compilations (`jax.monitoring`)."""
+    import threading
+
+    import jax
+
+    log: list[dict[str, Any]] = []
+
+    def listen(event: str, seconds: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            log.append({"function": str(kwargs.get("fun_name", "")), "thread": threading.current_thread().name,
+                        "seconds": seconds, "end": time.perf_counter()})
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    return log
 
 
 def trl_grpo(args: dict[str, Any]) -> dict[str, Any]:

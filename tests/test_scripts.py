@@ -532,12 +532,14 @@ def test_ab_decode_attention_times_both_attention_forms_on_the_same_tokens():
 
 def test_time_first_iteration_alternates_compile_ahead_off_and_on():
     """`scripts/time_first_iteration.py` at the benchmark's smoke size, warm cache: one process per setting."""
-    proc = _script("time_first_iteration.py", "--cache", "warm", "--pairs", "1", "--scale", "smoke", timeout=900)
+    proc = _script("time_first_iteration.py", "--cache", "warm", "--pairs", "1", "--scale", "smoke", "--compiles",
+                   timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [row["compile_ahead"] for row in rows] == [False, True] and {row["cache"] for row in rows} == {"warm"}
     for row in rows:
         assert 0 < row["first_iteration_s"] <= row["iterations_s"] < row["process_wall_s"]
+        assert row["compiles"] == []  # warm: every program is loaded from the filled cache, none compiled over 0.2 s
 
 
 def test_train_step_breakdown_counts_the_benchmarks_matmul_flops_and_reports_each_part(tmp_path):
