@@ -565,3 +565,16 @@ def test_train_step_breakdown_counts_the_benchmarks_matmul_flops_and_reports_eac
     assert row["efficiency"] == pytest.approx(row["model_gflop_per_s"] / row["matmul_gflop_per_s"])
     assert len(row["gemm_gflop_per_s"]) == 18 and row["weight_gemms_alone_s"] > 0
     assert row["profile"]["seconds_by_op_kind"] and row["profile"]["seconds_two_or_more_ops_running"] >= 0
+
+
+def test_parallel_compile_times_a_pair_of_compilations_three_ways():
+    """`scripts/parallel_compile.py` (behind the README's "the two compilations share the cores"): the same pair of
+    fresh programs compiled one after the other, in two threads and in two processes, each compilation timed."""
+    proc = _script("parallel_compile.py", "--depth", "3", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.splitlines()[-1])
+    assert row["depth"] == 3
+    for mode in ("sequential", "two_threads", "two_processes"):
+        assert len(row[mode]["compile_s"]) == 2 and all(x > 0 for x in row[mode]["compile_s"])
+    assert row["sequential"]["wall_s"] >= max(row["sequential"]["compile_s"])
+    assert row["two_threads"]["wall_s"] >= max(row["two_threads"]["compile_s"])
