@@ -96,6 +96,7 @@ def test_a_key_compiles_once_and_a_bad_signature_fails_at_start():
     ahead.wait()
     with pytest.raises(TypeError):  # lowering runs in the caller: a wrong signature fails at once
         ahead.start("bad", [(square, (jax.ShapeDtypeStruct((2,), jnp.float32), 1, 2))])
+    assert not ahead.seen("bad")  # nothing was queued for it, so it is not marked as started
     ahead.close()
     off = CompileAhead(enabled=False)
     assert off.seen("k") and not off.start("k", [(square, args)])

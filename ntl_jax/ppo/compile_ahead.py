@@ -14,9 +14,10 @@ arguments' shardings) in the calling thread, which the first update call would h
 lowered programs in one background thread; `CompileAhead.wait` joins it before the first update. A jitted
 function's ``lower(...).compile()`` fills the caches its calls use, so the call finds the program
 (`tests/test_compile_ahead.py` checks that the first update compiles nothing). XLA's compiler releases the GIL, so
-a compilation runs beside the rollout's on a second core; tracing holds the GIL, which is why it stays in the
-calling thread (run in the background it slowed a warm-cache start, where compiling is only a cache load). A shape
-seen before is not compiled again.
+a compilation runs beside the rollout; tracing holds the GIL, which is why it stays in the calling thread (run in
+the background it slowed a warm-cache start, where compiling is only a cache load). On a 2-core machine the
+overlap with the sampler's own compilation gains little: two compilations at once each take about twice as long
+(`scripts/parallel_compile.py`, benchmarks/README.md). A shape seen before is not compiled again.
 """
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ class CompileAhead:
         started before; True if queued."""
         if self.seen(key):
             return False
+        lowered = [jitted.lower(*args) for jitted, args in jobs]  # a bad signature raises here, key not marked
         self._started.add(key)
-        for jitted, args in jobs:
-            self._pending.append(self._pool.submit(jitted.lower(*args).compile))
+        self._pending.extend(self._pool.submit(program.compile) for program in lowered)
         log.info("compiling %d update program(s) for %s in the background", len(jobs), key)
         return True
 
