@@ -4,14 +4,15 @@
 Builds `benchmarks/train_step_efficiency.py`'s ntl-jax step (mid model, batch 8 x 256: forward, backward, AdamW)
 twice, as shipped and with attention replaced by the identity on q (`decoder.grouped_attention` patched while
 tracing; same shapes everywhere else), and times `--reps` steps of each, one after the other (alternating them
-slowed the shipped step by ~10%: two sets of weights and optimizer state, ~1 GB, swapped in and out). Then times, alone and
-jitted, every weight GEMM the step runs (forward x @ W, input gradient dy @ W^T, weight gradient x^T @ dy for each
-projection shape, M = batch x tokens rows) and the 2048^3 matmul the benchmark uses as the machine's rate.
-Prints one JSON line per measurement and a summary:
+slowed the shipped step in a trial: two sets of weights and optimizer state, ~1 GB, in use by turns). Then
+times, alone and jitted, every weight GEMM the step runs (forward x @ W, input gradient dy @ W^T, weight gradient
+x^T @ dy for each `projection_shapes` entry, M = batch x tokens rows) and the 2048^3 matmul the benchmark uses as
+the machine's rate. Prints one JSON line:
 
 - `step_s`, `no_attention_s`: median seconds of each step; `attention_share` = 1 - no_attention_s / step_s.
-- `gemm`: GFLOP/s of each GEMM alone; `weight_gemms_alone_s`: the step's weight GEMMs (one layer's times L, the
-  LM head with its rematerialised forward) at those rates, the time a step cannot beat without fewer FLOPs.
+- `gemm_gflop_per_s`: GFLOP/s of each GEMM alone; `weight_gemms_alone_s`: the step's weight GEMMs (one layer's
+  times L, the LM head with its rematerialised forward) at those rates, the time a step cannot beat without
+  fewer FLOPs.
 - `model_gflop_per_s` / `matmul_gflop_per_s`: the benchmark's efficiency figure for the shipped step.
 
 `--profile DIR` also traces two shipped steps with `jax.profiler` and prints seconds by XLA op kind and the seconds
@@ -54,6 +55,15 @@ def gemm_rates(rows: int, shapes: dict[str, tuple[int, int]], reps: int) -> dict
             rates[f"{name}/{form}"] = 2.0 * rows * k * n / median_seconds(
                 lambda: jitted(x, w, dy).block_until_ready(), reps) / 1e9
     return rates
+
+
+def projection_shapes(spec: Any) -> dict[str, tuple[int, int]]:
+    """[K, N] of each weight kind of a `benchmarks.common.ModelSpec` decoder (k and v share one shape, gate and up
+    another; head dim = hidden / heads)."""
+    head_dim = spec.hidden // spec.heads
+    return {"q": (spec.hidden, spec.heads * head_dim), "kv": (spec.hidden, spec.kv_heads * head_dim),
+            "o": (spec.heads * head_dim, spec.hidden), "gate_up": (spec.hidden, spec.intermediate),
+            "down": (spec.intermediate, spec.hidden), "lm_head": (spec.hidden, spec.vocab)}
 
 
 def weight_gemm_seconds(spec: Any, rows: int, rates: dict[str, float], shapes: dict[str, tuple[int, int]]) -> float:
@@ -140,10 +150,7 @@ def main() -> None:
         del step, state, run
     step_s, no_attention_s = (median(times[v]) for v in ("shipped", "no_attention"))
     matmul_rate = matmul_gflops(size["matmul_n"])
-    heads_width, kv_width = spec.heads * (spec.hidden // spec.heads), spec.kv_heads * (spec.hidden // spec.heads)
-    shapes = {"q": (spec.hidden, heads_width), "kv": (spec.hidden, kv_width), "o": (heads_width, spec.hidden),
-              "gate_up": (spec.hidden, spec.intermediate), "down": (spec.intermediate, spec.hidden),
-              "lm_head": (spec.hidden, spec.vocab)}
+    shapes = projection_shapes(spec)
     rows = batch * seq
     rates = gemm_rates(rows, shapes, reps=5)
     flops = step_flops(spec, batch, seq)

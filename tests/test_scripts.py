@@ -549,10 +549,7 @@ def test_train_step_breakdown_counts_the_benchmarks_matmul_flops_and_reports_eac
     breakdown = _load_module("train_step_breakdown")
     from benchmarks.common import MID, param_count
 
-    rows, head_dim = 2048, MID.hidden // MID.heads
-    shapes = {"q": (MID.hidden, MID.heads * head_dim), "kv": (MID.hidden, MID.kv_heads * head_dim),
-              "o": (MID.heads * head_dim, MID.hidden), "gate_up": (MID.hidden, MID.intermediate),
-              "down": (MID.intermediate, MID.hidden), "lm_head": (MID.hidden, MID.vocab)}
+    rows, shapes = 2048, breakdown.projection_shapes(MID)
     rates = {f"{name}/{form}": 250.0 for name in shapes for form in ("forward", "input_grad", "weight_grad")}
     expected_flops = 6 * param_count(MID)["matmul"] * rows + 2 * rows * MID.hidden * MID.vocab
     assert breakdown.weight_gemm_seconds(MID, rows, rates, shapes) == pytest.approx(expected_flops / 250e9, rel=1e-9)
