@@ -49,6 +49,15 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2.0 * n**3 / median_seconds(square_matmul(n), reps) / 1e9
 
 
+def decode_weight_shapes(config: Any) -> dict[str, tuple[int, int]]:
+    """[K, N] of each weight a decoder layer of ``config`` multiplies its activations by."""
+    d, f = config.hidden_size, config.intermediate_size
+    dh = d // config.num_attention_heads
+    q_width, kv_width = config.num_attention_heads * dh, config.num_key_value_heads * dh
+    return {"q": (d, q_width), "k": (d, kv_width), "v": (d, kv_width), "o": (q_width, d),
+            "gate": (d, f), "up": (d, f), "down": (f, d)}
+
+
 def decode_matmul_floor(config: Any, batch: int, steps: int, reps: int = 5) -> dict[str, Any]:
     """Tokens/s of `steps` decode steps of `config`'s weight matmuls alone at M = `batch` (see module docstring).
 
@@ -59,11 +68,8 @@ def decode_matmul_floor(config: Any, batch: int, steps: int, reps: int = 5) -> d
 
     from ntl_jax.models.xla_cpu import decode_compiler_options
 
-    d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    dh = d // config.num_attention_heads
-    q_width, kv_width = config.num_attention_heads * dh, config.num_key_value_heads * dh
-    shapes = {"q": (d, q_width), "k": (d, kv_width), "v": (d, kv_width), "o": (q_width, d),
-              "gate": (d, f), "up": (d, f), "down": (f, d)}
+    d, v = config.hidden_size, config.vocab_size
+    shapes = decode_weight_shapes(config)
     keys = iter(jax.random.split(jax.random.key(0), 8 * config.num_hidden_layers + 2))
     layers = [{name: 0.02 * jax.random.normal(next(keys), shape) for name, shape in shapes.items()}
               for _ in range(config.num_hidden_layers)]

@@ -9,7 +9,9 @@ On an AVX-512 machine (AMD EPYC, Zen 5 family 26, the project's machine from 202
 every decode shape measured: tiny 18,465 vs 15,599 tok/s, mid 2,241 vs 2,129 (benchmarks/rollout.py,
 results/cpu_zen5_2026-12-02.json), and larger row counts in a scratch sweep. 'auto' (the default) therefore keeps YNNPACK where the CPU has AVX-512 and uses Eigen
 elsewhere (the earlier machine, ~110 GFLOP/s per 2048^3 matmul against ~350 on the Zen 5, had the Eigen result
-above; its CPU flags were not recorded).
+above; its CPU flags were not recorded). An Intel Xeon with AVX-512 and AMX (family 6, model 167; 2026-12-03,
+results/cpu_xeon_2026-12-03.json) agrees: decode matmul floor tiny 31,997 (YNNPACK) vs 28,274 (Eigen) tok/s,
+mid 1,772 vs 1,776, GRPO-shaped 2,953 vs 2,443; the tiny rollout 18,531 (auto) vs 14,568 tok/s with Eigen.
 """
 from __future__ import annotations
 
