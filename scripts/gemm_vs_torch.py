@@ -94,15 +94,15 @@ def torch_decode_floor(config: Any, batch: int, steps: int, reps: int) -> float:
 
 def xla_side(scale: str, reps: int) -> dict[str, dict[str, float]]:
     """GFLOP/s of every case's GEMMs in XLA (jitted, alone); ``decode``: tokens/s of each model's decode floor."""
-    from train_step_breakdown import gemm_rates
-
     from benchmarks.machine_limit import decode_matmul_floor
+    from train_step_breakdown import gemm_rates
 
     rates = {}
     for case, (rows, shapes, forms) in cases(scale).items():
         every = gemm_rates(rows, shapes, reps)
         rates[case] = {key: rate for key, rate in every.items() if key.split("/")[1] in forms}
-    rates["decode"] = {name: decode_matmul_floor(config, DECODE_ROWS, DECODE_STEPS, reps=max(1, reps // 4))["tokens_per_s"]
+    floor_reps = max(1, reps // 4)  # each is a 64-step loop, not one GEMM
+    rates["decode"] = {name: decode_matmul_floor(config, DECODE_ROWS, DECODE_STEPS, reps=floor_reps)["tokens_per_s"]
                        for name, config in decode_models(scale).items()}
     return rates
 
@@ -122,7 +122,8 @@ def torch_side(scale: str, reps: int) -> dict[str, dict[str, dict[str, float]]]:
         for case, (rows, shapes, forms) in cases(scale).items():
             per_case[case] = {}
             for name, (k, n) in shapes.items():
-                x, w, dy = (torch.from_numpy(rng.random(shape, dtype=np.float32)) for shape in ((rows, k), (k, n), (rows, n)))
+                x, w, dy = (torch.from_numpy(rng.random(shape, dtype=np.float32))
+                            for shape in ((rows, k), (k, n), (rows, n)))
                 calls = {"forward": lambda: x @ w, "input_grad": lambda: dy @ w.T, "weight_grad": lambda: x.T @ dy}
                 for form in forms:
                     seconds = median_seconds(calls[form], reps)
