@@ -31,7 +31,7 @@ def _threads_env(n: int, **extra: str) -> dict[str, str]:
 # Every PyTorch baseline runs at each of these settings (name -> (torch.set_num_threads, environment)); the fastest
 # is the baseline. "2thr" is PyTorch's default on a 2-core machine (OpenMP spin-waits between ops); the passive wait
 # policy helps some small-op workloads and hurts others, so both are measured. Every worker runs with glibc's
-# huge-page tunable (`_worker_env`, as `python -m ntl_jax.train` runs); the settings without "-hugepages" turn it
+# huge-page tunable (`worker_env`, as `python -m ntl_jax.train` runs); the settings without "-hugepages" turn it
 # off, "2thr-hugepages" keeps it, so PyTorch is measured both ways.
 _NO_HUGE_PAGES = {"GLIBC_TUNABLES": ""}
 TORCH_THREAD_SETTINGS: dict[str, tuple[int, dict[str, str]]] = {
@@ -83,7 +83,9 @@ def torch_thread_note(setting: str) -> str:
     return f"torch.set_num_threads({threads}) " + " ".join(f"{k}={v}" for k, v in env.items())
 
 
-def _worker_env(extra: dict[str, str] | None) -> dict[str, str]:
+def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a benchmark worker process: one real device, no inherited thread caps, the huge-page
+    tunable, then ``extra`` (a `TORCH_THREAD_SETTINGS` environment, say)."""
     env = dict(os.environ)
     # Tests set 8 simulated CPU devices; a benchmark measures one real device.
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
@@ -108,7 +110,7 @@ def run_worker(module: str, function: str, args: dict[str, Any], *, env: dict[st
     """Run `benchmarks.<module>.<function>(args)` in a fresh Python; returns its dict plus `process_wall_s`."""
     cmd = [sys.executable, "-m", f"benchmarks.{module}", "--worker", function, json.dumps(args)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_worker_env(env), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=worker_env(env), capture_output=True, text=True,
                           timeout=timeout_s)
     wall = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]

@@ -16,10 +16,11 @@ between two machines can be traced to the libraries' kernels rather than to ntl-
   as transformers' `generate` runs them.
 - ``matmul``: the 2048^3 matmul the benchmarks use as the machine's rate.
 
-Each library runs in its own fresh process: XLA jitted (`train_step_breakdown.gemm_rates`), with the huge-page
-tunable `python -m ntl_jax.train` restarts itself with; PyTorch at 1 and 2 threads (`torch.set_num_threads`), its
-best per GEMM kept as the baseline, as the benchmarks do per row. ``torch_over_xla`` > 1 where PyTorch is faster.
-Prints one JSON line (``units``: GFLOP/s for the GEMMs, tokens/s for the decode floors).
+Each side runs in a fresh process with the suite's worker environment (`benchmarks.common.worker_env`): XLA
+jitted (`train_step_breakdown.gemm_rates`) with the huge-page tunable `python -m ntl_jax.train` runs with, and
+PyTorch once per `TORCH_THREAD_SETTINGS` setting (threads, wait policy, huge pages), its best per GEMM kept as the
+baseline, as the suite does per row. ``torch_over_xla`` > 1 where PyTorch is faster. Prints one JSON line
+(``units``: GFLOP/s for the GEMMs, tokens/s for the decode floors).
 
     python scripts/gemm_vs_torch.py --reps 20
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,7 +36,6 @@ from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECODE_ROWS, DECODE_STEPS = 32, 64  # benchmarks/rollout.py's BATCH and NEW_TOKENS
-TORCH_THREADS = (1, 2)
 
 
 def cases(scale: str) -> dict[str, tuple[int, dict[str, tuple[int, int]], tuple[str, ...]]]:
@@ -68,9 +67,6 @@ def torch_decode_floor(config: Any, batch: int, steps: int, reps: int) -> float:
 
     d, v = config.hidden_size, config.vocab_size
     shapes = decode_weight_shapes(config)
-    # The loop's activations shrink towards zero; XLA flushes denormals (`xla_cpu_ftz`), PyTorch by default does
-    # not, and denormal arithmetic would time the CPU's microcode instead of the GEMMs (~5x slower here).
-    torch.set_flush_denormal(True)
     generator = torch.Generator().manual_seed(0)
     layers = [{name: 0.02 * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
               for _ in range(config.num_hidden_layers)]
@@ -89,7 +85,13 @@ def torch_decode_floor(config: Any, batch: int, steps: int, reps: int) -> float:
             x = x + 1e-3 * (x @ head)[:, :d]
         float(kv_sum)
 
-    return batch * steps / median_seconds(loop, reps)
+    # The loop's activations shrink towards zero; XLA flushes denormals (`xla_cpu_ftz`), PyTorch by default does
+    # not, and denormal arithmetic would time the CPU's microcode instead of the GEMMs (~5x slower here).
+    torch.set_flush_denormal(True)
+    try:
+        return batch * steps / median_seconds(loop, reps)
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default, for whatever runs in this process next
 
 
 def xla_side(scale: str, reps: int) -> dict[str, dict[str, float]]:
@@ -107,39 +109,36 @@ def xla_side(scale: str, reps: int) -> dict[str, dict[str, float]]:
     return rates
 
 
-def torch_side(scale: str, reps: int) -> dict[str, dict[str, dict[str, float]]]:
-    """`xla_side`'s figures in PyTorch, per thread count: {threads: {case: {name/form or model: rate}}}."""
+def torch_side(scale: str, reps: int, threads: int) -> dict[str, dict[str, float]]:
+    """`xla_side`'s figures in PyTorch at ``threads`` threads: {case: {name/form or model: rate}}."""
     import numpy as np
     import torch
 
     from benchmarks.machine_limit import median_seconds
 
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for threads in TORCH_THREADS:
-        torch.set_num_threads(threads)
-        per_case: dict[str, dict[str, float]] = {}
-        for case, (rows, shapes, forms) in cases(scale).items():
-            per_case[case] = {}
-            for name, (k, n) in shapes.items():
-                x, w, dy = (torch.from_numpy(rng.random(shape, dtype=np.float32))
-                            for shape in ((rows, k), (k, n), (rows, n)))
-                calls = {"forward": lambda: x @ w, "input_grad": lambda: dy @ w.T, "weight_grad": lambda: x.T @ dy}
-                for form in forms:
-                    seconds = median_seconds(calls[form], reps)
-                    per_case[case][f"{name}/{form}"] = 2.0 * rows * k * n / seconds / 1e9
-        per_case["decode"] = {name: torch_decode_floor(config, DECODE_ROWS, DECODE_STEPS, max(1, reps // 4))
-                              for name, config in decode_models(scale).items()}
-        out[f"{threads}thr"] = per_case
+    out: dict[str, dict[str, float]] = {}
+    for case, (rows, shapes, forms) in cases(scale).items():
+        out[case] = {}
+        for name, (k, n) in shapes.items():
+            x, w, dy = (torch.from_numpy(rng.random(shape, dtype=np.float32))
+                        for shape in ((rows, k), (k, n), (rows, n)))
+            calls = {"forward": lambda: x @ w, "input_grad": lambda: dy @ w.T, "weight_grad": lambda: x.T @ dy}
+            for form in forms:
+                out[case][f"{name}/{form}"] = 2.0 * rows * k * n / median_seconds(calls[form], reps) / 1e9
+    out["decode"] = {name: torch_decode_floor(config, DECODE_ROWS, DECODE_STEPS, max(1, reps // 4))
+                     for name, config in decode_models(scale).items()}
     return out
 
 
-def _run_side(side: str, scale: str, reps: int) -> Any:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES")}
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, "--scale", scale,
-                           "--reps", str(reps)], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+def _run_side(scale: str, reps: int, side: str, threads: int = 0, env: dict[str, str] | None = None) -> Any:
+    """One side's JSON from a fresh process of this script in the suite's worker environment plus ``env``."""
+    from benchmarks.common import worker_env
+
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, "--threads", str(threads),
+                           "--scale", scale, "--reps", str(reps)], capture_output=True, text=True,
+                          env=worker_env(env), cwd=REPO_ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"the {side} side failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
@@ -147,12 +146,12 @@ def _run_side(side: str, scale: str, reps: int) -> Any:
 
 def summarize(xla: dict[str, dict[str, float]], torch: dict[str, dict[str, dict[str, float]]],
               scale: str) -> dict[str, Any]:
-    """Both libraries' rates, PyTorch's best thread count per GEMM, the ratios and the train step's GEMM seconds."""
+    """Both libraries' rates, PyTorch's best setting per GEMM, the ratios and the train step's GEMM seconds."""
     from benchmarks.train_step_efficiency import SIZES
     from train_step_breakdown import weight_gemm_seconds
 
     best = {case: {key: max(torch[t][case][key] for t in torch) for key in rates} for case, rates in xla.items()}
-    best_threads = {case: {key: max(torch, key=lambda t: torch[t][case][key]) for key in rates}
+    best_setting = {case: {key: max(torch, key=lambda t: torch[t][case][key]) for key in rates}
                     for case, rates in xla.items()}
     rows, shapes, _ = cases(scale)["train"]
     spec = SIZES[scale]["spec"]
@@ -160,7 +159,7 @@ def summarize(xla: dict[str, dict[str, float]], torch: dict[str, dict[str, dict[
         "units": "train, matmul: GFLOP/s; decode: tokens/s",
         "xla": {case: {k: round(v, 3) for k, v in rates.items()} for case, rates in xla.items()},
         "torch_best": {case: {k: round(v, 3) for k, v in rates.items()} for case, rates in best.items()},
-        "torch_best_threads": best_threads,
+        "torch_best_setting": best_setting,
         "torch": {t: {case: {k: round(v, 3) for k, v in rates.items()} for case, rates in per.items()}
                   for t, per in torch.items()},
         "torch_over_xla": {case: {k: round(best[case][k] / v, 3) for k, v in rates.items()}
@@ -175,27 +174,27 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20, help="timed calls per GEMM (median)")
     parser.add_argument("--scale", choices=("full", "smoke"), default="full", help="the benchmarks' shapes or toy")
     parser.add_argument("--side", choices=("xla", "torch"), default="", help=argparse.SUPPRESS)  # worker process
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)  # the torch side's threads
     args = parser.parse_args()
     if args.reps < 1:
         parser.error(f"--reps must be >= 1, got {args.reps}")
 
     sys.path.insert(0, REPO_ROOT)  # the benchmarks package
-    if args.side == "xla":
-        from ntl_jax.huge_pages import reexec_with_huge_pages
+    if args.side:
+        rates = xla_side(args.scale, args.reps) if args.side == "xla" else torch_side(args.scale, args.reps,
+                                                                                      args.threads)
+        print(json.dumps(rates), flush=True)
+        return
+    from benchmarks.common import TORCH_THREAD_SETTINGS, machine_info
 
-        reexec_with_huge_pages()  # as `python -m ntl_jax.train` runs (returns when there is nothing to gain)
-        print(json.dumps(xla_side(args.scale, args.reps)), flush=True)
-        return
-    if args.side == "torch":
-        print(json.dumps(torch_side(args.scale, args.reps)), flush=True)
-        return
     start = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load = os.getloadavg()
-    xla, torch = _run_side("xla", args.scale, args.reps), _run_side("torch", args.scale, args.reps)
-    from benchmarks.common import machine_info
+    xla = _run_side(args.scale, args.reps, "xla")
+    torch = {setting: _run_side(args.scale, args.reps, "torch", threads, env)
+             for setting, (threads, env) in TORCH_THREAD_SETTINGS.items()}
 
     print(json.dumps({"scale": args.scale, "reps": args.reps, "start": start, "load_before": load,
-                      "load_after": os.getloadavg(), "machine": machine_info(), "python": platform.python_version(),
+                      "load_after": os.getloadavg(), "machine": machine_info(),
                       **summarize(xla, torch, args.scale)}), flush=True)
 
 

@@ -566,24 +566,27 @@ def test_train_step_breakdown_counts_the_benchmarks_matmul_flops_and_reports_eac
 
 def test_gemm_vs_torch_times_the_same_gemms_and_decode_floors_in_both_libraries():
     """`scripts/gemm_vs_torch.py` (behind the README's account of the Intel Xeon figures): every train-step GEMM and
-    decode floor is timed in XLA and in PyTorch at each thread count, the baseline is PyTorch's best per entry, and
-    the ratios and the step's GEMM seconds are computed from the rates it prints."""
+    decode floor is timed in XLA and in PyTorch at each of the suite's PyTorch settings, the baseline is PyTorch's
+    best per entry, and the ratios and the step's GEMM seconds are computed from the rates it prints."""
+    from benchmarks.common import TORCH_THREAD_SETTINGS
+
     gemms = _load_module("gemm_vs_torch")
     proc = _script("gemm_vs_torch.py", "--scale", "smoke", "--reps", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(proc.stdout.splitlines()[-1])
-    assert set(row["torch"]) == {"1thr", "2thr"} and row["scale"] == "smoke"
+    assert set(row["torch"]) == set(TORCH_THREAD_SETTINGS) and row["scale"] == "smoke"
     for case in ("train", "matmul", "decode"):
         assert row["xla"][case].keys() == row["torch_best"][case].keys()
     assert len(row["xla"]["train"]) == 18 and set(row["xla"]["decode"]) == {"micro"}
     for case, rates in row["torch_best"].items():
         for key, best in rates.items():
             assert best == max(row["torch"][t][case][key] for t in row["torch"])
-            assert row["torch"][row["torch_best_threads"][case][key]][case][key] == best
+            assert row["torch"][row["torch_best_setting"][case][key]][case][key] == best
             assert row["torch_over_xla"][case][key] == pytest.approx(best / row["xla"][case][key], rel=0.02, abs=1e-3)
     assert row["train_weight_gemms_s"]["xla"] > 0 and row["train_weight_gemms_s"]["torch_best"] > 0
     assert gemms.torch_decode_floor(gemms.decode_models("smoke")["micro"], batch=2, steps=3, reps=1) > 0
-    assert _script("gemm_vs_torch.py", "--reps", "0").returncode == 2
+    bad = _script("gemm_vs_torch.py", "--reps", "0")
+    assert bad.returncode == 2 and "--reps must be >= 1, got 0" in bad.stderr
 
 
 def test_parallel_compile_times_a_pair_of_compilations_three_ways():
