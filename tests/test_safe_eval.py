@@ -1,6 +1,5 @@
 """Safe arithmetic evaluator: exact answers for plain arithmetic, refusals for everything else, bounded cost."""
 import ast
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -87,11 +86,9 @@ def test_huge_input_is_refused_by_length_before_parsing(monkeypatch):
 
     monkeypatch.setattr(safe_eval_module.ast, "parse", parse_must_not_run)
     huge = "1+" * 500_000
-    start = time.perf_counter()
     assert safe_eval_arithmetic(huge) is None
     with pytest.raises(SafeEvalError, match="max_len"):
         safe_eval_arithmetic_strict(huge)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_deep_nesting_is_refused():

@@ -189,6 +189,28 @@ def test_loss_aggregation_over_micro_batches_matches_agg_loss_of_the_whole_batch
         np.testing.assert_allclose(shares, whole, rtol=1e-6)
 
 
+def test_the_one_deliberate_difference_from_verl_micro_batch_scaling():
+    """verl's legacy dp_actor / dp_critic aggregate each micro-batch on its own and scale it by 1/GA (GA = micro-
+    batches per mini-batch); ntl-jax aggregates over the whole mini-batch, so its update does not change with the
+    micro-batch size (test above). For seq-mean-token-sum-norm verl's gradient is 1/GA of ntl-jax's; for token-mean
+    with ragged lengths the two weigh tokens differently; for seq-mean-* with equal micro-batches they agree.
+    docs/NTL.md, "Coming from verl"."""
+    rng = np.random.default_rng(4)
+    mask = jnp.asarray(np.arange(6)[None, :] < np.array([[6], [1], [3], [6], [2], [5], [4], [6]]), jnp.float32)
+    loss_mat = jnp.asarray(np.arange(8)[:, None] + rng.normal(size=(8, 6)), jnp.float32)  # rows of unlike size
+    for ga in (2, 4):
+        rows = 8 // ga
+
+        def verl_legacy(mode):
+            return sum(float(agg_loss(loss_mat[i:i + rows], mask[i:i + rows], mode)) / ga for i in range(0, 8, rows))
+
+        whole = {mode: float(agg_loss(loss_mat, mask, mode)) for mode in LOSS_AGG_MODES}
+        assert whole["seq-mean-token-sum-norm"] == pytest.approx(ga * verl_legacy("seq-mean-token-sum-norm"), rel=1e-6)
+        assert abs(whole["token-mean"] - verl_legacy("token-mean")) > 1e-3
+        for mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
+            assert whole[mode] == pytest.approx(verl_legacy(mode), rel=1e-6)
+
+
 def _grouped(batch: RolloutBatch, group: int) -> RolloutBatch:
     """``batch`` with rows i*group .. i*group+group-1 answering one prompt (the sampler's order), some left-padded."""
     first = np.arange(batch.size) // group * group

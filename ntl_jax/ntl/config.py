@@ -14,7 +14,8 @@ import gin
 from ntl_jax.knobs import check_bool, check_choice, check_range, fail, knob
 from ntl_jax.ntl import schedules
 from ntl_jax.ntl.losses import METHODS
-from ntl_jax.ntl.targets import ANSWER_EXTRACTIONS, REWARD_MODES
+from ntl_jax.answers import ANSWER_EXTRACTIONS
+from ntl_jax.ntl.targets import REWARD_MODES
 
 _NAME = "NTLConfig"
 
@@ -33,15 +34,16 @@ class NTLConfig:
     extract_during_log_prob: bool = knob(True, "take the digit slice from the log-prob pass that runs before rewards")
     pass_to_reward_function: bool = knob(True, "give compute_score ntl_info and tau")
     reward_mode: str = knob("final_answer", "which digits get targets: " + ", ".join(REWARD_MODES))
-    tau: float = knob(0.1, "temperature of the reward bonus exp(-number_error / tau): the relative answer error at "
-                           "which it falls to 1/e")
+    tau: float = knob(0.1, "temperature of the reward's closeness bonus exp(-e / tau), e the written answer's "
+                           "relative error: the error at which the bonus falls to 1/e")
     adaptive_tau: bool = knob(False, "tau follows the running mean number error, clipped to [0.1, 10] x the "
                                      "scheduled tau (a response at the mean earns exp(-1))")
     tau_schedule: str | None = knob(None, "a schedule string that overrides tau per step: "
                                           + schedules.ACCEPTED_FORMS)
     hybrid_weight: float = knob(0.5, "hybrid mode: weight of answer digits; checked steps get 1 - this")
-    answer_extraction: str = knob("strict_then_last", "where the answer is: strict ('#### n'), last (last number), "
-                                                      "strict_then_last")
+    answer_extraction: str = knob("strict_then_last", "how NTL reads the answer of a data source without a built-in "
+                                                      "scorer (built-in ones use their scorer's reader): strict "
+                                                      "(verl's '#### n'), last (last number), strict_then_last")
     debug_mode: bool = knob(False, "log targets and predictions of a few samples per step")
     save_digit_info: bool = knob(False, "append every sample's digit record to <output_dir>/digit_info.jsonl")
     cache_digit_mappings: bool = knob(True, "cache the digit token ids per tokenizer")

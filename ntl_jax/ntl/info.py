@@ -15,9 +15,14 @@ Per sequence, with ``l_t`` the method's loss at targeted digit ``t`` and ``w_t``
                     the relative error of the answer the model expects (0 without an answer)
     number_error  = the largest relative error over the numbers with targets (the answer and, in all_tokens /
                     hybrid mode, every checked step): restating a correct number cannot hide a wrong one.
+    answer_confidence = min_j p_j(written digit_j) over the digits the answer shows, p_j the softmax over the ten
+                    digit logits: a number is as sure as its least sure digit. 0 without an answer or when a digit
+                    sits on a merged multi-digit token. How surely the model wrote what it wrote, never how close
+                    that is to the truth.
 
-``answer_error`` and ``number_error`` grow with ``|answer - truth|``: rewards built on them rank a near miss above
-a far miss, which a per-digit loss cannot (``999`` vs ``1000`` differs in every digit, ``0`` in one).
+``answer_error`` and ``number_error`` describe the model's digit distributions, not the number it wrote: a hedge
+between a right and a wrong digit lowers them. The built-in NTL reward therefore grades the written number
+(``ntl_jax.rewards.ntl_rewards``) and reads only ``answer_confidence`` from here.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class DigitTargets:
     weights: jax.Array  # [B, T] float32
     layout: losses.NumberLayout  # [B, T] number ids, places, true values (NTL-number, number errors)
     is_final_answer: jax.Array  # [B, T] bool, digits of the final answer
+    written_digits: jax.Array  # [B, T] int32, the digit a final-answer token shows, -1 elsewhere
+    answer_digit_count: jax.Array  # [B] int32, digits the final answer shows (merged tokens included)
     answer_truth: jax.Array  # [B] float32, answer sign * truth
     answer_weight: jax.Array  # [B] float32, weight of the answer's places (1, or hybrid_weight)
     has_answer: jax.Array  # [B] bool
@@ -65,6 +72,8 @@ class DigitTargets:
                                        places=np.asarray(batch.places, np.int32),
                                        truth=np.asarray(batch.number_truth, np.float32)),
             is_final_answer=np.asarray(batch.is_final_answer, bool),
+            written_digits=np.asarray(batch.written_digits, np.int32),
+            answer_digit_count=np.asarray(batch.answer_digit_count, np.int32),
             answer_truth=np.asarray(batch.answer_truth, np.float32),
             answer_weight=np.full((size,), answer_weight, np.float32),
             has_answer=np.asarray(batch.has_answer, bool), missing_digits=np.asarray(batch.missing_digits, np.int32),
@@ -80,7 +89,8 @@ class DigitTargets:
         return cls(target_digits=np.full(shape, -1, np.int32), weights=np.zeros(shape, np.float32),
                    layout=losses.NumberLayout(number_ids=np.full(shape, -1, np.int32),
                                               places=np.zeros(shape, np.int32), truth=np.zeros(shape, np.float32)),
-                   is_final_answer=np.zeros(shape, bool), answer_truth=zeros, answer_weight=zeros,
+                   is_final_answer=np.zeros(shape, bool), written_digits=np.full(shape, -1, np.int32),
+                   answer_digit_count=np.zeros((size,), np.int32), answer_truth=zeros, answer_weight=zeros,
                    has_answer=np.zeros((size,), bool), missing_digits=np.zeros((size,), np.int32),
                    missing_digit_sum=zeros, missing_digit_square_sum=zeros, sign_wrong=np.zeros((size,), bool),
                    bad_ground_truth=np.zeros((size,), bool))
@@ -110,6 +120,7 @@ class NTLInfo:
     per_sequence_loss: jax.Array  # [B] float32
     answer_error: jax.Array  # [B] float32
     number_error: jax.Array  # [B] float32
+    answer_confidence: jax.Array  # [B] float32
     digit_accuracy: jax.Array  # [] float32
     per_sequence_digit_accuracy: jax.Array  # [B] float32
     total_digits: jax.Array  # [] int32
@@ -123,6 +134,7 @@ class NTLInfo:
     batch_size: int = flax.struct.field(pytree_node=False, default=0)
     seq_len: int = flax.struct.field(pytree_node=False, default=0)
     sequence_strings: tuple[str, ...] | None = flax.struct.field(pytree_node=False, default=None)
+    answer_texts: tuple[str | None, ...] | None = flax.struct.field(pytree_node=False, default=None)
 
     def to_host(self) -> "NTLInfo":
         """The same record with every array fetched to numpy (do this once before many ``sample_view`` calls);
@@ -132,9 +144,10 @@ class NTLInfo:
     def sample_view(self, i: int) -> dict[str, Any]:
         """Sample ``i`` as plain Python values (the ``ntl_info`` kwarg of a reward function).
 
-        Keys: ntl_loss, answer_error, number_error, digit_accuracy (float); total_digits, correct_digits,
-        missing_digits (int); has_digits, has_answer, sign_wrong, bad_ground_truth (bool); digit_positions (token
-        indices), digit_ground_truth, digit_predictions (lists of int, aligned); method.
+        Keys: ntl_loss, answer_error, number_error, answer_confidence, digit_accuracy (float); total_digits,
+        correct_digits, missing_digits (int); has_digits, has_answer, sign_wrong, bad_ground_truth (bool);
+        digit_positions (token indices), digit_ground_truth, digit_predictions (lists of int, aligned); method;
+        answer_text (the answer NTL read, as its scorer compares it) when the record has it.
         """
         if not 0 <= i < self.batch_size:
             raise ValueError(f"sample index i={i} is invalid; allowed: 0 <= i < batch_size={self.batch_size}")
@@ -145,6 +158,7 @@ class NTLInfo:
             "ntl_loss": float(self.per_sequence_loss[i]),
             "answer_error": float(self.answer_error[i]),
             "number_error": float(self.number_error[i]),
+            "answer_confidence": float(self.answer_confidence[i]),
             "digit_accuracy": float(self.per_sequence_digit_accuracy[i]),
             "total_digits": int(positions.size),
             "correct_digits": int(np.sum(predictions == ground_truth)),
@@ -160,6 +174,8 @@ class NTLInfo:
         }
         if self.sequence_strings is not None:
             view["sequence_string"] = self.sequence_strings[i]
+        if self.answer_texts is not None:
+            view["answer_text"] = self.answer_texts[i]
         return view
 
     def sample_views(self) -> list[dict[str, Any]]:
@@ -223,6 +239,13 @@ def _ntl_info_arrays(digit_logits: jax.Array, targets: DigitTargets, method: str
     step_error = jnp.where(counted & (targets.layout.number_ids > 0),
                            _relative_error(numbers, targets.layout.truth), 0.0)
     number_error = jnp.maximum(answer_error, jnp.max(step_error, axis=-1, initial=0.0))
+    written = targets.written_digits
+    written_prob = jnp.take_along_axis(jax.nn.softmax(digit_logits.astype(jnp.float32), axis=-1),
+                                       jnp.maximum(written, 0)[..., None], axis=-1)[..., 0]
+    shown = targets.is_final_answer & (written >= 0)
+    weakest = jnp.min(jnp.where(shown, written_prob, 1.0), axis=-1)
+    every_digit_shown = jnp.sum(shown, axis=-1) == targets.answer_digit_count
+    answer_confidence = jnp.where(targets.has_answer & every_digit_shown, weakest, 0.0)
 
     correct = losses.digit_correct(digit_logits, target_digits) & counted
     digits_per_row = jnp.sum(counted, axis=-1, dtype=jnp.int32)
@@ -237,6 +260,7 @@ def _ntl_info_arrays(digit_logits: jax.Array, targets: DigitTargets, method: str
         per_sequence_loss=per_sequence,
         answer_error=answer_error,
         number_error=number_error,
+        answer_confidence=answer_confidence,
         digit_accuracy=jnp.sum(correct_per_row) / jnp.maximum(jnp.sum(scored_per_row), 1),
         per_sequence_digit_accuracy=correct_per_row / jnp.maximum(scored_per_row, 1),
         total_digits=jnp.sum(digits_per_row),
@@ -260,19 +284,23 @@ def compute_ntl_info(
     targets: DigitTargets,
     method: str,
     sequence_strings: Sequence[str] | None = None,
+    answer_texts: Sequence[str | None] | None = None,
 ) -> NTLInfo:
-    """Build ``NTLInfo`` from ``digit_logits [B,T,10]`` and the batch's :class:`DigitTargets`.
+    """Build ``NTLInfo`` from ``digit_logits [B,T,10]`` and the batch's :class:`DigitTargets`; ``answer_texts``
+    (``BatchTargets.answer_texts``) lets reward functions check that NTL read the answer their scorer grades.
 
-    Jitted with ``method`` static; safe to call inside an outer ``jax.jit`` when ``sequence_strings`` is None.
+    Jitted with ``method`` static; safe to call inside an outer ``jax.jit`` when both string lists are None.
     """
     losses.check_method(method)
     chex.assert_rank(targets.target_digits, 2)
     chex.assert_equal_shape((targets.target_digits, targets.weights))
     chex.assert_shape(digit_logits, (*targets.target_digits.shape, losses.NUM_DIGITS))
     info = _ntl_info_arrays_jit(digit_logits, targets, method=method)
-    if sequence_strings is None:
-        return info
-    strings = tuple(str(s) for s in sequence_strings)
-    if len(strings) != info.batch_size:
-        raise ValueError(f"len(sequence_strings)={len(strings)} is invalid; allowed: batch_size={info.batch_size}")
-    return info.replace(sequence_strings=strings)
+    for name, values in (("sequence_strings", sequence_strings), ("answer_texts", answer_texts)):
+        if values is not None and len(values) != info.batch_size:
+            raise ValueError(f"len({name})={len(values)} is invalid; allowed: batch_size={info.batch_size}")
+    if sequence_strings is not None:
+        info = info.replace(sequence_strings=tuple(str(s) for s in sequence_strings))
+    if answer_texts is not None:
+        info = info.replace(answer_texts=tuple(None if t is None else str(t) for t in answer_texts))
+    return info

@@ -1,8 +1,9 @@
 """Per-token target digits for the Number Token Loss (host side, numpy). The rules, with worked examples, are in
 ``docs/NTL.md``; in short:
 
-- **final answer** (every mode): the number after the last ``####`` (``answer_extraction='strict'``; with
-  ``'strict_then_last'``, else the last number) is aligned with the ground truth by place value: integer digits
+- **final answer** (every mode): the number the data source's scorer grades (``ntl_jax.answers``: one reader per
+  data source, shared with the scorer; ``answer_extraction`` for other sources) is aligned with the ground truth
+  by place value: integer digits
   right-aligned at the units, fraction digits left-aligned at the point. Each answer digit targets the truth's
   digit at its place, or 0 where the truth has none (an extra digit). Truth digits at places the answer lacks are
   ``missing_digits``; an answer whose sign differs from the truth's has ``sign_wrong``. Neither is free: both
@@ -20,8 +21,7 @@ Every targeted digit also gets its place (``10**place``: units 0, tens 1, first 
 
 A ground truth that is not a number (``3/4``, ``5%``, words) gives the sample no targets and sets
 ``bad_ground_truth``; it never raises. Characters are mapped to tokens with exact per-token offsets
-(``token_char_offsets``), never by counting characters. All regular expressions are linear-time; the answer is
-searched in the last 300 characters, like verl's GSM8K scorer.
+(``token_char_offsets``), never by counting characters. All regular expressions are linear-time.
 """
 from __future__ import annotations
 
@@ -33,40 +33,26 @@ from typing import Any, Sequence
 import chex
 import numpy as np
 
+from ntl_jax.answers import ANSWER_EXTRACTIONS, NumberSpan, READERS, reader_name
 from ntl_jax.ntl.digits import digit_value_of_tokens
+from ntl_jax.ntl.offsets import token_char_offsets, token_lengths  # noqa: F401 (token_char_offsets re-exported)
 from ntl_jax.ntl.safe_eval import safe_eval_arithmetic
 
 REWARD_MODES: tuple[str, ...] = ("final_answer", "all_tokens", "hybrid")
-ANSWER_EXTRACTIONS: tuple[str, ...] = ("strict", "last", "strict_then_last")
-ANSWER_SEARCH_CHARS = 300  # verl's GSM8K scorer only looks at the tail
 MAX_FRACTION_DIGITS = 6  # arithmetic results beyond this precision are not targeted
 MAX_EXPRESSION_CHARS = 100
 MAX_ARITHMETIC_STEPS = 1024
-_OFFSET_WINDOW = 8
 FINAL_ANSWER = 0  # number index of the final answer; checked steps are 1, 2, ...
 
 # Thousands groups need at least one ",ddd" and nothing may fail after them, so matching never backtracks far.
 _NUMBER = r"(?P<prefix>-\$?|\$-?)?(?P<body>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?)"
 NUMBER_RE = re.compile(_NUMBER)
-STRICT_ANSWER_RE = re.compile(r"####[ \t]*" + _NUMBER)
 _RESULT_RE = re.compile(r"=[ \t]*" + _NUMBER)
 _TRUTH_RE = re.compile(r"(?P<sign>[-+]?)(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
-_NUMBER_CHARS = "0123456789.,$-"
 _EXPRESSION_CHARS = "0123456789.,$+-*/x×÷() \t"
 _HAS_BINARY_OP_RE = re.compile(r"[0-9)][ \t]*[-+*/]")
 _THOUSANDS_COMMA_RE = re.compile(r"(?<=[0-9]),(?=[0-9]{3})")
 _MINUS_SIGNS = "\u2212\u2012\u2013\ufe63\uff0d"  # typographic minus signs a dataset may carry
-
-
-@dataclass(frozen=True)
-class NumberSpan:
-    """A number in a text: char span (sign and '$' included), the char offsets of its digits, and its sign."""
-
-    start: int
-    end: int
-    int_positions: np.ndarray  # int64 [n_int], most significant first
-    frac_positions: np.ndarray  # int64 [n_frac]
-    negative: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +79,8 @@ class TargetResult:
     number_index: np.ndarray  # int32 [T], FINAL_ANSWER, k >= 1 for the k-th checked step, -1 elsewhere
     number_truth: np.ndarray  # float32 [T], sign * true value of the digit's number (response sign), 0 elsewhere
     is_final_answer: np.ndarray  # bool [T], the digits of the final answer (also those a checked step targets)
+    written_digits: np.ndarray  # int32 [T], the digit a final-answer token shows, -1 elsewhere
+    answer_digit_count: int  # digits the final answer shows, those on merged multi-digit tokens included
     missing_digits: int  # truth digits of the final answer at places the answer has no digit
     missing_digit_sum: float  # sum of those digits (their Wasserstein loss against an implicit 0)
     missing_digit_square_sum: float  # sum of their squares (their MSE loss against an implicit 0)
@@ -101,6 +89,7 @@ class TargetResult:
     has_answer: bool  # a final answer was found (and the ground truth is a number)
     bad_ground_truth: bool  # the ground truth is not a number: no targets at all
     answer_span: tuple[int, int] | None  # char span in the text returned by token_char_offsets
+    answer_text: str | None  # the final answer as its scorer compares it (ntl_jax.answers.Answer.text)
 
 
 @dataclass
@@ -113,6 +102,8 @@ class BatchTargets:
     number_index: np.ndarray
     number_truth: np.ndarray
     is_final_answer: np.ndarray
+    written_digits: np.ndarray
+    answer_digit_count: np.ndarray  # int32 [B]
     missing_digits: np.ndarray  # int32 [B]
     missing_digit_sum: np.ndarray  # float32 [B]
     missing_digit_square_sum: np.ndarray  # float32 [B]
@@ -120,79 +111,7 @@ class BatchTargets:
     answer_truth: np.ndarray  # float32 [B]
     has_answer: np.ndarray  # bool [B]
     bad_ground_truth: np.ndarray  # bool [B]
-
-
-# ---------------------------------------------------------------------------------------------- token offsets
-
-
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def _batch_decode(tokenizer: Any, sequences: list[list[int]]) -> list[str]:
-    return tokenizer.batch_decode(sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def _windowed_lengths(ids: list[int], tokenizer: Any) -> np.ndarray:
-    """len_i = len(decode(ids[s:i+1])) - len(decode(ids[s:i])), s = i - window: linear-time, exact for decoders whose
-    effect is local (byte-level merges, a stripped leading space); verified by the caller."""
-    starts = [max(0, i - _OFFSET_WINDOW) for i in range(len(ids))]
-    with_token = _batch_decode(tokenizer, [ids[s : i + 1] for i, s in enumerate(starts)])
-    without_token = _batch_decode(tokenizer, [ids[s:i] for i, s in enumerate(starts)])
-    return np.asarray([len(a) - len(b) for a, b in zip(with_token, without_token)], dtype=np.int64)
-
-
-def _prefix_lengths(ids: list[int], tokenizer: Any, text: str) -> np.ndarray:
-    """len_i = len(decode(ids[:i+1])) - len(decode(ids[:i])) (clamped monotone): exact, quadratic."""
-    ends = np.asarray([len(_decode(tokenizer, ids[: i + 1])) for i in range(len(ids))], dtype=np.int64)
-    ends = np.minimum(np.maximum.accumulate(ends), len(text))
-    return np.diff(ends, prepend=0)
-
-
-def _lengths_consistent(text: str, lengths: np.ndarray, pieces: list[str]) -> bool:
-    """Lengths tile `text`, and every token whose lone decode is whole characters of its in-context length reads the
-    same in `text` (a lone byte of a multi-byte character decodes to U+FFFD and is not comparable)."""
-    if lengths.min(initial=0) < 0 or int(lengths.sum()) != len(text):
-        return False
-    ends = np.cumsum(lengths)
-    return all(
-        text[end - length : end] == piece
-        for piece, length, end in zip(pieces, lengths.tolist(), ends.tolist())
-        if len(piece) == length and "\ufffd" not in piece
-    )
-
-
-def _token_lengths(ids: np.ndarray, tokenizer: Any, reference_text: str | None) -> tuple[str, np.ndarray]:
-    """(text, int64 [T] characters each token contributes to text); special tokens contribute 0."""
-    special = np.asarray(sorted(int(t) for t in getattr(tokenizer, "all_special_ids", ())), dtype=np.int64)
-    kept = ~np.isin(ids, special)
-    unique, inverse = np.unique(ids[kept], return_inverse=True)
-    unique_pieces = np.asarray(_batch_decode(tokenizer, [[t] for t in unique.tolist()]), dtype=object)
-    pieces = unique_pieces[inverse].tolist()
-    concat = "".join(pieces)
-    kept_ids = ids[kept].tolist()
-    text = concat if reference_text is not None and concat == reference_text else _decode(tokenizer, kept_ids)
-    lengths = np.asarray([len(p) for p in unique_pieces.tolist()], dtype=np.int64)[inverse]
-    if concat != text:
-        lengths = _windowed_lengths(kept_ids, tokenizer)
-        if not _lengths_consistent(text, lengths, pieces):
-            lengths = _prefix_lengths(kept_ids, tokenizer, text)
-    all_lengths = np.zeros(len(ids), dtype=np.int64)
-    all_lengths[kept] = lengths
-    return text, all_lengths
-
-
-def token_char_offsets(
-    token_ids: Sequence[int], tokenizer: Any, *, reference_text: str | None = None
-) -> tuple[str, list[tuple[int, int]]]:
-    """(text, spans): text = decode of the non-special tokens; spans[i] = (start, end) of token i in text.
-
-    Special tokens (eos, pad, ...) get empty spans. Tries, in order: lone-token decodes concatenated (checked against
-    `reference_text` or the full decode), windowed in-context decodes, and exact prefix decodes.
-    """
-    text, lengths = _token_lengths(np.asarray(token_ids, dtype=np.int64).reshape(-1), tokenizer, reference_text)
-    ends = np.cumsum(lengths)
-    return text, list(zip((ends - lengths).tolist(), ends.tolist()))
+    answer_texts: list[str | None]  # [B]
 
 
 # ---------------------------------------------------------------------------------------------- numbers in text
@@ -208,34 +127,16 @@ def _number_from_match(match: re.Match) -> NumberSpan:
     prefix = match.group("prefix") or ""
     start = match.start("prefix") if prefix else body_start
     return NumberSpan(start, match.end("body"), int_positions.astype(np.int64), frac_positions.astype(np.int64),
-                      negative="-" in prefix)
-
-
-def _last_match(pattern: re.Pattern, text: str, pos: int) -> re.Match | None:
-    last = None
-    for last in pattern.finditer(text, pos):
-        pass
-    return last
-
-
-def _answer_search_start(text: str) -> int:
-    """Start of the last ANSWER_SEARCH_CHARS characters, moved back to the start of a number cut by the limit."""
-    start = max(0, len(text) - ANSWER_SEARCH_CHARS)
-    return len(text[:start].rstrip(_NUMBER_CHARS))
+                      negative="-" in prefix and body.strip("0,.") != "")
 
 
 def find_final_answer(text: str, strategy: str = "strict_then_last") -> NumberSpan | None:
-    """The final answer in the tail of `text`: 'strict' = last `#### <number>`, 'last' = last number,
-    'strict_then_last' = strict, else last."""
-    if strategy not in ANSWER_EXTRACTIONS:
+    """The final answer's number as the reader ``strategy`` reads it (``ntl_jax.answers``); None when there is no
+    answer or its text spells no number."""
+    if strategy not in READERS:
         raise ValueError(f"answer_extraction={strategy!r} is not allowed; allowed: {ANSWER_EXTRACTIONS}")
-    start = _answer_search_start(text)
-    if strategy != "last":
-        match = _last_match(STRICT_ANSWER_RE, text, start)
-        if match is not None or strategy == "strict":
-            return None if match is None else _number_from_match(match)
-    match = _last_match(NUMBER_RE, text, start)
-    return None if match is None else _number_from_match(match)
+    answer = READERS[strategy](text)
+    return None if answer is None else answer.span
 
 
 def parse_true_number(ground_truth: str) -> TrueNumber:
@@ -385,8 +286,8 @@ class _TokenTargets:
     """The per-token arrays of one response being filled in, and the char -> token mapping they are written by."""
 
     def __init__(self, ids: np.ndarray, tokenizer: Any, digit_ids: np.ndarray, response_text: str | None):
-        self.text, token_lengths = _token_lengths(ids, tokenizer, response_text)
-        self.char_token = _char_to_token(token_lengths)
+        self.text, lengths = token_lengths(ids, tokenizer, response_text)
+        self.char_token = _char_to_token(lengths)
         codes = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         self.char_digit = np.where((codes >= ord("0")) & (codes <= ord("9")), codes - ord("0"), -2)
         self.token_digit = digit_value_of_tokens(ids, digit_ids)
@@ -416,8 +317,9 @@ def _empty_result(num_tokens: int, *, bad_ground_truth: bool) -> TargetResult:
         target_digits=np.full(num_tokens, -1, np.int32), weights=np.zeros(num_tokens, np.float32),
         places=np.zeros(num_tokens, np.int32), number_index=np.full(num_tokens, -1, np.int32),
         number_truth=np.zeros(num_tokens, np.float32), is_final_answer=np.zeros(num_tokens, bool),
-        missing_digits=0, missing_digit_sum=0.0, missing_digit_square_sum=0.0, sign_wrong=False, answer_truth=0.0,
-        has_answer=False, bad_ground_truth=bad_ground_truth, answer_span=None)
+        written_digits=np.full(num_tokens, -1, np.int32), answer_digit_count=0, missing_digits=0,
+        missing_digit_sum=0.0, missing_digit_square_sum=0.0, sign_wrong=False, answer_truth=0.0,
+        has_answer=False, bad_ground_truth=bad_ground_truth, answer_span=None, answer_text=None)
 
 
 def build_targets(
@@ -430,8 +332,12 @@ def build_targets(
     answer_extraction: str = "strict_then_last",
     hybrid_weight: float = 0.5,
     response_text: str | None = None,
+    data_source: str | None = None,
 ) -> TargetResult:
     """Target digit per response token (-1 where none) with weights; the rules are in the module docstring.
+
+    The final answer is read by ``data_source``'s scorer's reader, or by ``answer_extraction`` for a data source
+    without a built-in scorer (``ntl_jax.answers.reader_name``).
 
     weights: final_answer -> 1 on final-answer digits; all_tokens -> 1 on final-answer and checked-step digits;
     hybrid -> hybrid_weight on final-answer digits, 1 - hybrid_weight on checked-step digits.
@@ -452,17 +358,21 @@ def build_targets(
             _, step_tokens, single = tokens.place(result, step_truth, index)
             index += bool(np.any(tokens.number_index[step_tokens[single]] == index))  # dense: at most T numbers
     is_step = tokens.target_digits >= 0
-    answer = find_final_answer(tokens.text, answer_extraction)
+    read = READERS[reader_name(data_source, answer_extraction)](tokens.text)
+    answer = None if read is None else read.span
     is_final = np.zeros(len(ids), bool)  # digits of the answer, also those a checked step targets
+    written = np.full(len(ids), -1, np.int32)
     missing = np.zeros(0, np.int32)
-    sign_wrong, answer_span, answer_truth = False, None, 0.0
+    sign_wrong, answer_span, answer_truth, answer_digits = False, None, 0.0, 0
     if answer is not None:
         alignment, answer_tokens, single = tokens.place(answer, truth, FINAL_ANSWER)
         is_final[answer_tokens[single]] = True
+        written[answer_tokens[single]] = tokens.char_digit[alignment.positions[single]]
         # A digit the answer shows on a merged multi-digit token carries no target: it counts as missing too.
         missing = np.concatenate([alignment.missing, alignment.targets[~single]])
         sign_wrong, answer_span = answer.negative != truth.negative, (answer.start, answer.end)
         answer_truth = -truth.value if answer.negative else truth.value
+        answer_digits = len(alignment.positions)
 
     if reward_mode == "final_answer":
         weights = is_final.astype(np.float32)
@@ -473,14 +383,17 @@ def build_targets(
     return TargetResult(
         target_digits=tokens.target_digits, weights=weights.astype(np.float32), places=tokens.places,
         number_index=tokens.number_index, number_truth=tokens.number_truth, is_final_answer=is_final,
-        missing_digits=int(missing.size), missing_digit_sum=float(missing.sum()),
+        written_digits=written, answer_digit_count=answer_digits, missing_digits=int(missing.size),
+        missing_digit_sum=float(missing.sum()),
         missing_digit_square_sum=float(np.square(missing).sum()), sign_wrong=bool(sign_wrong),
         answer_truth=float(answer_truth), has_answer=answer is not None, bad_ground_truth=False,
-        answer_span=answer_span)
+        answer_span=answer_span, answer_text=None if answer is None else read.text)
 
 
-_PER_TOKEN = ("target_digits", "weights", "places", "number_index", "number_truth", "is_final_answer")
-_PER_ROW = {"missing_digits": np.int32, "missing_digit_sum": np.float32, "missing_digit_square_sum": np.float32,
+_PER_TOKEN = ("target_digits", "weights", "places", "number_index", "number_truth", "is_final_answer",
+              "written_digits")
+_PER_ROW = {"answer_digit_count": np.int32, "missing_digits": np.int32, "missing_digit_sum": np.float32,
+            "missing_digit_square_sum": np.float32,
             "sign_wrong": bool, "answer_truth": np.float32, "has_answer": bool, "bad_ground_truth": bool}
 
 
@@ -493,9 +406,11 @@ def build_batch_targets(
     reward_mode: str,
     *,
     response_texts: Sequence[str | None] | None = None,
+    data_sources: Sequence[str | None] | None = None,
     **kwargs: Any,
 ) -> BatchTargets:
-    """Row-wise build_targets over the tokens where response_mask is set; masked-out positions get no target."""
+    """Row-wise build_targets over the tokens where response_mask is set; masked-out positions get no target.
+    ``data_sources[i]`` picks row i's answer reader (default: ``answer_extraction`` for every row)."""
     response_ids = np.asarray(response_ids)
     response_mask = np.asarray(response_mask).astype(bool)
     chex.assert_rank(response_ids, 2)
@@ -503,18 +418,22 @@ def build_batch_targets(
     batch, length = response_ids.shape
     if len(ground_truths) != batch:
         raise ValueError(f"len(ground_truths)={len(ground_truths)} does not match the batch size {batch}")
-    if response_texts is not None and len(response_texts) != batch:
-        raise ValueError(f"len(response_texts)={len(response_texts)} does not match the batch size {batch}")
+    for name, values in (("response_texts", response_texts), ("data_sources", data_sources)):
+        if values is not None and len(values) != batch:
+            raise ValueError(f"len({name})={len(values)} does not match the batch size {batch}")
     empty = _empty_result(length, bad_ground_truth=False)
     per_token = {k: np.stack([getattr(empty, k)] * batch) for k in _PER_TOKEN}
     per_row = {k: np.zeros(batch, dtype) for k, dtype in _PER_ROW.items()}
+    answer_texts: list[str | None] = []
     for row in range(batch):
         columns = np.flatnonzero(response_mask[row])
         result = build_targets(
             response_ids[row, columns].tolist(), ground_truths[row], tokenizer, digit_ids, reward_mode,
-            response_text=None if response_texts is None else response_texts[row], **kwargs)
+            response_text=None if response_texts is None else response_texts[row],
+            data_source=None if data_sources is None else data_sources[row], **kwargs)
         for key in _PER_TOKEN:
             per_token[key][row, columns] = getattr(result, key)
         for key in _PER_ROW:
             per_row[key][row] = getattr(result, key)
-    return BatchTargets(**per_token, **per_row)
+        answer_texts.append(result.answer_text)
+    return BatchTargets(**per_token, **per_row, answer_texts=answer_texts)

@@ -61,6 +61,7 @@ class NTLStep:
 
     targets: DigitTargets
     weight: float  # NTLConfig.weight, or 0 (NTL off, or the step fell back to standard PPO)
+    answer_texts: tuple[str | None, ...] | None = None  # the answer NTL read in each response (BatchTargets)
     info: NTLInfo | None = None
     tau: float = 0.0
 
@@ -84,7 +85,8 @@ def targets(cfg: NTLConfig, tracker: NTLTracker, gen: GenerationOutput, rows: li
     try:
         batch = build_batch_targets(gen.response_ids, gen.response_mask, ground_truths, tokenizer, digit_ids,
                                     cfg.reward_mode, answer_extraction=cfg.answer_extraction,
-                                    hybrid_weight=cfg.hybrid_weight)
+                                    hybrid_weight=cfg.hybrid_weight,
+                                    data_sources=[row.get("data_source") for row in rows])
     except Exception as err:  # noqa: BLE001 - any extraction failure is handled by the configured policy
         return fallback(f"{type(err).__name__}: {err}")
     tracker.counters["bad_ground_truths"] += int(batch.bad_ground_truth.sum())
@@ -94,7 +96,8 @@ def targets(cfg: NTLConfig, tracker: NTLTracker, gen: GenerationOutput, rows: li
         tracker.counters["batches_without_digits"] += 1
         log.info("step %d: no digit targets in the batch; rewards are standard for this step", step)
     answer_weight = cfg.hybrid_weight if cfg.reward_mode == "hybrid" else 1.0
-    return NTLStep(DigitTargets.from_batch(batch, answer_weight), weight=float(cfg.weight))
+    return NTLStep(DigitTargets.from_batch(batch, answer_weight), weight=float(cfg.weight),
+                   answer_texts=tuple(batch.answer_texts))
 
 
 def summarize(cfg: NTLConfig, tracker: NTLTracker, ntl: NTLStep, digit_logits: Any, gen: GenerationOutput,
@@ -108,15 +111,15 @@ def summarize(cfg: NTLConfig, tracker: NTLTracker, ntl: NTLStep, digit_logits: A
         digit_logits = gen.digit_logits
     elif not cfg.extract_during_log_prob:
         return ntl, metrics
-    info = compute_ntl_info(digit_logits, ntl.targets, cfg.method,
-                            sequence_strings=texts if cfg.debug_mode else None).to_host()
+    info = compute_ntl_info(digit_logits, ntl.targets, cfg.method, sequence_strings=texts if cfg.debug_mode else None,
+                            answer_texts=ntl.answer_texts).to_host()
     has_answer = np.asarray(info.has_answer)
     if has_answer.any():
         tracker.running_error = update_running_mean(tracker.running_error,
                                                     float(np.mean(np.asarray(info.number_error)[has_answer])))
     tau = float(cfg.tau_at(step, tracker.running_error))
     metrics.update(info.to_metrics())
-    metrics["ntl/tau"] = tau
+    metrics["ntl/tau"] = metrics["ntl/temperature"] = tau  # ntl/temperature: the NTL guide's name
     if cfg.debug_mode:
         _log_debug(info, step)
     if cfg.save_digit_info:

@@ -392,6 +392,8 @@ class PPOTrainer:
         for key in sorted(keys):
             values = [float(e[key]) for e in rewards.extras if isinstance(e.get(key), (int, float, bool))]
             out[f"reward_extra/{key}/mean"] = float(np.mean(values))
+        if "ntl_reward" in keys:  # the NTL guide's name for the mean NTL component of the reward
+            out["ntl/reward"] = out["reward_extra/ntl_reward/mean"]
         return out
 
     @staticmethod

@@ -31,14 +31,10 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-ANSWER_TAIL_CHARS = 300
+from ntl_jax.answers import ANSWER_TAIL_CHARS, read_strict_then_last
+
 ABS_ERROR_CAP = 1e6
 
-# The leading look-behinds stop a match from starting inside a digit run or a decimal part, including a run that
-# begins before the tail window (``pattern.finditer(text, pos)`` lets look-behind see text before ``pos``).
-_NUMBER = r"(?:(?<![0-9])-)?(?<![0-9.])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?![0-9])"
-_NUMBER_RE = re.compile(_NUMBER)
-_HASH_ANSWER_RE = re.compile(r"####[ \t]*(" + _NUMBER + ")")
 _GROUND_TRUTH_RE = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
 
 
@@ -47,15 +43,10 @@ def _to_fraction(number_text: str) -> Fraction:
 
 
 def extract_answer(solution_str: str) -> str | None:
-    """Return the answer text (``####`` answer first, else last number in the tail), or None."""
-    if not isinstance(solution_str, str):
-        raise TypeError(f"solution_str must be str, got {type(solution_str).__name__}")
-    start = max(0, len(solution_str) - ANSWER_TAIL_CHARS)
-    hash_answers = [m.group(1) for m in _HASH_ANSWER_RE.finditer(solution_str, start)]
-    if hash_answers:
-        return hash_answers[-1]
-    numbers = [m.group(0) for m in _NUMBER_RE.finditer(solution_str, start)]
-    return numbers[-1] if numbers else None
+    """Return the answer text (``####`` answer first, else last number in the tail), or None; the reader NTL's
+    targets and the NTL reward use too (``ntl_jax.answers.read_strict_then_last``)."""
+    answer = read_strict_then_last(solution_str)
+    return None if answer is None else answer.text
 
 
 def parse_ground_truth(ground_truth: str | int) -> Fraction:

@@ -13,16 +13,17 @@ semantics exactly, quirks included:
 
 Bounded time: both patterns are a single character class with no nested quantifier, so matching is linear in
 the input; the input is cut to 300 characters before any regex runs. A 10^6-character response or 10^5 digits
-in a row costs one slice plus a 300-character scan (see tests/test_rewards.py for the measured bound).
+in a row costs one slice plus a 300-character scan (tests/test_rewards.py checks the window).
 """
 from __future__ import annotations
 
 import re
 
-SOLUTION_CLIP_CHARS = 300
+from ntl_jax.answers import ANSWER_TAIL_CHARS, read_verl_strict
+
+SOLUTION_CLIP_CHARS = ANSWER_TAIL_CHARS
 EXTRACTION_METHODS = ("strict", "flexible")
 
-_STRICT_ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 _NUMBER_LIKE_RE = re.compile(r"(\-?[0-9\.\,]+)")
 _FLEXIBLE_INVALID = ("", ".")
 
@@ -42,12 +43,10 @@ def extract_solution(solution_str: str, method: str = "strict") -> str | None:
     _check_str("solution_str", solution_str)
     if method not in EXTRACTION_METHODS:
         raise ValueError(f"method={method!r} is not one of {EXTRACTION_METHODS}")
+    if method == "strict":  # the reader NTL's targets and the NTL reward use too (ntl_jax.answers)
+        answer = read_verl_strict(solution_str)
+        return None if answer is None else answer.text
     tail = solution_str[-SOLUTION_CLIP_CHARS:]
-    if method == "strict":
-        matches = _STRICT_ANSWER_RE.findall(tail)
-        if not matches:
-            return None
-        return matches[-1].replace(",", "").replace("$", "")
     matches = _NUMBER_LIKE_RE.findall(tail)
     if not matches:
         return None

@@ -1,32 +1,33 @@
-"""Reward functions that combine answer correctness with a Number Token Loss bonus.
+"""The NTL reward: correctness plus a bonus for how close the *written* answer is to the truth.
 
-    correctness = score of default_compute_score(data_source, solution_str, ground_truth)   (gsm8k, arithmetic: 1/0)
-    ntl_bonus   = exp(-number_error / tau)       in (0, 1]
+    correct     = the data source's scorer (gsm8k: verl strict; arithmetic: by value): 1 right, 0 wrong
+    a           = the number that scorer graded (``ntl_jax.answers``: one reader shared by scorer and NTL)
+    e           = |a - Y| / max(|Y|, 1)                          the written answer's relative error
+    closeness   = 1                                               if correct
+                = exp(-e / tau) * (1 - kappa * (1 - q))           if a is a number
+                = 0                                               if there is no answer, or it spells no number
+    score       = correct_weight * correct + ntl_weight * closeness
 
-``number_error`` (``ntl_jax.ntl.info``) is the relative error ``|Yhat - Y| / max(|Y|, 1)`` of the answer the model
-*expects* (``Yhat`` from its digit distributions at the answer's places, with the answer's sign and digit count),
-and in all_tokens / hybrid mode the largest such error over the checked arithmetic steps too. It grows with
-``|answer - truth|``, so the bonus ranks a near miss above a far miss; a per-digit loss cannot (``999`` vs ``1000``
-differs in every digit, ``0`` in one). ``tau`` is the relative error at which the bonus falls to 1/e.
+``q`` is ``ntl_info['answer_confidence']``: the smallest probability (softmax over the ten digit logits) of a digit
+the answer shows, or 0 when NTL did not read this same answer. ``kappa = confidence_weight`` in [0, 1] (default 0:
+the model's confidence does not enter).
 
-combination (keyword argument, default 'multiply'):
-    'multiply': score = correctness * ntl_bonus   (a wrong answer gets nothing; a right one is scaled by how surely
-                the model meant it; with a ``format_score`` > 0 a formatted-but-wrong answer gets
-                ``format_score * ntl_bonus``)
-    'add':      score = correct_weight * correctness + ntl_weight * ntl_bonus
-                (0.5 / 0.5 is the public verl NTL fork's form; here its bonus is number-level)
+Why this form (the properties, each tested over all pairs in ``tests/test_reward_properties.py``):
 
-Both satisfy, for any truth and any confident policy (``tests/test_reward_properties.py``): a correct answer scores
-strictly above every wrong one; among wrong answers the bonus does not grow as ``|answer - truth|`` grows; a response
-without an answer never scores above a formatted near miss. A score that ignores correctness (the bonus alone)
-cannot rank a hesitant right answer above a confident wrong one, so it is not offered.
+(a) A correct answer scores ``correct_weight + ntl_weight``; a wrong one at most ``ntl_weight``: strictly less
+    whenever ``correct_weight > 0`` (weights that break this are refused), in every format the scorer accepts.
+(b) At one confidence, ``closeness`` falls strictly as ``e`` grows (until it underflows to 0): a closer wrong
+    answer never scores lower. The seed's bonus used the *expected* digits, whose lean toward 4.5 is multiplied by
+    the place value and paid ``1223`` more than ``1244`` against ``1234``.
+(c) ``a`` is the scorer's number by construction; an answer the scorer cannot read as a number gets closeness 0,
+    the floor of the scale, never the plain correctness above it.
+(d) The same number written less surely has the same ``e`` and a ``q`` no higher: hedging never pays. Confidence
+    can only lower a wrong answer's bonus (the factor is at most 1) and never touches a correct one.
+(e) The score depends on the final answer only, in every reward mode: a sequence-level bonus for checked steps
+    could be raised by hiding a wrong step or padding right ones. Steps get token-level credit instead, through
+    the NTL loss on their digits (``reward_mode`` chooses which digits NTL targets).
 
-The bonus applies only when the sample has a final answer that NTL aligned (``ntl_info['has_answer']``) and the
-scorer found an answer too; otherwise the score is the plain correctness and ``ntl_bonus = 0.0``,
-``ntl_used = 0.0`` are logged.
-
-``custom_ntl_final`` and ``custom_ntl_all`` are one function under two names: which errors ``number_error`` covers
-is set by the trainer's ``reward_mode``.
+``custom_ntl_final`` and ``custom_ntl_all`` are one function under two names (the verl NTL guide's).
 """
 from __future__ import annotations
 
@@ -34,48 +35,59 @@ import math
 import numbers
 import warnings
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
-from ntl_jax.rewards.scoring import default_compute_score, normalize_reward_output, scorer_found_answer
+from ntl_jax.answers import Answer, number_value, read_answer
+from ntl_jax.rewards.scoring import default_compute_score, normalize_reward_output
 
-COMBINATIONS = ("multiply", "add")
+COMBINATIONS = ("add",)
 DEFAULT_TAU = 0.1
+_UNDERFLOW = 800.0  # exp(-800) is 0 in float64
 
 
-def ntl_bonus(error: float, tau: float) -> float:
-    """exp(-error / tau); error must be finite and >= 0, tau finite and > 0."""
-    if not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau={tau!r} must be a finite number > 0")
-    if not (isinstance(error, numbers.Real) and math.isfinite(error) and error >= 0):
-        raise ValueError(f"number_error={error!r} must be a finite number >= 0")
-    return math.exp(-float(error) / float(tau))
+def _check_real(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > low if low_open else value >= low) and value <= high:
+        return float(value)
+    bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high == math.inf else f" and <= {high:g}")
+    raise ValueError(f"{name}={value!r} is not allowed; allowed: a finite number {bound}")
 
 
-def combine_scores(
-    correctness: float, bonus: float, combination: str, correct_weight: float = 0.5, ntl_weight: float = 0.5
-) -> float:
-    """The ``combination`` formula from the module docstring."""
-    if combination == "multiply":
-        return correctness * bonus
-    if combination == "add":
-        if correct_weight <= 0 or ntl_weight < 0:
-            raise ValueError(f"correct_weight={correct_weight}, ntl_weight={ntl_weight}: allowed: correct_weight > 0, "
-                             "ntl_weight >= 0")
-        return correct_weight * correctness + ntl_weight * bonus
-    raise ValueError(f"combination={combination!r} is invalid; allowed: {', '.join(COMBINATIONS)}")
+def check_reward_options(tau: float, combination: str, correct_weight: float, ntl_weight: float,
+                         confidence_weight: float) -> None:
+    """Refuse, in one line, every option that could rank a wrong answer above a correct one or is not a number."""
+    if combination not in COMBINATIONS:
+        raise ValueError(f"combination={combination!r} is invalid; allowed: {', '.join(COMBINATIONS)} ('multiply' was "
+                         "removed: with a bonus on the written number it equals plain correctness, "
+                         "reward_fn_name='compute_score')")
+    _check_real("tau", tau, 0.0, low_open=True)
+    _check_real("correct_weight", correct_weight, 0.0, low_open=True)  # 0 would tie a correct answer with '018'
+    _check_real("ntl_weight", ntl_weight, 0.0)
+    _check_real("confidence_weight", confidence_weight, 0.0, 1.0)
 
 
-def _number_error_of(ntl_info: Any) -> float | None:
-    """The sample's number-level error, or None when NTL found no aligned answer for it."""
+def relative_error(answer: Fraction, truth: Fraction) -> Fraction:
+    """``|answer - truth| / max(|truth|, 1)``, exact."""
+    return abs(answer - truth) / max(abs(truth), Fraction(1))
+
+
+def closeness_of(error: Fraction, tau: float) -> float:
+    """``exp(-error / tau)``, 0 where it underflows."""
+    scaled = error / Fraction(tau)
+    return 0.0 if scaled > _UNDERFLOW else math.exp(-float(scaled))
+
+
+def answer_confidence(ntl_info: Any, answer: Answer) -> float:
+    """``ntl_info['answer_confidence']`` when NTL read this same answer, else 0 (the floor: a blind spot never pays)."""
     if ntl_info is None:
-        return None
+        return 0.0
     if not isinstance(ntl_info, Mapping):
         raise TypeError(f"ntl_info must be a dict (NTLInfo.sample_view), got {type(ntl_info).__name__}")
-    if not ntl_info.get("has_answer", False):
-        return None
-    if "number_error" not in ntl_info:
-        raise ValueError(f"ntl_info has has_answer=True but no 'number_error' (keys: {sorted(ntl_info)})")
-    return float(ntl_info["number_error"])
+    if not ntl_info.get("has_answer", False) or ntl_info.get("answer_text") != answer.text:
+        return 0.0
+    confidence = ntl_info.get("answer_confidence")
+    return _check_real("ntl_info['answer_confidence']", confidence, 0.0, 1.0 + 1e-6)
 
 
 def custom_ntl_reward(
@@ -86,45 +98,49 @@ def custom_ntl_reward(
     *,
     ntl_info: Mapping | None = None,
     tau: float = DEFAULT_TAU,
-    combination: str = "multiply",
+    combination: str = "add",
     correct_weight: float = 0.5,
     ntl_weight: float = 0.5,
+    confidence_weight: float = 0.0,
     **unused: Any,
 ) -> dict:
-    """Correctness combined with the NTL bonus (module docstring).
+    """Correctness plus the closeness of the written answer (module docstring).
 
-    kwargs: ntl_info (NTLInfo.sample_view dict), tau (default 0.1), combination ('multiply' | 'add'),
-    correct_weight, ntl_weight (for 'add', default 0.5 each). Returns dict(score, acc, correctness, ntl_bonus,
-    number_error, ntl_used) plus the base scorer's extras.
+    kwargs: ntl_info (NTLInfo.sample_view dict; read only when confidence_weight > 0), tau (default 0.1),
+    combination ('add'), correct_weight, ntl_weight (default 0.5 each: the verl NTL fork's form), confidence_weight
+    (default 0). Returns dict(score, acc, correctness, closeness, ntl_bonus (= closeness), ntl_reward
+    (= ntl_weight * closeness, logged as ntl/reward), ntl_used (1 when the answer is a number), written_error
+    (e, when the answer is a number), answer_confidence (q, when confidence_weight > 0)) plus the scorer's extras.
     """
-    if combination not in COMBINATIONS:
-        raise ValueError(f"combination={combination!r} is invalid; allowed: {', '.join(COMBINATIONS)}")
+    check_reward_options(tau, combination, correct_weight, ntl_weight, confidence_weight)
     for name in unused:
         # The trainer may pass more per-sample context in future; a typo in a reward kwarg should still be visible.
         warnings.warn(f"NTL reward ignores unknown keyword argument {name!r}", stacklevel=2)
     correctness, base_extras = normalize_reward_output(
-        default_compute_score(data_source, solution_str, ground_truth, extra_info)
-    )
-    acc = float(base_extras.get("acc", 1.0 if correctness >= 1.0 else 0.0))
-    error = _number_error_of(ntl_info)
-    if error is not None and scorer_found_answer(data_source, solution_str, base_extras) is False:
-        error = None  # NTL read an answer the scorer does not accept: no bonus for an unformatted response
-    if error is None:
-        score, bonus, error, used = correctness, 0.0, 0.0, 0.0
+        default_compute_score(data_source, solution_str, ground_truth, extra_info))
+    correct = correctness >= 1.0
+    answer = read_answer(data_source, solution_str)
+    truth = number_value(ground_truth)
+    readable = answer is not None and answer.value is not None
+    extras = {**base_extras, "acc": float(base_extras.get("acc", 1.0 if correct else 0.0)),
+              "correctness": float(correctness), "ntl_used": float(readable)}
+    if correct:
+        closeness = 1.0
+        extras["written_error"] = 0.0
+    elif not readable or truth is None:
+        closeness = 0.0
     else:
-        bonus = ntl_bonus(error, tau)
-        score, used = combine_scores(correctness, bonus, combination, correct_weight, ntl_weight), 1.0
-    return {
-        **base_extras,
-        "score": float(score),
-        "acc": acc,
-        "correctness": float(correctness),
-        "ntl_bonus": float(bonus),
-        "number_error": float(error),
-        "ntl_used": used,
-    }
+        error = relative_error(answer.value, truth)
+        closeness = closeness_of(error, tau)
+        extras["written_error"] = float(min(error, Fraction(10**300)))
+        if confidence_weight > 0:
+            confidence = answer_confidence(ntl_info, answer)
+            closeness *= 1.0 - confidence_weight * (1.0 - confidence)
+            extras["answer_confidence"] = confidence
+    return {**extras, "score": float(correct_weight * correctness + ntl_weight * closeness), "closeness": closeness,
+            "ntl_bonus": closeness, "ntl_reward": ntl_weight * closeness}
 
 
-#: The names the verl NTL guide uses; the trainer's reward_mode decides which numbers ``number_error`` covers.
+#: The names the verl NTL guide uses.
 custom_ntl_final = custom_ntl_reward
 custom_ntl_all = custom_ntl_reward
