@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import gin
 from absl import app, flags
 
+from ntl_jax.gin_files import CONFIG_DIR, build_experiment, parse_gin  # noqa: F401 (the notebook's entry points)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), e.g. configs/ntl_final.gin (see configs/README.md).")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. \"ntl_jax.NTLConfig.weight = 0.5\" or "
@@ -35,48 +37,6 @@ flags.DEFINE_bool("malloc_huge_pages", True, "Restart once with GLIBC_TUNABLES=g
 log = logging.getLogger("ntl_jax.train")
 class SetupError(ValueError):
     """Bad configuration or input found while setting the run up (data, model, tokenizer, reward file)."""
-
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-class _GinProbeFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(("Path not found", "system_path_file_exists"))
-
-
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
-    """Parse gin files (``include`` resolved against each file's folder and ``configs/``) and bindings."""
-    import ntl_jax.embedded  # noqa: F401 - registers EmbeddedTaskConfig
-    import ntl_jax.ppo.warm_start  # noqa: F401 - registers WarmStartConfig
-    from ntl_jax.ntl import config as _ntl_config  # noqa: F401 - registers NTLConfig
-    from ntl_jax.ppo import config as _ppo_config  # noqa: F401 - registers PPOConfig, TrainerConfig
-
-    for path in gin_files:
-        if not os.path.isfile(path):
-            raise ValueError(f"--gin_file={path!r} does not exist; configs are in {CONFIG_DIR}")
-        gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
-    gin.add_config_file_search_path(CONFIG_DIR)
-    gin.add_config_file_search_path(os.path.dirname(CONFIG_DIR))
-    # gin probes each search path for an ``include`` and logs an ERROR for every miss before it finds the file.
-    probe_filter = _GinProbeFilter()
-    logging.getLogger().addFilter(probe_filter)
-    try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
-    except (ValueError, KeyError, TypeError, SyntaxError) as err:
-        # gin's messages are long and multi-line; keep the first line, which names the bad parameter.
-        raise ValueError(f"bad gin config: {str(err).strip().splitlines()[0]}") from None
-    finally:
-        logging.getLogger().removeFilter(probe_filter)
-
-
-def build_experiment(output_dir: str | None = None):
-    from ntl_jax.ppo.config import ExperimentConfig
-
-    config = ExperimentConfig()
-    if output_dir:
-        config = config.replace(trainer=dataclasses.replace(config.trainer, output_dir=output_dir))
-    return config
 
 
 def _load_data(config) -> tuple[Any, str, list[dict], list[dict], dict | None]:
@@ -98,14 +58,20 @@ def _load_data(config) -> tuple[Any, str, list[dict], list[dict], dict | None]:
         return embedded.tokenizer, embedded.policy_path, embedded.train_rows, embedded.val_rows, embedded.warm_start
     if not run.train_files:
         raise ValueError("TrainerConfig.train_files=() is invalid with a model_path; allowed: verl parquet file paths")
+    from ntl_jax.models.hub import resolve_model_path
+
+    folders = {}
     for key in ("model_path", "tokenizer_path"):
         path = getattr(run, key)
-        if path is not None and not os.path.isdir(path):
-            raise ValueError(f"TrainerConfig.{key}={path!r} is not a folder; allowed: a Hugging Face model directory")
-    tokenizer = load_tokenizer(run.tokenizer_path or run.model_path)
+        if path is not None:
+            try:
+                folders[key] = resolve_model_path(path)
+            except ValueError as err:
+                raise ValueError(f"TrainerConfig.{key}: {err}") from None
+    tokenizer = load_tokenizer(folders.get("tokenizer_path") or folders["model_path"])
     train_rows = [row for path in run.train_files for row in load_verl_parquet(path)]
     val_rows = [row for path in run.val_files for row in load_verl_parquet(path)]
-    return tokenizer, run.model_path, train_rows, val_rows, None
+    return tokenizer, folders["model_path"], train_rows, val_rows, None
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -173,6 +139,36 @@ def _one_line(err: BaseException) -> str:
     return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
 
 
+def preflight(config) -> None:
+    """Every check that needs no model, data load or warm start, so a bad setting fails in seconds with one line:
+    the reward file, function and options; optional packages the config asks for; data files; the model's
+    location; a writable output directory."""
+    import importlib.util
+
+    from ntl_jax.models.hub import is_hub_id
+    from ntl_jax.rewards.registry import check_reward_spec, reward_spec
+
+    run = config.trainer
+    check_reward_spec(reward_spec(run.reward_fn_path, run.reward_fn_name, run.reward_fn_kwargs, config.use_ntl),
+                      tau=config.ntl.tau)
+    if run.use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ValueError("TrainerConfig.use_wandb=True needs the wandb package; allowed: pip install wandb, or "
+                         "use_wandb=False")
+    for key in ("train_files", "val_files"):
+        for path in getattr(run, key):
+            if "://" not in str(path) and not os.path.isfile(path):
+                raise ValueError(f"TrainerConfig.{key} names {path!r}, which does not exist; allowed: verl parquet "
+                                 "files (scripts/prepare_gsm8k.py writes GSM8K's)")
+    for key in ("model_path", "tokenizer_path"):
+        path = getattr(run, key)
+        if path is not None and not os.path.isdir(path) and not is_hub_id(str(path)):
+            raise ValueError(f"TrainerConfig.{key}={path!r} is not a folder or a Hub id; allowed: a Hugging Face "
+                             "model folder or 'owner/name'")
+    os.makedirs(run.output_dir, exist_ok=True)
+    if not os.access(run.output_dir, os.W_OK):
+        raise ValueError(f"TrainerConfig.output_dir={run.output_dir!r} is not writable; allowed: a writable folder")
+
+
 def run_experiment(config) -> dict[str, Any]:
     """Build the trainer the config asks for and train; returns ``PPOTrainer.fit``'s result.
 
@@ -181,7 +177,7 @@ def run_experiment(config) -> dict[str, Any]:
     from ntl_jax.ppo.factory import create_ppo_trainer
 
     try:
-        os.makedirs(config.trainer.output_dir, exist_ok=True)
+        preflight(config)
         enable_compilation_cache(config.trainer.compilation_cache_dir)
         check_backend(config.trainer.platform)
         tokenizer, policy_path, train_rows, val_rows, warm = _load_data(config)

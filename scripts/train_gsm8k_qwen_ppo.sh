@@ -89,7 +89,7 @@ fi
 
 if [[ "${DRY_RUN}" != 1 && ! -f "${MODEL_PATH}/config.json" ]]; then
   die "no config.json in --model_path=${MODEL_PATH}; download the model first, e.g.
-  huggingface-cli download Qwen/Qwen2.5-0.5B-Instruct --local-dir ${MODEL_PATH}"
+  hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir ${MODEL_PATH}"
 fi
 
 TRAIN_CMD=("${PYTHON}" -m ntl_jax.train

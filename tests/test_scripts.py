@@ -139,7 +139,7 @@ def test_gsm8k_training_skips_prepared_data_and_checks_the_model(stub_env, tmp_p
     # A real run stops before training when the model folder is missing.
     rc, _, err = run_script("train_gsm8k_qwen_ppo_standard.sh", ["--data_dir", str(data), "--model_path",
                                                                   str(tmp_path / "nope")], env)
-    assert rc == 2 and "no config.json" in err and "huggingface-cli download" in err
+    assert rc == 2 and "no config.json" in err and "hf download" in err
     assert not log.exists()
     rc, _, err = run_script("train_gsm8k_qwen_ppo.sh", ["--mode", "ntl_some", "--dry_run"], env)
     assert rc == 2 and "--mode=ntl_some is invalid" in err

@@ -209,3 +209,16 @@ def generation_eos_token_ids(path: str | os.PathLike) -> tuple[int, ...]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise ValueError(f"{config_path}: eos_token_id={value!r} is invalid; allowed: a token id or a list of them")
     return tuple(values)
+
+
+def stop_token_ids(tokenizer: Any, *model_eos: Any) -> list[int]:
+    """Stop tokens: the tokenizer's eos, config.json's and generation_config.json's (HF generate stops on the last)."""
+    ids = set()
+    for value in (tokenizer.eos_token_id, *model_eos):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ValueError("the tokenizer and model config define no eos_token_id; set one in the tokenizer")
+    return sorted(ids)

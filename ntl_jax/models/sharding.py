@@ -7,7 +7,6 @@ dropped (that dimension is replicated over them) so any model shape runs on any 
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 from typing import Any, Callable, Mapping, Sequence

@@ -1,4 +1,4 @@
-"""Schedules of tau, the temperature of the NTL reward bonus ``exp(-number_error / tau)``.
+"""Schedules of tau, the temperature of the NTL reward's closeness bonus ``exp(-e / tau)``.
 
 With ``s = clip(step, 0, steps)`` and ``f = s / steps``:
 

@@ -285,6 +285,23 @@ class CheckpointStore:
             self._quarantine(bad_steps)
         return None
 
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of ``step`` (no array is read)."""
+        self._manager.reload()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+        return dict(restored[_META] or {})
+
+    def restore_subtree(self, step: int, key: str, abstract_pytree: Any) -> Any:
+        """Only ``state[key]`` of ``step`` (e.g. the actor without its optimiser state), shaped like
+        ``abstract_pytree`` (leaves with shardings). The state is saved as an orbax PyTree, so a partial restore
+        reads just that subtree's arrays."""
+        check_against_metadata(abstract_pytree, self._read_state_metadata(step)[key], self.step_dir(step))
+        target = {key: abstract_pytree}
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+            return checkpointer.restore(self.step_dir(step) / _STATE, args=args)[key]
+
     def _quarantine(self, steps: Iterable[int]) -> None:
         """Rename unreadable step dirs to '<step>.corrupt[.n]' so they are kept but no longer block saving that step."""
         steps = list(steps)

@@ -21,8 +21,11 @@ from ntl_jax.rewards.scoring import reward_item
 
 def evaluate(rollout: Any, params: Any, rows: list[dict], tokenizer: Any, reward_runner: Any,
              sampling: SamplingParams, *, max_prompt_length: int, truncation: str, filter_overlong_prompts: bool,
-             batch_size: int, seed: int, pad_id: int, n: int = 1) -> dict[str, float]:
-    """Generate for ``rows`` ``batch_size`` prompts at a time with ``rollout`` and ``params``; score; average."""
+             batch_size: int, seed: int, pad_id: int, n: int = 1,
+             samples: list[tuple[dict, str]] | None = None) -> dict[str, float]:
+    """Generate for ``rows`` ``batch_size`` prompts at a time with ``rollout`` and ``params``; score; average.
+
+    ``sampling.n`` responses per prompt; ``samples``, when given, receives every (row, response text)."""
     dataset = PromptDataset(rows, tokenizer, max_prompt_length=max_prompt_length, truncation=truncation,
                             filter_overlong_prompts=filter_overlong_prompts, source="val")
     rng = jax.random.key(seed + 1)
@@ -33,6 +36,9 @@ def evaluate(rollout: Any, params: Any, rows: list[dict], tokenizer: Any, reward
                                prompt_indices=[index for _, _, index in items])
         texts = tokenizer.batch_decode(np.where(gen.response_mask > 0, gen.response_ids, pad_id),
                                        skip_special_tokens=True)
+        items = [item for item in items for _ in range(sampling.n)]  # row i * n + j: prompt i's j-th response
+        if samples is not None:
+            samples.extend((row, text) for (_, row, _), text in zip(items, texts))
         result = reward_runner.score([reward_item(row, text) for (_, row, _), text in zip(items, texts)])
         scores = broadcast_from_main(np.asarray(result.scores, np.float32))  # every process reports process 0's
         accs = broadcast_from_main(np.asarray([float(e.get("acc", s)) for e, s in zip(result.extras, scores)],

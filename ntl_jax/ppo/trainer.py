@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ntl_jax.data.verl_parquet import PromptBatch, PromptLoader
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.distributed.multihost import broadcast_from_main, is_main_process, put_global, to_host, tree_to_host
-from ntl_jax.models.config import generation_eos_token_ids
+from ntl_jax.models.config import generation_eos_token_ids, stop_token_ids
 from ntl_jax.models.sampler import GenerationOutput, Sampler, SamplingParams
 from ntl_jax.ntl.digits import digit_token_ids
 from ntl_jax.ppo import ntl_step
@@ -43,7 +43,7 @@ from ntl_jax.ppo.metrics import MetricsLogger
 from ntl_jax.ppo.rollout import ColocatedRollout, RayRollout
 from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
                                make_advantage_step, make_critic_update, make_logprob_step, make_value_step)
-from ntl_jax.rewards.registry import RewardFnSpec
+from ntl_jax.rewards.registry import RewardFnSpec, reward_spec
 from ntl_jax.rewards.scoring import reward_item
 from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner, RewardResult, ensure_ray, ray_temp_dir
 
@@ -65,19 +65,6 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
 def _take_rows(tree: Any, rows: jax.Array) -> Any:
     """One compiled gather of a mini-batch's rows from every array of the rollout."""
     return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), tree)
-
-
-def _eos_ids(tokenizer: Any, *model_eos: Any) -> list[int]:
-    """Stop tokens: the tokenizer's eos, config.json's and generation_config.json's (HF generate stops on the last)."""
-    ids = set()
-    for value in (tokenizer.eos_token_id, *model_eos):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if not ids:
-        raise ValueError("the tokenizer and model config define no eos_token_id; set one in the tokenizer")
-    return sorted(ids)
 
 
 @dataclasses.dataclass
@@ -129,7 +116,7 @@ class PPOTrainer:
                                                      cache=self.ntl.cache_digit_mappings), np.int32)
                           if self.ntl.enabled else None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.eos_ids = _eos_ids(tokenizer, self.models.model_config.eos_token_id,
+        self.eos_ids = stop_token_ids(tokenizer, self.models.model_config.eos_token_id,
                                 generation_eos_token_ids(policy_path))
         self._build_steps()
         self.compile_ahead = CompileAhead(self.run.compile_ahead)
@@ -139,9 +126,8 @@ class PPOTrainer:
                                cpu_decode_matmuls=self.run.cpu_decode_matmuls)
         self.rollout = self._build_rollout()
         if not isinstance(reward_fn, RewardFnSpec):
-            default_name = "custom_ntl_reward" if self.ntl.enabled and self.run.reward_fn_path is None else "compute_score"
-            reward_fn = RewardFnSpec(path=self.run.reward_fn_path, name=self.run.reward_fn_name or default_name,
-                                     kwargs=dict(self.run.reward_fn_kwargs))
+            reward_fn = reward_spec(self.run.reward_fn_path, self.run.reward_fn_name, self.run.reward_fn_kwargs,
+                                    self.ntl.enabled)
         self.reward_spec = reward_fn
         self.reward_runner = self._build_reward_runner(reward_fn)
         self.val_rows = list(val_rows or [])[: self.run.val_max_samples or None]

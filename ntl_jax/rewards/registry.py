@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from ntl_jax.rewards import ntl_rewards
 from ntl_jax.rewards.scoring import (KNOWN_DATA_SOURCES, default_compute_score, normalize_reward_output,  # noqa: F401
-                                     reward_item, scorer_found_answer)
+                                     reward_item)
 
 RewardFn = Callable[..., Any]
 
@@ -59,6 +59,30 @@ def _builtin_reward_function(name: str) -> RewardFn:
     if name not in builtins:
         raise ValueError(f"built-in reward function {name!r} (path=None) unknown; known: {', '.join(builtins)}")
     return builtins[name]
+
+
+NTL_REWARD_NAMES = ("custom_ntl_reward", "custom_ntl_final", "custom_ntl_all")
+
+
+def reward_spec(path: str | None, name: str | None, kwargs: Any, ntl_enabled: bool) -> RewardFnSpec:
+    """The run's reward function: ``name`` in the file ``path``; without a name, ``compute_score`` from a file, and
+    from the built-ins the NTL reward with NTL on, else the data source's scorer. The one place this default lives."""
+    default = "compute_score" if path is not None or not ntl_enabled else "custom_ntl_reward"
+    return RewardFnSpec(path=path, name=name or default, kwargs=dict(kwargs))
+
+
+def check_reward_spec(spec: RewardFnSpec, tau: float) -> None:
+    """Load the function (file, name) and, for the built-in NTL reward, check its options: one line each, before
+    any model is loaded."""
+    load_reward_function(spec)
+    if spec.path is None and spec.name in NTL_REWARD_NAMES:
+        options = {"combination": "add", "correct_weight": 0.5, "ntl_weight": 0.5, "confidence_weight": 0.0,
+                   **{key: value for key, value in spec.kwargs.items() if key != "tau"}}
+        unknown = set(options) - {"combination", "correct_weight", "ntl_weight", "confidence_weight"}
+        if unknown:
+            raise ValueError(f"reward_fn_kwargs names {sorted(unknown)}, unknown to {spec.name}; allowed: "
+                             "combination, correct_weight, ntl_weight, confidence_weight, tau")
+        ntl_rewards.check_reward_options(tau=spec.kwargs.get("tau", tau), **options)
 
 
 def load_reward_function(spec: RewardFnSpec) -> RewardFn:

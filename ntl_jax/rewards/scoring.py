@@ -37,15 +37,6 @@ def default_compute_score(
     return scorer(solution_str, ground_truth)
 
 
-def scorer_found_answer(data_source: str, solution_str: str, extras: dict) -> bool | None:
-    """Whether the built-in scorer of ``data_source`` extracted an answer (None: not a built-in scorer)."""
-    if data_source == "arithmetic":
-        return bool(extras.get("has_answer", arithmetic.extract_answer(solution_str) is not None))
-    if data_source in ("openai/gsm8k", "gsm8k"):
-        return gsm8k.extract_solution(solution_str, method="strict") is not None
-    return None
-
-
 def reward_item(row: dict, solution_str: str, **kwargs: Any) -> dict:
     """The keyword arguments of one reward call for a verl row and a response: data_source, solution_str,
     ground_truth, extra_info, plus ``kwargs`` (e.g. ``ntl_info``, ``tau``)."""
