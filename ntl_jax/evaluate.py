@@ -18,6 +18,11 @@ problems with a verl parquet file. Per problem, with the data source's scorer an
 """
 from __future__ import annotations
 
+import os as _os
+
+# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 import dataclasses
 import json
 import math

@@ -11,6 +11,11 @@ metadata); only the ``actor`` arrays are read from the checkpoint (optimiser and
 """
 from __future__ import annotations
 
+import os as _os
+
+# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 import json
 import os
 import shutil

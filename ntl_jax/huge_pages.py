@@ -6,7 +6,7 @@ it on free, so every execution page-faults the whole buffer in again, 4 KiB at a
 update, each zeroing a page, a quarter of the update's time on the project's 2-core machine. With
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc advises transparent huge pages for those mmaps,
 so the kernel (THP mode 'madvise' or 'always') maps 2 MiB pages: ~350 faults, and the update runs in 77-82 ms
-instead of 103-117 ms (`scripts/time_shared_prompt_update.py --groups 8`, three alternating runs each). Numerics
+instead of 103-117 ms (`benchmarks/probes/time_shared_prompt_update.py --groups 8`, three alternating runs each). Numerics
 are unchanged: only how the buffers are paged in.
 
 glibc reads tunables once, at process start, so ``python -m ntl_jax.train`` re-executes itself once with the

@@ -9,6 +9,11 @@ the answer before and after PPO. With a model path it trains that Hugging Face c
 
 from __future__ import annotations
 
+import os as _os
+
+# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 import dataclasses
 import json
 import logging

@@ -185,7 +185,8 @@ def test_parquet_missing_column_or_malformed_row_is_refused_before_training(tmp_
 
     with pytest.raises(ValueError) as raised:
         run_experiment(parquet_config(tmp_path, policy_dir, tmp_path / "absent.parquet"))
-    assert "absent.parquet: no such parquet file" in one_line(str(raised.value))
+    assert f"TrainerConfig.train_files names '{tmp_path / 'absent.parquet'}', which does not exist" in one_line(
+        str(raised.value))  # found by the start-up checks, before the model is loaded
 
 
 def test_missing_model_folder_is_named_by_the_trainer(tmp_path):

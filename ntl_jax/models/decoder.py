@@ -134,7 +134,7 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Arra
     head) instead of once with g among the rows; softmax still runs once. At T = 1 each contraction is then a
     batched matrix-vector product, which XLA:CPU keeps for its own dot emitter instead of handing YNNPACK a batch
     of G-column GEMMs (its fixed cost per call dominated the tiny model's decode step). `python
-    scripts/ab_decode_attention.py` (both variants alternating in one process, same tokens; 2-core Zen 5): tiny
+    benchmarks/probes/ab_decode_attention.py` (both variants alternating in one process, same tokens; 2-core Zen 5): tiny
     (G = 2) 1.23x tokens/s, mid (G = 4) 0.97x, GRPO-shaped mid 0.94x (benchmarks/README.md). Accelerators keep one
     contraction: splitting would read the cache G times.
     """

@@ -278,12 +278,14 @@ class TrainerConfig:
     use_tensorboard: bool = knob(True, "write TensorBoard scalars under <output_dir>/tensorboard")
     use_wandb: bool = knob(False, "log to Weights & Biases (pip install wandb)")
     wandb_project: str = knob("ntl-jax", "W&B project")
-    progress_bar: bool = knob(True, "tqdm progress bars")
+    progress_bar: bool = knob(True, "console output: a bar on a terminal, plain lines elsewhere, a line per "
+                                    "validation (False: silent)")
+    console_every: int = knob(10, "print a compact metric line every N iterations (0: never)")
 
     def __post_init__(self) -> None:
         n = "TrainerConfig"
         check_positive_int(n, "total_epochs", self.total_epochs)
-        for key in ("total_training_steps", "seed", "val_max_samples"):
+        for key in ("total_training_steps", "seed", "val_max_samples", "console_every"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
         for key in ("test_freq", "save_freq", "max_to_keep", "val_batch_size", "reward_num_workers",
                     "rollout_num_workers"):

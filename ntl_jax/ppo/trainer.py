@@ -22,7 +22,6 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from ntl_jax.data.verl_parquet import PromptBatch, PromptLoader
 from ntl_jax.distributed.mesh import make_mesh
@@ -36,13 +35,22 @@ from ntl_jax.ppo.batch_stats import batch_metrics
 from ntl_jax.ppo.checkpoint import CheckpointStore, PreemptionGuard
 from ntl_jax.ppo.compile_ahead import CompileAhead, abstract_like, abstract_rollout
 from ntl_jax.ppo.config import ExperimentConfig
+from ntl_jax.ppo.console import Console
 from ntl_jax.ppo.evaluation import evaluate
 from ntl_jax.ppo.kl_control import KLControllerState, kl_controller_update
 from ntl_jax.ppo.lr_schedule import lr_multiplier, schedule_settings
 from ntl_jax.ppo.metrics import MetricsLogger
 from ntl_jax.ppo.rollout import ColocatedRollout, RayRollout
-from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
-                               make_advantage_step, make_critic_update, make_logprob_step, make_value_step)
+from ntl_jax.ppo.steps import (
+    ActorLossSettings,
+    RolloutBatch,
+    batch_sharding,
+    make_actor_update,
+    make_advantage_step,
+    make_critic_update,
+    make_logprob_step,
+    make_value_step,
+)
 from ntl_jax.rewards.registry import RewardFnSpec, reward_spec
 from ntl_jax.rewards.scoring import reward_item
 from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner, RewardResult, ensure_ray, ray_temp_dir
@@ -440,13 +448,14 @@ class PPOTrainer:
         """Run (or resume) training to ``total_steps``; checkpoint on SIGTERM; return first/last validation."""
         resumed = self.maybe_resume()
         result: dict[str, Any] = {"resumed": resumed, "start_step": self.global_step}
+        console = Console(self.total_steps, self.global_step, enabled=self.run.progress_bar,
+                          every=self.run.console_every)
         if self.run.val_before_train and not resumed:
             val = self.validate()
             result["val_before"] = val
             if val:
                 self.log_metrics(val)
-        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not self.run.progress_bar,
-                   desc="ppo", dynamic_ncols=True)
+                console.validation(self.global_step, val)
         try:
             with PreemptionGuard() as guard:
                 while self.global_step < self.total_steps:
@@ -456,20 +465,20 @@ class PPOTrainer:
                     if self.val_rows and (self.global_step % self.run.test_freq == 0 or last):
                         with timed(metrics, "testing"):
                             metrics.update(self.validate())
+                        console.validation(self.global_step, metrics)
                     stop = guard.stop_agreed()  # every process sees the same answer, so all save and stop together
                     if self.global_step % self.run.save_freq == 0 or last or stop:
                         with timed(metrics, "save_checkpoint"):
                             self.save_checkpoint()
                     self.log_metrics(metrics)
-                    bar.update(1)
-                    bar.set_postfix(score=f"{metrics.get('critic/score/mean', 0.0):.3f}")
+                    console.step(self.global_step, metrics)
                     if stop:
                         log.warning("termination signal received: checkpoint written at step %d; exiting",
                                     self.global_step)
                         result["preempted"] = True
                         break
         finally:  # also on an error: a checkpoint still being written must reach the disk whole
-            bar.close()
+            console.close()
             self.checkpoints.wait()
         result["end_step"] = self.global_step
         result["val_after"] = {k: v for k, v in (self.history[-1] if self.history else {}).items()

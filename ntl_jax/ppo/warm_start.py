@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -141,7 +142,9 @@ def supervised_warm_start(model: nnx.Module, tokenizer: Any, train_rows: list[di
     rng = np.random.default_rng(0 if cfg.seed is None else cfg.seed)
     history: list[dict[str, float]] = []
     start_time = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, desc="warm start", disable=not progress, dynamic_ncols=True)
+    # No total: the warm start stops when it reaches its target accuracy, long before max_steps as a rule; and no
+    # bar off a terminal, where the evaluation log lines below say the same.
+    bar = tqdm(desc="warm start", disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
     result = {"acc": 0.0}
     step = 0
     for step in range(1, cfg.max_steps + 1):

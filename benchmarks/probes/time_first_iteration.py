@@ -9,7 +9,7 @@ iteration's seconds, the sum over all iterations, and the process's wall time (i
 `--compiles` adds each XLA compilation over 0.2 s: [function, thread, start and length in seconds, the start counted
 from the start of training] ("compile-ahead_0" is the background thread), which shows the compilations that overlap.
 
-    python scripts/time_first_iteration.py --cache cold --pairs 3
+    python benchmarks/probes/time_first_iteration.py --cache cold --pairs 3
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> None:

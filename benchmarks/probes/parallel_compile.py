@@ -10,7 +10,7 @@ Each program is a chain of `--depth` small matmul / tanh / sin blocks and its gr
 with the depth; the default takes a few seconds on a 2-core machine). Prints one JSON line: the wall seconds of
 each mode and each compilation's own seconds. Every compilation is of a fresh program (no cache).
 
-    python scripts/parallel_compile.py --depth 40
+    python benchmarks/probes/parallel_compile.py --depth 40
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ its own prompt; 8 = each prompt once for its 8 responses) the update is compiled
 included) and then timed over `--reps` calls, each waiting for its metrics; the sizes alternate in the order given,
 so `--groups 8,1,8,1` interleaves them. Prints one JSON line per measurement.
 
-    python scripts/time_shared_prompt_update.py --groups 8,1,8,1
+    python benchmarks/probes/time_shared_prompt_update.py --groups 8,1,8,1
 """
 from __future__ import annotations
 

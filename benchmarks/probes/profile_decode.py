@@ -7,11 +7,11 @@ then once more under `jax.profiler.trace` and prints, per decode step, the time 
 with its output shape and the JAX operation it came from (`op_name` of the optimised HLO), largest first. The
 profiler's own overhead inflates every figure by roughly a fifth, so read them as shares, not as absolute times.
 
-    python scripts/profile_decode.py --model tiny --top 30
+    python benchmarks/probes/profile_decode.py --model tiny --top 30
 
 The layout of the KV cache (`ntl_jax.models.decoder.KVCache`), the blocked greedy argmax, the optional
 rollout log-probs (`ntl_jax.models.sampler`) and the CPU decode attention's per-group-member contractions
-(`ntl_jax.models.decoder.grouped_attention`; A/B: `scripts/ab_decode_attention.py`) were chosen from this table.
+(`ntl_jax.models.decoder.grouped_attention`; A/B: `benchmarks/probes/ab_decode_attention.py`) were chosen from this table.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _kernel_metadata(dump_dir: str) -> dict[str, tuple[str, str]]:

@@ -10,7 +10,7 @@ shipped (on CPU, one contraction per group member at one query per row) and one 
 `--reps` generates each, in one process (so the host's speed drifts for both alike). Prints one JSON line per case:
 median tokens/s of each, their ratio, and whether both produced the same tokens.
 
-    python scripts/ab_decode_attention.py --cases tiny,mid,mid_grouped --reps 10
+    python benchmarks/probes/ab_decode_attention.py --cases tiny,mid,mid_grouped --reps 10
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> None:

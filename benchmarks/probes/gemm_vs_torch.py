@@ -22,7 +22,7 @@ PyTorch once per `TORCH_THREAD_SETTINGS` setting (threads, wait policy, huge pag
 baseline, as the suite does per row. ``torch_over_xla`` > 1 where PyTorch is faster. Prints one JSON line
 (``units``: GFLOP/s for the GEMMs, tokens/s for the decode floors).
 
-    python scripts/gemm_vs_torch.py --reps 20
+    python benchmarks/probes/gemm_vs_torch.py --reps 20
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DECODE_ROWS, DECODE_STEPS = 32, 64  # benchmarks/rollout.py's BATCH and NEW_TOKENS
 
 

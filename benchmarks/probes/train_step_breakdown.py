@@ -18,7 +18,7 @@ the machine's rate. Prints one JSON line:
 `--profile DIR` also traces two shipped steps with `jax.profiler` and prints seconds by XLA op kind and the seconds
 during which two or more ops ran at once (XLA:CPU runs independent ops concurrently on its thread pool).
 
-    python scripts/train_step_breakdown.py --reps 6
+    python benchmarks/probes/train_step_breakdown.py --reps 6
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any, Callable
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def gemm_rates(rows: int, shapes: dict[str, tuple[int, int]], reps: int) -> dict[str, float]:
