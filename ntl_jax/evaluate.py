@@ -179,7 +179,7 @@ def evaluate_model(model: str, setup: EvalSetup, *, n_samples: int = 0, temperat
                           tokenizer, model_config.eos_token_id, generation_eos_token_ids(folder)),
                       pad_token_id=pad_id, mesh=mesh, cache_dtype=DTYPES[run.kv_cache_dtype],
                       cpu_decode_matmuls=run.cpu_decode_matmuls)
-    rollout = ColocatedRollout(sampler)
+    rollout = ColocatedRollout(sampler, ppo.rollout_max_rows)
     scorer = LocalRewardRunner(RewardFnSpec(), timeout_s=run.reward_timeout_s, fallback_score=0.0)
     common = dict(max_prompt_length=ppo.max_prompt_length, truncation=run.truncation,
                   filter_overlong_prompts=run.filter_overlong_prompts, batch_size=batch_size or run.val_batch_size,

@@ -75,6 +75,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     from ntl_jax.models.decoder import CausalLM, ValueModel
     from ntl_jax.models.sampler import Sampler, SamplingParams, _bucket_for, DEFAULT_PROMPT_BUCKETS
     from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, state_shardings
+    from ntl_jax.ppo.rollout import prompts_per_chunk
     from ntl_jax.ppo.state import DTYPES, optimizer_shardings
     from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
                                    make_critic_update, make_logprob_step, make_optimizer, make_value_step)
@@ -137,7 +138,9 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     # rollout_n samples), then the decode loop over the rows with the donated KV cache; both padded to the shards.
     sampler = Sampler(actor_graph, model_config, eos_token_ids=[0], pad_token_id=0, mesh=mesh,
                       digit_ids=digit_ids, cache_dtype=DTYPES[run.kv_cache_dtype])
-    num_prompts, num_rows = sampler.padded_sizes(ppo.train_batch_size, ppo.rollout_n)
+    # With PPOConfig.rollout_max_rows the rows go to the sampler in chunks: one chunk is what a call holds.
+    chunk_prompts = prompts_per_chunk(ppo.train_batch_size, ppo.rollout_n, ppo.rollout_max_rows)
+    num_prompts, num_rows = sampler.padded_sizes(chunk_prompts, ppo.rollout_n)
     prefill, decode = sampler._build_programs(
         prompt_len, num_rows, SamplingParams(max_new_tokens=ppo.max_response_length, n=ppo.rollout_n),
         with_digits=False, with_logprobs=False)

@@ -312,3 +312,24 @@ def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_
     ynnpack = default.generate(split[1], PROMPTS, params, jax.random.key(0), return_logprobs=True)
     np.testing.assert_array_equal(eigen.response_ids, ynnpack.response_ids)
     np.testing.assert_allclose(eigen.response_logprobs, ynnpack.response_logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_rows", [1, 4, 6])
+def test_a_chunked_rollout_gives_the_samples_of_one_call(split, sampler, max_rows):
+    """``PPOConfig.rollout_max_rows`` bounds the KV cache by sampling in chunks; every row keeps its key, so the
+    responses (and digit slices) are those of the unchunked call, prompts of several lengths included."""
+    from ntl_jax.ppo.rollout import ColocatedRollout, prompts_per_chunk
+
+    prompts = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15], [16]]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2)
+    rng, indices = jax.random.key(3), [10, 11, 12, 13, 14]
+    whole = ColocatedRollout(sampler).generate(split[1], prompts, params, rng, prompt_indices=indices,
+                                               return_digit_logits=True)
+    chunked = ColocatedRollout(sampler, max_rows=max_rows).generate(split[1], prompts, params, rng,
+                                                                    prompt_indices=indices, return_digit_logits=True)
+    assert prompts_per_chunk(5, 2, max_rows) == max(1, max_rows // 2) < 5
+    for field in ("prompt_ids", "prompt_mask", "response_ids", "response_mask"):
+        np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field), err_msg=field)
+    np.testing.assert_allclose(chunked.digit_logits, whole.digit_logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rollout_max_rows=-1 is invalid"):
+        ColocatedRollout(sampler, max_rows=-1)

@@ -297,6 +297,7 @@ def test_gsm8k_configs_mirror_the_verl_ntl_recipe(parse_config, name, reward_fn,
     assert run.model_path == "/models/qwen"
     assert run.train_files == ("data/gsm8k/train.parquet",) and run.val_files == ("data/gsm8k/test.parquet",)
     assert run.reward_fn_name == reward_fn and run.output_dir == f"outputs/gsm8k_qwen2_5_0_5b_{name}"
+    assert run.platform == "accelerator"  # a broken CUDA install stops with one line, never trains on the CPU
     assert config.use_ntl == (reward_mode is not None) == ntl.enabled
     if reward_mode:
         assert (ntl.reward_mode, ntl.tau, ntl.method, ntl.answer_extraction) == (

@@ -33,7 +33,7 @@ class KVCache(NamedTuple):
     Why this layout: both attention contractions then read a layer's keys / values as they lie (each contracts its
     minor axis), and separate per-layer arrays are updated in place in the decode loop. A stacked [L, ...] cache or
     a [B, S, KVH, Dh] one made XLA:CPU copy or transpose every layer's whole cache at every decode step (tiny model,
-    batch 32: 12 copies per step, a quarter of the step; benchmarks/README.md).
+    batch 32: 12 copies per step, a quarter of the step; docs/experiments/cpu_design_choices.md).
     """
 
     k: tuple[jax.Array, ...]
@@ -135,7 +135,7 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Arra
     batched matrix-vector product, which XLA:CPU keeps for its own dot emitter instead of handing YNNPACK a batch
     of G-column GEMMs (its fixed cost per call dominated the tiny model's decode step). `python
     benchmarks/probes/ab_decode_attention.py` (both variants alternating in one process, same tokens; 2-core Zen 5): tiny
-    (G = 2) 1.23x tokens/s, mid (G = 4) 0.97x, GRPO-shaped mid 0.94x (benchmarks/README.md). Accelerators keep one
+    (G = 2) 1.23x tokens/s, mid (G = 4) 0.97x, GRPO-shaped mid 0.94x (docs/experiments/cpu_design_choices.md). Accelerators keep one
     contraction: splitting would read the cache G times.
     """
     members = [slice(g, g + 1) for g in range(q.shape[3])] if per_group_member else [slice(None)]

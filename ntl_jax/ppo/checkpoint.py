@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 CORRUPT_SUFFIX = ".corrupt"
 _STATE, _META = "state", "meta"
 _SETTLE_S = 0.25
+MAX_AGREED_STEPS = 64  # candidates process 0 shares when resuming (max_to_keep is far below it in practice)
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -162,6 +163,10 @@ def checkpoint_path(directory: str | os.PathLike) -> epath.Path:
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
+class UnreadableElsewhere(RuntimeError):
+    """This process reads the step, another one cannot: skip it everywhere, but it is not corrupted here."""
+
+
 class CheckpointStore:
     """orbax CheckpointManager with items state=StandardSave(pytree), meta=JsonSave(dict); see the module docstring."""
 
@@ -193,7 +198,9 @@ class CheckpointStore:
             raise ValueError(f"step={step!r} must be a non-negative integer")
         step = int(step)
         meta_json = _json_ready(dict(meta or {}))
-        if step in self._manager.all_steps():
+        # Decided once, by process 0: a process that skipped orbax's (collective) save while another ran it would
+        # leave the other waiting.
+        if bool(multihost.broadcast_from_main(np.asarray(step in self._manager.all_steps()))):
             logger.debug("checkpoint step %d already exists in %s; not saving it again", step, self.directory)
             return False
         args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(pytree), _META: ocp.args.JsonSave(meta_json)})
@@ -235,13 +242,29 @@ class CheckpointStore:
             step, args=ocp.args.Composite(**{_STATE: state_args, _META: ocp.args.JsonRestore()}))
         return restored[_STATE], dict(restored[_META] or {})
 
+    def agreed_steps(self) -> list[int]:
+        """Process 0's step list (its newest ``MAX_AGREED_STEPS``), the same on every process: processes whose disks
+        differ (a local checkpoint_dir, a lagging NFS) try the same candidates and make the same collective calls."""
+        steps = self.all_steps()
+        if multihost.process_count() == 1:
+            return steps
+        newest = np.full(MAX_AGREED_STEPS, -1, np.int64)
+        newest[: len(steps[-MAX_AGREED_STEPS:])] = steps[-MAX_AGREED_STEPS:]
+        return [int(s) for s in multihost.broadcast_from_main(newest) if s >= 0]
+
     def _try_step(self, step: int, abstract_pytree: Any) -> tuple[Any, dict[str, Any]] | Exception:
-        """The restored step, or the read error; tree/shape mismatches raise ValueError (config error, not data)."""
+        """The restored step, or the read error; tree/shape mismatches raise ValueError (config error, not data).
+
+        Every process first reads the step's metadata on its own; orbax's restore (collective across processes) runs
+        only when all of them could, so one process without the step cannot leave the others waiting in it."""
         try:
             with _quiet_failed_async_reads():
                 stored_tree = self._read_state_metadata(step)
+            local_error = None
         except Exception as error:  # noqa: BLE001 - unreadable metadata = corrupted step
-            return error
+            local_error = error
+        if multihost.any_process(local_error is not None):
+            return local_error or UnreadableElsewhere(f"another process cannot read checkpoint step {step}")
         if abstract_pytree is not None:
             check_against_metadata(abstract_pytree, stored_tree, self.step_dir(step))
         try:
@@ -259,7 +282,7 @@ class CheckpointStore:
         """
         self.wait()
         self._manager.reload()
-        steps = self.all_steps()
+        steps = self.agreed_steps()
         if step is not None:
             if step not in steps:
                 raise ValueError(f"checkpoint step {step} is not in {self.directory}; available steps: {steps}")
@@ -279,7 +302,8 @@ class CheckpointStore:
                       else "another process could not read it")
             logger.warning("checkpoint step %d in %s is corrupted or unreadable (%s); falling back to the previous "
                            "step", candidate, self.step_dir(candidate), reason)
-            bad_steps.append(candidate)
+            if isinstance(result, Exception) and not isinstance(result, UnreadableElsewhere):
+                bad_steps.append(candidate)  # only what this process itself cannot read is renamed .corrupt
         if bad_steps:
             logger.error("no readable checkpoint in %s (tried steps %s); starting fresh", self.directory, bad_steps)
             self._quarantine(bad_steps)
@@ -305,7 +329,7 @@ class CheckpointStore:
     def _quarantine(self, steps: Iterable[int]) -> None:
         """Rename unreadable step dirs to '<step>.corrupt[.n]' so they are kept but no longer block saving that step."""
         steps = list(steps)
-        if not steps:
+        if not multihost.any_process(bool(steps)):  # collective: every process returns here, or none does
             return
         if multihost.is_main_process():
             for step in steps:

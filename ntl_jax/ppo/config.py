@@ -88,6 +88,9 @@ class PPOConfig:
                                        "(never [B, T, V] logits at once)")
     log_prob_micro_batch_size: int = knob(0, "responses per forward in the old/ref log-prob and value passes; 0 = all")
     log_prob_micro_batch_size_per_device: int = knob(0, "the same per device (verl's *_per_gpu); > 0 replaces it")
+    rollout_max_rows: int = knob(0, "most responses one sampler call generates (the KV cache holds rows x (prompt "
+                                    "+ response) positions); the iteration's rows go in chunks of this size with "
+                                    "the same samples; 0 = all at once")
     skip_on_policy_old_log_prob: bool = knob(
         True, "with one actor step per iteration (ppo_epochs=1, ppo_mini_batch_size=train_batch_size), take the old "
               "log-probs from the update's own forward (stop-gradient; verl's on_policy) and skip the separate pass; "
@@ -104,7 +107,7 @@ class PPOConfig:
                     "logprob_chunk_size"):
             check_positive_int(n, key, getattr(self, key))
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
-                    "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device"):
+                    "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device", "rollout_max_rows"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
         for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward", "skip_on_policy_old_log_prob",
                     "share_prompt_forward"):

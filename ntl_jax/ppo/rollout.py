@@ -28,15 +28,32 @@ class Rollout(Protocol):
     def close(self) -> None: ...
 
 
-class ColocatedRollout:
-    """Samples with the trainer's own (already placed) policy state: no copy."""
+def prompts_per_chunk(num_prompts: int, n: int, max_rows: int) -> int:
+    """Prompts per sampler call so that a call holds at most ``max_rows`` responses (``n`` per prompt; at least one
+    prompt); ``max_rows = 0`` means all at once."""
+    if max_rows < 0:
+        raise ValueError(f"rollout_max_rows={max_rows} is invalid; allowed: 0 (no limit) or a positive integer")
+    return num_prompts if max_rows == 0 else max(1, min(num_prompts, max_rows // n))
 
-    def __init__(self, sampler: Sampler):
-        self.sampler = sampler
+
+class ColocatedRollout:
+    """Samples with the trainer's own (already placed) policy state: no copy.
+
+    With ``max_rows`` the prompts go to the sampler in chunks of at most ``max_rows`` responses, which bounds the KV
+    cache (rows x (prompt + response) positions); each row keeps its own key (``fold_in(rng, prompt_index)``), so
+    the samples are those of one call."""
+
+    def __init__(self, sampler: Sampler, max_rows: int = 0):
+        prompts_per_chunk(1, 1, max_rows)  # validates
+        self.sampler, self.max_rows = sampler, max_rows
 
     def generate(self, state, prompts, params, rng, *, prompt_indices, return_digit_logits=False):
-        return self.sampler.generate(state, [list(p) for p in prompts], params, rng,
-                                     return_digit_logits=return_digit_logits, prompt_indices=list(prompt_indices))
+        prompts, prompt_indices = [list(p) for p in prompts], list(prompt_indices)
+        size = prompts_per_chunk(len(prompts), params.n, self.max_rows)
+        parts = [self.sampler.generate(state, prompts[i:i + size], params, rng, return_digit_logits=return_digit_logits,
+                                       prompt_indices=prompt_indices[i:i + size])
+                 for i in range(0, len(prompts), size)]
+        return parts[0] if len(parts) == 1 else _concat_outputs(parts, pad_id=self.sampler.pad_token_id)
 
     def close(self) -> None:
         pass

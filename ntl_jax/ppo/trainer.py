@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +63,13 @@ class TrainingError(RuntimeError):
 
 
 @contextlib.contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
+def timed(timings: dict[str, float], name: str) -> Iterator[Callable[[Any], None]]:
+    """Adds the block's wall time to ``timing_s/<name>``. The block hands its outputs to the yielded ``wait``; they
+    are waited for before the clock stops, so on asynchronous backends (GPU, TPU, and XLA:CPU's async dispatch) a
+    phase is charged its own compute rather than its dispatch: one sync per phase, not per op."""
+    start, outputs = time.perf_counter(), []
+    yield outputs.append
+    jax.block_until_ready(outputs)
     timings[f"timing_s/{name}"] = timings.get(f"timing_s/{name}", 0.0) + time.perf_counter() - start
 
 
@@ -181,7 +185,7 @@ class PPOTrainer:
 
     def _build_rollout(self):
         if self.run.rollout_mode == "colocated":
-            return ColocatedRollout(self.sampler)
+            return ColocatedRollout(self.sampler, self.ppo.rollout_max_rows)
         if jax.default_backend() != "cpu" or jax.process_count() > 1:
             # Ray samplers are CPU processes that get the weights through the host every iteration: on accelerators
             # and pods the colocated sampler shares the trainer's devices and weights at no copy.
@@ -225,31 +229,36 @@ class PPOTrainer:
         self._compile_updates_ahead(batch)  # a no-op once this shape has been seen
 
         # 1. Sample rollout_n responses per prompt with the current policy.
-        with timed(timings, "gen"):
+        with timed(timings, "gen") as wait:
             sequences = self.generate(batch)
-        with timed(timings, "ntl_targets"):
+            wait(sequences.arrays)
+        with timed(timings, "ntl_targets") as wait:
             ntl = ntl_step.targets(self.ntl, self.ntl_tracker, sequences.generation, sequences.rows,
                                    self.tokenizer, self.digit_ids, self.global_step)
             ntl_targets = self._device(ntl.targets)
+            wait(ntl_targets)
 
         # 2. Log-probs and entropy at the rollout temperature, and the digit slice -> NTLInfo, before rewards
         #    (no pass when the single update's own forward gives them: see old_log_prob_from_update).
         old_logprobs, digit_logits = jnp.zeros_like(sequences.response_mask), None
         if not self.old_log_prob_from_update:
-            with timed(timings, "old_log_prob"):
+            with timed(timings, "old_log_prob") as wait:
                 old = self.forward(self.logprob_step, models.policy.params, sequences)
                 old_logprobs, digit_logits = old.logprobs, old.digit_logits
+                wait(old)
         ntl, metrics = ntl_step.summarize(self.ntl, self.ntl_tracker, ntl, digit_logits, sequences.generation,
                                           sequences.texts, self.global_step, self.output_dir)
 
         # 3. The frozen reference's log-probs (KL) and the critic's values (GAE).
         ref_logprobs, values = old_logprobs, jnp.zeros_like(old_logprobs)
         if models.reference is not None:
-            with timed(timings, "ref"):
+            with timed(timings, "ref") as wait:
                 ref_logprobs = self.forward(self.ref_logprob_step, models.reference, sequences).logprobs
+                wait(ref_logprobs)
         if models.critic is not None:
-            with timed(timings, "values"):
+            with timed(timings, "values") as wait:
                 values = self.forward(self.value_step, models.critic.params, sequences)
+                wait(values)
 
         # 4. Rewards: compute_score per response, with ntl_info and tau when NTL is on.
         with timed(timings, "reward"):
@@ -260,10 +269,11 @@ class PPOTrainer:
             scores = broadcast_from_main(np.asarray(rewards.scores, np.float32))
 
         # 5. Token rewards (minus KL when it is in the reward) and advantages.
-        with timed(timings, "adv"):
+        with timed(timings, "adv") as wait:
             token_rewards, advantages, returns, kl_mean = self.advantage_step(
                 self._device(scores), sequences.response_mask, old_logprobs, ref_logprobs, values,
                 jnp.float32(self.kl_state.value))
+            wait(advantages)
             if ppo.use_kl_in_reward:
                 metrics.update(self._update_kl_controller(float(to_host(kl_mean)), len(sequences.rows)))
 
@@ -336,15 +346,17 @@ class PPOTrainer:
                 rows = np.sort(order[start:start + mini_size])  # all rows in order when one mini-batch
                 mini = rollout if rows.size == rollout.size else _take_rows(rollout, self._device(rows))
                 if models.critic is not None:
-                    with timed(timings, "update_critic"):
+                    with timed(timings, "update_critic") as wait:
                         models.critic.params, models.critic.opt_state, critic_metrics = self.critic_update(
                             models.critic.params, models.critic.opt_state, mini)
                         collected.append(critic_metrics)
+                        wait(models.critic.params)
                 if ppo.critic_warmup <= self.global_step + 1:  # verl counts steps from 1
-                    with timed(timings, "update_actor"):
+                    with timed(timings, "update_actor") as wait:
                         models.policy.params, models.policy.opt_state, actor_metrics = self.actor_update(
                             models.policy.params, models.policy.opt_state, mini, jnp.float32(ntl_weight))
                         collected.append(actor_metrics)
+                        wait(models.policy.params)
         merged: dict[str, list[float]] = {}
         for update_metrics in tree_to_host(collected):
             for key, value in update_metrics.items():
