@@ -32,8 +32,8 @@ class KVCache(NamedTuple):
 
     Why this layout: both attention contractions then read a layer's keys / values as they lie (each contracts its
     minor axis), and separate per-layer arrays are updated in place in the decode loop. A stacked [L, ...] cache or
-    a [B, S, KVH, Dh] one made XLA:CPU copy or transpose every layer's whole cache at every decode step (tiny model,
-    batch 32: 12 copies per step, a quarter of the step; docs/experiments/cpu_design_choices.md).
+    a [B, S, KVH, Dh] one made XLA:CPU copy or transpose every layer's whole cache at every decode step
+    (docs/experiments/cpu_design_choices.md).
     """
 
     k: tuple[jax.Array, ...]
@@ -133,10 +133,9 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Arra
     Scores and softmax in float32. ``per_group_member`` runs the two contractions once per g (the same sums per
     head) instead of once with g among the rows; softmax still runs once. At T = 1 each contraction is then a
     batched matrix-vector product, which XLA:CPU keeps for its own dot emitter instead of handing YNNPACK a batch
-    of G-column GEMMs (its fixed cost per call dominated the tiny model's decode step). `python
-    benchmarks/probes/ab_decode_attention.py` (both variants alternating in one process, same tokens; 2-core Zen 5): tiny
-    (G = 2) 1.23x tokens/s, mid (G = 4) 0.97x, GRPO-shaped mid 0.94x (docs/experiments/cpu_design_choices.md). Accelerators keep one
-    contraction: splitting would read the cache G times.
+    of G-column GEMMs (its fixed cost per call dominated the tiny model's decode step). Measured by
+    `benchmarks/probes/ab_decode_attention.py`; figures in docs/experiments/cpu_design_choices.md. Accelerators keep
+    one contraction: splitting would read the cache G times.
     """
     members = [slice(g, g + 1) for g in range(q.shape[3])] if per_group_member else [slice(None)]
     scores = jnp.concatenate([jnp.einsum("btkgd,bksd->bkgts", q[:, :, :, m], k, preferred_element_type=jnp.float32)

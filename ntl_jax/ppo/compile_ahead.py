@@ -17,7 +17,8 @@ function's ``lower(...).compile()`` fills the caches its calls use, so the call 
 a compilation runs beside the rollout; tracing holds the GIL, which is why it stays in the calling thread (run in
 the background it slowed a warm-cache start, where compiling is only a cache load). On a 2-core machine the
 overlap with the sampler's own compilation gains little: two compilations at once each take about twice as long
-(`benchmarks/probes/parallel_compile.py`, docs/experiments/cpu_design_choices.md). A shape seen before is not compiled again.
+(`benchmarks/probes/parallel_compile.py`; docs/experiments/cpu_design_choices.md). A shape seen before is not
+compiled again.
 """
 from __future__ import annotations
 
