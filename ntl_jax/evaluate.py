@@ -23,6 +23,7 @@ import os as _os
 # transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
 _os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+import argparse
 import dataclasses
 import json
 import math
@@ -31,19 +32,6 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Hugging Face folder or Hub id of the model to evaluate")
-flags.DEFINE_string("run_dir", None, "a training run's output_dir: its validation set and settings")
-flags.DEFINE_multi_string("gin_file", [], "gin config(s) giving the data and settings (when no --run_dir)")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings applied after the config")
-flags.DEFINE_string("data", None, "verl parquet file of problems (replaces the config's validation set)")
-flags.DEFINE_integer("n_samples", 0, "sampled responses per problem for pass@k (0: greedy only)")
-flags.DEFINE_float("temperature", 1.0, "sampling temperature of the pass@k responses")
-flags.DEFINE_integer("max_samples", 0, "evaluate only the first N problems (0: all)")
-flags.DEFINE_integer("batch_size", 0, "problems per generation batch (0: TrainerConfig.val_batch_size)")
-flags.DEFINE_string("output_json", None, "write the results to this JSON file too")
 
 ABS_ERROR_CAP = 1e6
 
@@ -214,27 +202,35 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]!r}")
-    if not FLAGS.model:
-        sys.exit("error: --model is required (a Hugging Face folder or Hub id)")
-    if FLAGS.run_dir and FLAGS.gin_file:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ntl_jax.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Hugging Face folder or Hub id of the model to evaluate")
+    parser.add_argument("--run_dir", help="a training run's output_dir: its validation set and settings")
+    parser.add_argument("--gin_file", action="append", default=[], help="gin config(s) giving the data and settings")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="gin bindings applied after the config")
+    parser.add_argument("--data", help="verl parquet file of problems (replaces the config's validation set)")
+    parser.add_argument("--n_samples", type=int, default=0, help="sampled responses per problem for pass@k")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of those responses")
+    parser.add_argument("--max_samples", type=int, default=0, help="evaluate only the first N problems (0: all)")
+    parser.add_argument("--batch_size", type=int, default=0, help="problems per batch (0: val_batch_size)")
+    parser.add_argument("--output_json", help="write the results to this JSON file too")
+    return parser.parse_args(argv)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.run_dir and args.gin_file:
         sys.exit("error: --run_dir and --gin_file are exclusive; allowed: one of them")
     try:
-        setup = load_setup(FLAGS.run_dir, FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.data)
-        result = evaluate_model(FLAGS.model, setup, n_samples=FLAGS.n_samples, temperature=FLAGS.temperature,
-                                max_samples=FLAGS.max_samples, batch_size=FLAGS.batch_size)
+        setup = load_setup(args.run_dir, args.gin_file, args.gin_bindings, args.data)
+        result = evaluate_model(args.model, setup, n_samples=args.n_samples, temperature=args.temperature,
+                                max_samples=args.max_samples, batch_size=args.batch_size)
     except ValueError as err:
         sys.exit(f"error: {str(err).strip().splitlines()[0]}")
     print(format_table(result), flush=True)
-    if FLAGS.output_json:
-        with open(FLAGS.output_json, "w", encoding="utf-8") as f:
+    if args.output_json:
+        with open(args.output_json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, sort_keys=True)
-
-
-def run() -> None:
-    app.run(main)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ import os as _os
 # transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
 _os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+import argparse
 import json
 import os
 import shutil
 import sys
-from typing import Any
+from typing import Any, Sequence
 
-from absl import app, flags
 
 from ntl_jax.models.tokenizers import load_tokenizer
 
@@ -112,31 +112,26 @@ def push_to_hub(folder: str, repo_id: str, *, private: bool = False, api: Any = 
     return str(getattr(commit, "commit_url", commit))
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "output_dir of the training run")
-flags.DEFINE_string("output_dir", None, "folder to write the Hugging Face model to")
-flags.DEFINE_integer("step", None, "checkpoint step to export (default: the newest readable)")
-flags.DEFINE_string("checkpoint_dir", None, "the run's checkpoint folder when not <run_dir>/checkpoints")
-flags.DEFINE_string("push_to_hub", None, "Hub repository id (user/name) to upload the folder to")
-flags.DEFINE_bool("private", False, "create the Hub repository as private")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ntl_jax.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run_dir", required=True, help="output_dir of the training run")
+    parser.add_argument("--output_dir", required=True, help="folder to write the Hugging Face model to")
+    parser.add_argument("--step", type=int, help="checkpoint step to export (default: the newest readable)")
+    parser.add_argument("--checkpoint_dir", help="the run's checkpoint folder when not <run_dir>/checkpoints")
+    parser.add_argument("--push_to_hub", help="Hub repository id (user/name) to upload the folder to")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    for name in ("run_dir", "output_dir"):
-        if not getattr(FLAGS, name):
-            sys.exit(f"error: --{name} is required")
+def run(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     try:
-        info = export_policy(FLAGS.run_dir, FLAGS.output_dir, FLAGS.step, FLAGS.checkpoint_dir)
+        info = export_policy(args.run_dir, args.output_dir, args.step, args.checkpoint_dir)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    print(f"exported step {info['step']} of {FLAGS.run_dir} to {FLAGS.output_dir}")
-    if FLAGS.push_to_hub:
-        print(f"uploaded to {push_to_hub(FLAGS.output_dir, FLAGS.push_to_hub, private=FLAGS.private)}")
-
-
-def run() -> None:
-    app.run(main)
+    print(f"exported step {info['step']} of {args.run_dir} to {args.output_dir}")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(args.output_dir, args.push_to_hub, private=args.private)}")
 
 
 if __name__ == "__main__":

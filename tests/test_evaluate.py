@@ -8,23 +8,16 @@ import subprocess
 import sys
 
 import pytest
+from trainer_fixtures import TINY_EMBEDDED_BINDINGS
 
 from ntl_jax.evaluate import answer_statistics, pass_at_k, summarize
 from ntl_jax.models.hub import resolve_model_path
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "ntl_jax.EmbeddedTaskConfig.num_train = 400", "ntl_jax.EmbeddedTaskConfig.num_val = 24",
-    "ntl_jax.EmbeddedTaskConfig.hidden_size = 32", "ntl_jax.EmbeddedTaskConfig.intermediate_size = 64",
-    "ntl_jax.WarmStartConfig.max_steps = 60", "ntl_jax.WarmStartConfig.eval_every = 60",
-    "ntl_jax.WarmStartConfig.eval_samples = 16", "ntl_jax.WarmStartConfig.batch_size = 32",
-    "ntl_jax.PPOConfig.train_batch_size = 4", "ntl_jax.PPOConfig.rollout_n = 4",
-    "ntl_jax.PPOConfig.ppo_mini_batch_size = 2", "ntl_jax.PPOConfig.ppo_micro_batch_size_per_device = 1",
-    "ntl_jax.PPOConfig.max_response_length = 24", "ntl_jax.TrainerConfig.val_batch_size = 8",
-    "ntl_jax.TrainerConfig.total_training_steps = 2", "ntl_jax.TrainerConfig.test_freq = 2",
-    "ntl_jax.TrainerConfig.save_freq = 2", "ntl_jax.TrainerConfig.progress_bar = False",
-    "ntl_jax.TrainerConfig.use_tensorboard = False",
-]
+# 24 held-out problems in batches of 8 (the validation batch size is part of what must be reproduced).
+TINY = TINY_EMBEDDED_BINDINGS + ["ntl_jax.EmbeddedTaskConfig.num_val = 24", "ntl_jax.WarmStartConfig.max_steps = 60",
+                                 "ntl_jax.WarmStartConfig.eval_every = 60", "ntl_jax.TrainerConfig.val_batch_size = 8",
+                                 "ntl_jax.TrainerConfig.total_training_steps = 2"]
 
 
 def _python(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -12,21 +12,11 @@ import os
 import textwrap
 
 import pytest
-
 from multiprocess_harness import run_workers
+from trainer_fixtures import TINY_EMBEDDED_BINDINGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "ntl_jax.EmbeddedTaskConfig.num_train = 400", "ntl_jax.EmbeddedTaskConfig.num_val = 16",
-    "ntl_jax.EmbeddedTaskConfig.hidden_size = 32", "ntl_jax.EmbeddedTaskConfig.intermediate_size = 64",
-    "ntl_jax.WarmStartConfig.max_steps = 30", "ntl_jax.WarmStartConfig.eval_every = 30",
-    "ntl_jax.WarmStartConfig.eval_samples = 16", "ntl_jax.WarmStartConfig.batch_size = 32",
-    "ntl_jax.PPOConfig.train_batch_size = 4", "ntl_jax.PPOConfig.rollout_n = 4",
-    "ntl_jax.PPOConfig.ppo_mini_batch_size = 2", "ntl_jax.PPOConfig.ppo_micro_batch_size_per_device = 1",
-    "ntl_jax.PPOConfig.max_response_length = 24", "ntl_jax.TrainerConfig.val_batch_size = 16",
-    "ntl_jax.TrainerConfig.test_freq = 2", "ntl_jax.TrainerConfig.save_freq = 2",
-    "ntl_jax.TrainerConfig.progress_bar = False", "ntl_jax.TrainerConfig.use_tensorboard = False",
-]
+TINY = TINY_EMBEDDED_BINDINGS
 
 WORKER = textwrap.dedent(
     """

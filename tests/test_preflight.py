@@ -45,3 +45,15 @@ def test_a_model_path_that_is_neither_folder_nor_hub_id(tmp_path):
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert proc.returncode == 2
     assert "TrainerConfig.model_path='./not/a/model/dir' is not a folder or a Hub id" in proc.stderr.splitlines()[-1]
+
+
+def test_the_example_reward_file_loads_and_keeps_a_right_answer_first():
+    from ntl_jax.rewards.registry import RewardFnSpec, check_reward_spec, load_reward_function
+
+    spec = RewardFnSpec(path=os.path.join(REPO_ROOT, "examples", "my_reward.py"), kwargs={"max_chars": 10})
+    check_reward_spec(spec, tau=0.1)
+    fn = load_reward_function(spec)
+    long_right = fn("arithmetic", "x" * 600 + "#### 42", "42", ntl_info={"digit_accuracy": 1.0})
+    short_wrong = fn("arithmetic", "#### 41", "42")
+    assert long_right["score"] == 0.5 and long_right["ntl_digit_accuracy"] == 1.0
+    assert short_wrong["score"] == 0.0 and long_right["score"] > short_wrong["score"]

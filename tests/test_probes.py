@@ -5,24 +5,20 @@ the suite.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from trainer_fixtures import load_module_from
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBES = os.path.join(REPO_ROOT, "benchmarks", "probes")
 
 
 def _load_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(PROBES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module_from(os.path.join(PROBES, f"{name}.py"))
 
 
 def _script(name: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:

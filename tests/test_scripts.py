@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import pytest
+from trainer_fixtures import load_module_from
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO_ROOT, "scripts")
@@ -34,11 +35,7 @@ RUNNABLE = {  # script -> minimal arguments of a dry run
 
 
 def _load_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module_from(os.path.join(SCRIPTS, f"{name}.py"))
 
 
 @pytest.fixture

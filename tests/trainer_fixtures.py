@@ -49,3 +49,30 @@ def with_trainer(config: ExperimentConfig, **changes) -> ExperimentConfig:
 
 def load_tiny_tokenizer(directory: str):
     return load_tokenizer(directory)
+
+
+#: Gin bindings that make README command 1 (the embedded default) a seconds-long run for tests: a tiny task and
+#: warm start, a few PPO rows; add total_training_steps and what the test needs.
+TINY_EMBEDDED_BINDINGS = [
+    "ntl_jax.EmbeddedTaskConfig.num_train = 400", "ntl_jax.EmbeddedTaskConfig.num_val = 16",
+    "ntl_jax.EmbeddedTaskConfig.hidden_size = 32", "ntl_jax.EmbeddedTaskConfig.intermediate_size = 64",
+    "ntl_jax.WarmStartConfig.max_steps = 30", "ntl_jax.WarmStartConfig.eval_every = 30",
+    "ntl_jax.WarmStartConfig.eval_samples = 16", "ntl_jax.WarmStartConfig.batch_size = 32",
+    "ntl_jax.PPOConfig.train_batch_size = 4", "ntl_jax.PPOConfig.rollout_n = 4",
+    "ntl_jax.PPOConfig.ppo_mini_batch_size = 2", "ntl_jax.PPOConfig.ppo_micro_batch_size_per_device = 1",
+    "ntl_jax.PPOConfig.max_response_length = 24", "ntl_jax.TrainerConfig.val_batch_size = 16",
+    "ntl_jax.TrainerConfig.test_freq = 2", "ntl_jax.TrainerConfig.save_freq = 2",
+    "ntl_jax.TrainerConfig.progress_bar = False", "ntl_jax.TrainerConfig.use_tensorboard = False",
+]
+
+
+def load_module_from(path: str):
+    """Import a script by file path (registered in sys.modules, as dataclasses in it need)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
