@@ -73,7 +73,7 @@ def load_gsm8k_records_from_hf(dataset_name: str = DATA_SOURCE, config: str = "m
     try:
         import datasets  # noqa: PLC0415  (optional dependency, only for this path)
     except ImportError:
-        raise RuntimeError("the 'datasets' package is not installed: `pip install datasets`, or pass --input_dir "
+        raise RuntimeError("the 'datasets' package is not installed: `pip install 'ntl_jax[gsm8k]'`, or pass --input_dir "
                            "with train.jsonl/test.jsonl") from None
     try:
         loaded = datasets.load_dataset(dataset_name, config)
