@@ -1,16 +1,16 @@
 """Transparent huge pages for XLA:CPU's per-execution buffers, through glibc's ``glibc.malloc.hugetlb`` tunable.
 
-Why: XLA:CPU allocates each program's temporary buffer with malloc at every execution (the GRPO benchmark's actor
-update: 153 MB). glibc serves any allocation over its mmap threshold (at most 32 MB) with a fresh mmap and unmaps
-it on free, so every execution page-faults the whole buffer in again, 4 KiB at a time: ~40,000 minor faults per
-update, each zeroing a page, a quarter of the update's time on the project's 2-core machine. With
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc advises transparent huge pages for those mmaps,
-so the kernel (THP mode 'madvise' or 'always') maps 2 MiB pages: ~350 faults, and the update runs in 77-82 ms
-instead of 103-117 ms (`benchmarks/probes/time_shared_prompt_update.py --groups 8`, three alternating runs each). Numerics
-are unchanged: only how the buffers are paged in.
+Why: XLA:CPU allocates each program's temporary buffer with malloc at every execution. glibc serves any
+allocation over its mmap threshold (at most 32 MB) with a fresh mmap and unmaps it on free, so every execution
+page-faults the whole buffer in again, 4 KiB at a time. With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+(glibc >= 2.35) malloc advises transparent huge pages for those mmaps, so the kernel (THP mode 'madvise' or
+'always') maps 2 MiB pages: a few hundred faults instead of tens of thousands. Numerics are unchanged: only how
+the buffers are paged in. Measured with ``benchmarks/probes/time_shared_prompt_update.py``; figures in
+docs/experiments/cpu_design_choices.md.
 
 glibc reads tunables once, at process start, so ``python -m ntl_jax.train`` re-executes itself once with the
-tunable added (`reexec_with_huge_pages`, on unless ``--nomalloc_huge_pages``). Code that imports ntl-jax as a
+tunable added (`reexec_with_huge_pages`, on unless ``--nomalloc_huge_pages``), and only where JAX will run on the CPU
+(no restart on GPU or TPU machines: `runs_on_cpu`). Code that imports ntl-jax as a
 library (a notebook, your own script) sets it in its launch environment instead:
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py``.
 """
@@ -20,7 +20,7 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -65,11 +65,34 @@ def huge_page_tunables(environ: Mapping[str, str], glibc: tuple[int, int] | None
     return f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"
 
 
+#: Modules of JAX's accelerator backends: where one is installed, JAX runs there and XLA:CPU's buffers do not matter.
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13",
+                       "libtpu", "jax_rocm60_plugin", "jax_rocm7_plugin")
+
+
+def runs_on_cpu(environ: Mapping[str, str], installed: Callable[[str], bool]) -> bool:
+    """Whether JAX will run on XLA:CPU: ``JAX_PLATFORMS`` starts with ``cpu``, or it is unset and no accelerator
+    backend is installed. Only then is the restart worth its cost (a second interpreter start)."""
+    platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return platforms[0] == "cpu"
+    return not any(installed(name) for name in ACCELERATOR_PLUGINS)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing
+        return False
+
+
 def reexec_with_huge_pages(enabled: bool = True) -> None:
     """Replace this process by the same command with ``glibc.malloc.hugetlb=1`` added to ``GLIBC_TUNABLES``, when
     `huge_page_tunables` says it helps; returns (doing nothing) otherwise. Call it first thing in an entry point,
     before any thread or device starts: the process is replaced, and nothing it has done survives."""
-    if not enabled:
+    if not enabled or not runs_on_cpu(os.environ, _installed):
         return
     tunables = huge_page_tunables(os.environ, glibc_version(), thp_mode())
     if tunables is None:

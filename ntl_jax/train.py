@@ -125,8 +125,8 @@ def enable_compilation_cache(path: str) -> str | None:
 
     Takes effect for compilations after the call (JAX opens the cache at the first one), so it runs before the
     trainer compiles anything. Every program is cached, however quick to compile: loading one takes milliseconds,
-    while the small ones (advantages, gathers, shapes seen once) add up to ~2 s of a warm start when recompiled
-    (GRPO benchmark, 20 iterations: 11.6-11.8 s -> 9.4-9.5 s per warm process).
+    while the small ones (advantages, gathers, shapes seen once) add up to seconds of a warm start when recompiled
+    (docs/experiments/cpu_design_choices.md).
     """
     if not path:
         return None

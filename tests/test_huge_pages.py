@@ -60,3 +60,14 @@ def test_reexec_restarts_the_same_process_once_with_the_tunable():
 
 def test_disabled_reexec_returns():
     assert reexec_with_huge_pages(enabled=False) is None
+
+
+def test_no_restart_where_jax_runs_on_an_accelerator():
+    from ntl_jax.huge_pages import runs_on_cpu
+
+    nothing, cuda = (lambda name: False), (lambda name: name == "jax_cuda12_plugin")
+    assert runs_on_cpu({}, nothing) is True
+    assert runs_on_cpu({}, cuda) is False  # a GPU machine: JAX picks the GPU
+    assert runs_on_cpu({"JAX_PLATFORMS": "cpu"}, cuda) is True  # asked for the CPU anyway
+    assert runs_on_cpu({"JAX_PLATFORMS": "tpu,cpu"}, nothing) is False
+    assert runs_on_cpu({"JAX_PLATFORMS": " "}, lambda name: name == "libtpu") is False

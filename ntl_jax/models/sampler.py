@@ -117,9 +117,8 @@ def _row_argmax(x: jax.Array) -> jax.Array:
         argmax = b* * block + first_max(x[b*]),    b* = first_max(block maxima)
 
     exact unless a row holds +inf or NaN (an earlier +inf block would hide a later NaN), so a batch with one runs the
-    whole-row search (`_first_max`) instead. On XLA:CPU (Zen 5, 2 cores; a 50-call loop per shape, uncommitted
-    harness, 2026-12-02) per call: [32, 8192] 52-53 us against 133 us for the whole-row search, [32, 151936] 1.95
-    vs 4.0-4.1 ms; ``jnp.argmax`` (~620 us at [32, 8192]) and ``lax.top_k`` were slower than either.
+    whole-row search (`_first_max`) instead. On XLA:CPU it took about half the whole-row search's time at decode
+    shapes, and ``jnp.argmax`` and ``lax.top_k`` were slower than either (docs/experiments/cpu_design_choices.md).
     """
     num_rows, vocab = x.shape
     if vocab % _ARGMAX_BLOCK or vocab < 4 * _ARGMAX_BLOCK:

@@ -1,17 +1,10 @@
 """XLA:CPU compiler options for the sampler's decode loop, whose matmuls have few rows (M = sequences in flight).
 
-Recent jaxlibs (0.10.2 here) hand XLA:CPU dots to YNNPACK. At decode shapes its GEMMs were the slower path on a
-2-core x86 machine (benchmarks/rollout.py, MID model, batch 32: ~460 tok/s with YNNPACK, ~620-780 tok/s with XLA's
-Eigen dots, same tokens), while at training shapes (M = thousands of tokens) YNNPACK was faster (train step 5.5 vs
-6.3 s). So only the decode program turns YNNPACK dot fusions off; every other program keeps jaxlib's choice.
-
-On an AVX-512 machine (AMD EPYC, Zen 5 family 26, the project's machine from 2026-12-02) the order reverses at
-every decode shape measured: tiny 18,465 vs 15,599 tok/s, mid 2,241 vs 2,129 (benchmarks/rollout.py,
-results/cpu_zen5_2026-12-02.json), and larger row counts in a scratch sweep. 'auto' (the default) therefore keeps YNNPACK where the CPU has AVX-512 and uses Eigen
-elsewhere (the earlier machine, ~110 GFLOP/s per 2048^3 matmul against ~350 on the Zen 5, had the Eigen result
-above; its CPU flags were not recorded). An Intel Xeon with AVX-512 and AMX (family 6, model 167; 2026-12-03,
-results/cpu_xeon_2026-12-03.json) agrees: decode matmul floor tiny 31,997 (YNNPACK) vs 28,274 (Eigen) tok/s,
-mid 1,772 vs 1,776, GRPO-shaped 2,953 vs 2,443; the tiny rollout 18,531 (auto) vs 14,568 tok/s with Eigen.
+Recent jaxlibs hand XLA:CPU dots to YNNPACK. At decode shapes its GEMMs were the slower path on a 2-core AVX2
+machine, while at training shapes (M = thousands of tokens) YNNPACK was faster; on AVX-512 machines (an AMD Zen 5,
+an Intel Xeon with AMX) YNNPACK won at decode shapes too. So 'auto' (the default) turns YNNPACK dot fusions off in
+the decode program only, and only where the CPU lacks AVX-512; every other program keeps jaxlib's choice.
+Measurements: docs/experiments/cpu_design_choices.md (``benchmarks/rollout.py``).
 """
 from __future__ import annotations
 
