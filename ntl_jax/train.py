@@ -172,6 +172,12 @@ def preflight(config) -> None:
     os.makedirs(run.output_dir, exist_ok=True)
     if not os.access(run.output_dir, os.W_OK):
         raise ValueError(f"TrainerConfig.output_dir={run.output_dir!r} is not writable; allowed: a writable folder")
+    if not run.allow_unshared_checkpoint_dir:
+        from ntl_jax.distributed.multihost import check_shared_folder
+
+        check_shared_folder(run.checkpoint_dir or os.path.join(run.output_dir, "checkpoints"),
+                            "TrainerConfig.checkpoint_dir" if run.checkpoint_dir else "the checkpoint folder "
+                            "<output_dir>/checkpoints")
 
 
 def run_experiment(config) -> dict[str, Any]:

@@ -33,9 +33,12 @@ usage: $(basename "$0") --tpu_name NAME --zone ZONE [options] [-- extra ntl_jax.
   --hf_model ID            model downloaded on every worker (default Qwen/Qwen2.5-0.5B-Instruct)
   --config FILE            gin config, relative to the repository (default configs/gsm8k_qwen2_5_0_5b_ntl_final.gin)
   --gin_bindings B         extra gin binding for the run (repeatable)
-  --output_dir DIR         run directory on the workers (default outputs/<config name> in the checkout); every worker
-                           writes its part of each checkpoint there, so a resume needs the same workers (or a
-                           shared file system mounted at that path)
+  --output_dir DIR         run directory on the workers (default outputs/<config name> in the checkout): metrics
+  --checkpoint_dir DIR     checkpoint folder every worker sees, e.g. gs://BUCKET/run (installs gcsfs) or an NFS
+                           mount; required: each worker's own disk cannot resume a pod (and a recreated --spot
+                           slice has empty disks)
+  --allow_local_checkpoints  checkpoint to each worker's <output_dir>/checkpoints anyway (no --spot; resume only on
+                           the same workers)
   --skip_create            do not create the slice (it must exist)
   --skip_install           do not install (already done)
   --background             run training under nohup (log in ~/ntl-jax-train.log on each worker) and return
@@ -55,6 +58,8 @@ GIT_URL="${NTL_JAX_GIT_URL:-}"
 HF_MODEL="Qwen/Qwen2.5-0.5B-Instruct"
 CONFIG="configs/gsm8k_qwen2_5_0_5b_ntl_final.gin"
 OUTPUT_DIR=""
+CHECKPOINT_DIR=""
+ALLOW_LOCAL_CHECKPOINTS=0
 SKIP_CREATE=0
 SKIP_INSTALL=0
 BACKGROUND=0
@@ -75,6 +80,8 @@ while [[ $# -gt 0 ]]; do
     --config) need_value "$1" "$#"; CONFIG="$2"; shift 2 ;;
     --gin_bindings) need_value "$1" "$#"; BINDINGS+=("$2"); shift 2 ;;
     --output_dir) need_value "$1" "$#"; OUTPUT_DIR="$2"; shift 2 ;;
+    --checkpoint_dir) need_value "$1" "$#"; CHECKPOINT_DIR="$2"; shift 2 ;;
+    --allow_local_checkpoints) ALLOW_LOCAL_CHECKPOINTS=1; shift ;;
     --skip_create) SKIP_CREATE=1; shift ;;
     --skip_install) SKIP_INSTALL=1; shift ;;
     --background) BACKGROUND=1; shift ;;
@@ -93,6 +100,12 @@ case "${SOURCE}" in
   *) die "--source=${SOURCE} is invalid; allowed: local, git" ;;
 esac
 [[ -f "${REPO_ROOT}/${CONFIG}" ]] || die "--config=${CONFIG} not found under ${REPO_ROOT}"
+if [[ -z "${CHECKPOINT_DIR}" ]]; then
+  [[ "${ALLOW_LOCAL_CHECKPOINTS}" == 1 ]] || die "--checkpoint_dir is required: a pod's workers have separate disks; \
+allowed: gs://BUCKET/PATH or a folder every worker mounts, or --allow_local_checkpoints"
+  [[ "${SPOT}" != 1 ]] || die "--spot with --allow_local_checkpoints cannot resume (a recreated slice has empty disks); \
+allowed: --checkpoint_dir gs://BUCKET/PATH"
+fi
 require_tool gcloud "install the Google Cloud CLI (https://cloud.google.com/sdk) or use --dry_run"
 
 CONFIG_NAME="$(basename "${CONFIG}" .gin)"
@@ -103,6 +116,8 @@ REMOTE_PY="\$HOME/ntl-jax-venv/bin/python"
 MODEL_DIR="models/$(basename "${HF_MODEL}")"
 OUTPUT_DIR="${OUTPUT_DIR:-outputs/${CONFIG_NAME}}"
 TARBALL="/tmp/ntl-jax-src-${TPU_NAME}.tar.gz"
+GCSFS=""
+[[ "${CHECKPOINT_DIR}" != gs://* ]] || GCSFS="gcsfs"  # etils.epath opens gs:// through gcsfs
 
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 SCOPE=("--zone=${ZONE}")
@@ -144,7 +159,7 @@ if [[ "${SKIP_INSTALL}" != 1 ]]; then
   INSTALL="set -euo pipefail; ${FETCH}; \
 command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; export PATH=\$HOME/.local/bin:\$PATH; \
 uv venv --allow-existing --python 3.11 \$HOME/ntl-jax-venv; \
-uv pip install --python ${REMOTE_PY} 'jax[tpu]' ${PACKAGE} datasets huggingface_hub; \
+uv pip install --python ${REMOTE_PY} 'jax[tpu]' ${PACKAGE} datasets huggingface_hub ${GCSFS}; \
 cd ${REMOTE_REPO} && ${REMOTE_PY} scripts/prepare_gsm8k.py --hf_dataset openai/gsm8k --output_dir ${REMOTE_REPO}/data/gsm8k; \
 ${REMOTE_PY} -c \"from huggingface_hub import snapshot_download; snapshot_download('${HF_MODEL}', local_dir='${REMOTE_REPO}/${MODEL_DIR}')\""
   on_all_workers "${INSTALL}"
@@ -155,6 +170,11 @@ TRAIN=(../ntl-jax-venv/bin/python -m ntl_jax.train "--gin_file=${CONFIG}" "--gin
   "--gin_bindings=TRAIN_FILES=('data/gsm8k/train.parquet',)"
   "--gin_bindings=VAL_FILES=('data/gsm8k/test.parquet',)"
   "--output_dir=${OUTPUT_DIR}")
+if [[ -n "${CHECKPOINT_DIR}" ]]; then
+  TRAIN+=("--gin_bindings=ntl_jax.TrainerConfig.checkpoint_dir='${CHECKPOINT_DIR}'")
+else
+  TRAIN+=("--gin_bindings=ntl_jax.TrainerConfig.allow_unshared_checkpoint_dir=True")
+fi
 for binding in "${BINDINGS[@]}"; do
   TRAIN+=("--gin_bindings=${binding}")
 done

@@ -51,3 +51,36 @@ def test_processes_with_different_step_lists_agree_without_hanging(tmp_path):
     assert all(r["saved_again"] is False for r in results)
     # Nothing readable was renamed .corrupt: step 4 is whole on process 0's disk.
     assert sorted(p.name for p in (tmp_path / "p0").iterdir() if p.name[0].isdigit()) == ["1", "2", "4"]
+
+
+SHARED_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from ntl_jax.distributed import multihost
+    multihost.initialize()
+    import jax
+
+    folders = json.loads(sys.argv[1])
+    try:
+        multihost.check_shared_folder(folders[jax.process_index()], "TrainerConfig.checkpoint_dir")
+        error = None
+    except ValueError as err:
+        error = str(err)
+    print("RESULT " + json.dumps({"process": jax.process_index(), "error": error}), flush=True)
+    """
+)
+
+
+def test_a_checkpoint_folder_not_every_process_sees_is_refused_on_every_process(tmp_path):
+    shared = [str(tmp_path / "shared")] * 2
+    results = run_workers(SHARED_WORKER, tmp_path, num_processes=2, devices_per_process=1, timeout_s=300,
+                          args=(json.dumps(shared),))
+    assert [r["error"] for r in results] == [None, None]
+    assert not [p for p in (tmp_path / "shared").iterdir()]  # the marker is removed
+    local = [str(tmp_path / "disk0"), str(tmp_path / "disk1")]  # each process its own local disk
+    results = run_workers(SHARED_WORKER, tmp_path, num_processes=2, devices_per_process=1, timeout_s=300,
+                          args=(json.dumps(local),))
+    for r in results:
+        assert r["error"].startswith(f"TrainerConfig.checkpoint_dir='{local[r['process']]}' is not one folder shared "
+                                     "by all 2 processes")
+        assert "allow_unshared_checkpoint_dir = True" in r["error"] and "\n" not in r["error"]

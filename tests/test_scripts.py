@@ -28,7 +28,7 @@ RUNNABLE = {  # script -> minimal arguments of a dry run
     "train_gsm8k_qwen_ppo_ntl_final_answer.sh": [],
     "train_gsm8k_qwen_ppo_ntl_all.sh": [],
     "quick_test_ntl.sh": [],
-    "launch_tpu_pod.sh": ["--tpu_name", "ntl-pod", "--zone", "us-central2-b"],
+    "launch_tpu_pod.sh": ["--tpu_name", "ntl-pod", "--zone", "us-central2-b", "--checkpoint_dir", "gs://b/run"],
     "launch_gpu.sh": [],
     "start_ray_cluster.sh": ["--head"],
 }
@@ -167,7 +167,8 @@ def test_tpu_pod_creates_installs_and_trains_on_all_workers(stub_env):
     env, _ = stub_env
     rc, commands, err = run_script("launch_tpu_pod.sh", [
         "--dry_run", "--tpu_name", "ntl-pod", "--zone", "us-central2-b", "--project", "proj", "--spot",
-        "--accelerator_type", "v4-32", "--gin_bindings", "ntl_jax.TrainerConfig.use_wandb=True", "--background"], env)
+        "--accelerator_type", "v4-32", "--gin_bindings", "ntl_jax.TrainerConfig.use_wandb=True", "--background",
+        "--checkpoint_dir", "gs://bucket/run1"], env)
     assert rc == 0, err
     describe, create, tar, scp, install, train = commands
     tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
@@ -180,7 +181,7 @@ def test_tpu_pod_creates_installs_and_trains_on_all_workers(stub_env):
     for ssh in (install, train):
         assert ssh[:6] == tpu + ["ssh", "ntl-pod"] and "--worker=all" in ssh
     install_script = flag(install, "command")[0]
-    for step in ("uv venv", "jax[tpu]", "prepare_gsm8k.py --hf_dataset openai/gsm8k", "snapshot_download"):
+    for step in ("uv venv", "jax[tpu]", "prepare_gsm8k.py --hf_dataset openai/gsm8k", "snapshot_download", "gcsfs"):
         assert step in install_script
     remote = shlex.split(flag(train, "command")[0])
     assert remote[:4] == ["cd", "$HOME/ntl-jax", "&&", "nohup"]
@@ -188,15 +189,25 @@ def test_tpu_pod_creates_installs_and_trains_on_all_workers(stub_env):
     assert flag(remote, "gin_file") == ["configs/gsm8k_qwen2_5_0_5b_ntl_final.gin"]
     assert flag(remote, "gin_bindings") == [
         "MODEL_PATH='models/Qwen2.5-0.5B-Instruct'", "TRAIN_FILES=('data/gsm8k/train.parquet',)",
-        "VAL_FILES=('data/gsm8k/test.parquet',)", "ntl_jax.TrainerConfig.use_wandb=True"]
+        "VAL_FILES=('data/gsm8k/test.parquet',)", "ntl_jax.TrainerConfig.checkpoint_dir='gs://bucket/run1'",
+        "ntl_jax.TrainerConfig.use_wandb=True"]
     assert remote[-4:] == [">", "../ntl-jax-train.log", "2>&1", "&"]
 
 
 def test_tpu_pod_options(stub_env):
     env, _ = stub_env
-    base = ["--dry_run", "--tpu_name", "p", "--zone", "z"]
+    base = ["--dry_run", "--tpu_name", "p", "--zone", "z", "--checkpoint_dir", "/mnt/nfs/run"]
     rc, commands, _ = run_script("launch_tpu_pod.sh", base + ["--skip_create", "--skip_install"], env)
     assert rc == 0 and len(commands) == 1 and "ntl_jax.train" in flag(commands[0], "command")[0]
+    assert "ntl_jax.TrainerConfig.checkpoint_dir='/mnt/nfs/run'" in shlex.split(flag(commands[0], "command")[0])[-1]
+    # Each worker's own disk only when asked, never with --spot (a recreated slice has empty disks).
+    local = ["--dry_run", "--tpu_name", "p", "--zone", "z", "--skip_create", "--skip_install"]
+    rc, _, err = run_script("launch_tpu_pod.sh", local, env)
+    assert rc == 2 and "--checkpoint_dir is required: a pod's workers have separate disks" in err
+    rc, commands, _ = run_script("launch_tpu_pod.sh", local + ["--allow_local_checkpoints"], env)
+    assert rc == 0 and "allow_unshared_checkpoint_dir=True" in flag(commands[0], "command")[0]
+    rc, _, err = run_script("launch_tpu_pod.sh", local + ["--allow_local_checkpoints", "--spot"], env)
+    assert rc == 2 and "--spot with --allow_local_checkpoints cannot resume" in err
     rc, commands, _ = run_script("launch_tpu_pod.sh", base + ["--skip_create", "--source", "git", "--git_url",
                                                               "https://example.com/ntl-jax.git"], env)
     assert rc == 0 and "git clone --depth 1 https://example.com/ntl-jax.git" in flag(commands[0], "command")[0]

@@ -207,3 +207,28 @@ def broadcast_from_main(tree: Any) -> Any:
     if jax.process_count() == 1:
         return tree
     return multihost_utils.broadcast_one_to_all(tree)
+
+
+def check_shared_folder(path: str, what: str) -> None:
+    """Raise one line on every process unless all processes see the same folder ``path`` (local, NFS or ``gs://``):
+    process 0 writes a marker with a token it broadcasts, every process looks for it. Single process: no check."""
+    if jax.process_count() == 1:
+        return
+    from etils import epath
+
+    folder = epath.Path(path if "://" in path else os.path.abspath(path))
+    token = int(broadcast_from_main(np.asarray(np.random.default_rng().integers(1, 2**62), np.int64)))
+    marker = folder / f".ntl_jax_shared_{token}"
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(token))
+    sync("ntl_jax_shared_folder_written")
+    unseen = any_process(not marker.exists())
+    sync("ntl_jax_shared_folder_checked")
+    if is_main_process():
+        marker.unlink()
+    if unseen:
+        raise ValueError(f"{what}={path!r} is not one folder shared by all {jax.process_count()} processes (a process "
+                         "does not see process 0's files there), so a resumed run would find other steps on each "
+                         "host; allowed: a folder every process sees (NFS, gs:// with the 'gcs' extra), or bind "
+                         "TrainerConfig.allow_unshared_checkpoint_dir = True")

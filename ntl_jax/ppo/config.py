@@ -238,6 +238,9 @@ class TrainerConfig:
     resume_mode: str = knob("auto", "auto: continue from the newest readable checkpoint; disable: start fresh")
     checkpoint_dir: str | None = knob(None, "checkpoint folder shared by all processes (local, NFS or gs://); "
                                             "None = <output_dir>/checkpoints")
+    allow_unshared_checkpoint_dir: bool = knob(False, "multi-process runs refuse a checkpoint folder that not every "
+                                                      "process sees (a resume would find other steps per host); "
+                                                      "True allows it")
     val_before_train: bool = knob(True, "validate before the first iteration")
     model_path: str | None = knob(None, "HF model folder of the policy; None = the embedded default")
     tokenizer_path: str | None = knob(None, "tokenizer folder; None = model_path")
@@ -303,7 +306,7 @@ class TrainerConfig:
         check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, DTYPE_NAMES)
         check_choice(n, "cpu_decode_matmuls", self.cpu_decode_matmuls, CPU_DECODE_MATMULS)
         for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard",
-                    "use_wandb", "progress_bar"):
+                    "use_wandb", "progress_bar", "allow_unshared_checkpoint_dir"):
             check_bool(n, key, getattr(self, key))
         if not isinstance(self.compilation_cache_dir, str):
             fail(n, "compilation_cache_dir", self.compilation_cache_dir, "a folder path, or '' for no cache")
