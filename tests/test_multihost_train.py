@@ -27,10 +27,15 @@ WORKER = textwrap.dedent(
     records = []
     log_metrics = trainer_module.PPOTrainer.log_metrics
 
+    sigterm_at = int(sys.argv[3]) if len(sys.argv) > 3 else -1
+
     def recording(self, metrics):
         records.append({"step": self.global_step, **{k: float(v) for k, v in metrics.items()
                         if not k.startswith(("timing_s/", "perf/")) and math.isfinite(float(v))}})
         log_metrics(self, metrics)
+        if self.global_step == sigterm_at:  # a preemption notice, on every process, after this step
+            import os, signal
+            os.kill(os.getpid(), signal.SIGTERM)
 
     trainer_module.PPOTrainer.log_metrics = recording
     sys.argv = ["ntl_jax.train", "--gin_file=configs/ntl_final.gin", f"--output_dir={sys.argv[1]}",
@@ -47,13 +52,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def _run(tmp_path, out_dir, devices_per_process: int, steps: int) -> list[dict]:
+def _run(tmp_path, out_dir, devices_per_process: int, steps: int, sigterm_at: int = -1) -> list[dict]:
     bindings = TINY + [f"ntl_jax.TrainerConfig.total_training_steps = {steps}"]
     cwd = os.getcwd()
     os.chdir(REPO)  # configs/ntl_final.gin is found relative to the repository, as in the README
     try:
         return run_workers(WORKER, tmp_path, num_processes=2, devices_per_process=devices_per_process,
-                           timeout_s=300, args=(str(out_dir), json.dumps(bindings)))
+                           timeout_s=300, args=(str(out_dir), json.dumps(bindings), str(sigterm_at)))
     finally:
         os.chdir(cwd)
 
@@ -86,3 +91,22 @@ def test_main_command_on_two_processes_runs_checkpoints_resumes_and_agrees(tmp_p
     _assert_processes_agree(resumed)
     assert [r["step"] for r in resumed[0]["records"]] == [3]  # went on from the checkpoint
     assert "3" in os.listdir(out_dir / "checkpoints")
+
+
+def test_a_sigterm_on_every_process_checkpoints_and_the_resumed_run_matches_an_unbroken_one(tmp_path):
+    """Both processes get SIGTERM after step 2: they agree, finish step 3, checkpoint it in the shared folder and
+    exit 0; rerun, they resume to step 4. Every logged metric of steps 1-4 equals an unbroken 4-step run's."""
+    unbroken = _run(tmp_path, tmp_path / "unbroken", 1, steps=4)
+    interrupted = _run(tmp_path, tmp_path / "run", 1, steps=4, sigterm_at=2)
+    assert [r["code"] for r in interrupted] == [0, 0]
+    assert [r["step"] for r in interrupted[0]["records"]] == [0, 1, 2, 3]
+    assert "3" in os.listdir(tmp_path / "run" / "checkpoints")
+    resumed = _run(tmp_path, tmp_path / "run", 1, steps=4)
+    assert [r["step"] for r in resumed[0]["records"]] == [4]
+    for process in (0, 1):
+        joined = interrupted[process]["records"] + resumed[process]["records"]
+        assert [r["step"] for r in joined] == [r["step"] for r in unbroken[process]["records"]]
+        for got, want in zip(joined, unbroken[process]["records"]):
+            assert set(got) == set(want), got["step"]
+            for key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["step"], key)
