@@ -18,11 +18,6 @@ problems with a verl parquet file. Per problem, with the data source's scorer an
 """
 from __future__ import annotations
 
-import os as _os
-
-# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
-_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 import argparse
 import dataclasses
 import json
@@ -33,7 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ABS_ERROR_CAP = 1e6
+# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -50,7 +46,7 @@ def answer_statistics(data_source: str, solution_str: str, ground_truth: str) ->
     from fractions import Fraction
 
     from ntl_jax.answers import number_value, read_answer
-    from ntl_jax.rewards.arithmetic import digit_accuracy
+    from ntl_jax.rewards.arithmetic import ABS_ERROR_CAP, digit_accuracy
     from ntl_jax.rewards.scoring import default_compute_score, normalize_reward_output
 
     score, extras = normalize_reward_output(default_compute_score(data_source, solution_str, ground_truth))

@@ -7,14 +7,10 @@ The policy of the run's newest readable checkpoint (or of ``--step``) is written
 ``model.safetensors``, ``generation_config.json`` and the tokenizer's files: a folder that
 ``transformers.AutoModelForCausalLM.from_pretrained`` and ``python -m ntl_jax.evaluate --model`` load. The
 architecture and tokenizer come from the folder the run started from (``reference_policy_path`` in the checkpoint's
-metadata); only the ``actor`` arrays are read from the checkpoint (optimiser and critic state stay on disk).
+metadata; its weights are not read); only the ``actor`` arrays are read from the checkpoint (optimiser and critic
+state stay on disk).
 """
 from __future__ import annotations
-
-import os as _os
-
-# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
-_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import argparse
 import json
@@ -24,7 +20,10 @@ import sys
 from typing import Any, Sequence
 
 
-from ntl_jax.models.tokenizers import load_tokenizer
+# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from ntl_jax.models.tokenizers import load_tokenizer  # noqa: E402 (after the variable transformers reads)
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -47,10 +46,12 @@ def policy_folder(recorded: str, run_dir: str) -> str:
 
 def restore_policy(run_dir: str, step: int | None = None, checkpoint_dir: str | None = None):
     """(policy module with the checkpoint's actor parameters, tokenizer, step, starting folder)."""
+    import jax
     from flax import nnx
 
-    from ntl_jax.models.hf_io import from_pretrained
-    from ntl_jax.ppo.checkpoint import CheckpointStore, abstract_like
+    from ntl_jax.models.config import ModelConfig
+    from ntl_jax.models.decoder import CausalLM
+    from ntl_jax.ppo.checkpoint import CheckpointStore
 
     directory = checkpoint_dir_of(run_dir, checkpoint_dir)
     if not os.path.isdir(directory):
@@ -66,9 +67,12 @@ def restore_policy(run_dir: str, step: int | None = None, checkpoint_dir: str | 
             raise ValueError(f"no readable checkpoint in {directory!r} (steps {steps})")
         meta = store.restore_meta(step)
         folder = policy_folder(str(meta.get("reference_policy_path", "")), run_dir)
-        module = from_pretrained(folder)
-        graphdef, params = nnx.split(module)
-        restored = store.restore_subtree(step, "actor", abstract_like(params))
+        # The architecture only (no weights read): the checkpoint's actor arrays are the weights.
+        abstract = nnx.eval_shape(lambda: CausalLM(ModelConfig.from_pretrained_dir(folder), rngs=nnx.Rngs(0)))
+        graphdef, shapes = nnx.split(abstract)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        restored = store.restore_subtree(step, "actor", jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes))
     finally:
         store.close()
     return nnx.merge(graphdef, restored), load_tokenizer(folder), step, folder

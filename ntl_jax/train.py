@@ -9,11 +9,6 @@ the answer before and after PPO. With a model path it trains that Hugging Face c
 
 from __future__ import annotations
 
-import os as _os
-
-# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
-_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 import dataclasses
 import json
 import logging
@@ -25,6 +20,9 @@ import gin
 from absl import app, flags
 
 from ntl_jax.gin_files import CONFIG_DIR, build_experiment, parse_gin  # noqa: F401 (the notebook's entry points)
+
+# transformers announces "PyTorch was not found" at import: JAX users read it as a failure. It is advice only.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), e.g. configs/ntl_final.gin (see configs/README.md).")

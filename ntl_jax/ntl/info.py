@@ -239,9 +239,9 @@ def _ntl_info_arrays(digit_logits: jax.Array, targets: DigitTargets, method: str
     step_error = jnp.where(counted & (targets.layout.number_ids > 0),
                            _relative_error(numbers, targets.layout.truth), 0.0)
     number_error = jnp.maximum(answer_error, jnp.max(step_error, axis=-1, initial=0.0))
+    digit_log_probs = jax.nn.log_softmax(digit_logits.astype(jnp.float32), axis=-1)
     written = targets.written_digits
-    written_prob = jnp.take_along_axis(jax.nn.softmax(digit_logits.astype(jnp.float32), axis=-1),
-                                       jnp.maximum(written, 0)[..., None], axis=-1)[..., 0]
+    written_prob = jnp.exp(jnp.take_along_axis(digit_log_probs, jnp.maximum(written, 0)[..., None], axis=-1)[..., 0])
     shown = targets.is_final_answer & (written >= 0)
     weakest = jnp.min(jnp.where(shown, written_prob, 1.0), axis=-1)
     every_digit_shown = jnp.sum(shown, axis=-1) == targets.answer_digit_count
@@ -253,7 +253,7 @@ def _ntl_info_arrays(digit_logits: jax.Array, targets: DigitTargets, method: str
     scored_per_row = digits_per_row + targets.missing_digits
     batch_size, seq_len = target_digits.shape
     return NTLInfo(
-        digit_log_probs=jax.nn.log_softmax(digit_logits.astype(jnp.float32), axis=-1),
+        digit_log_probs=digit_log_probs,
         digit_positions=counted,
         digit_ground_truth=jnp.where(counted, target_digits, -1).astype(jnp.int32),
         ntl_loss=losses.masked_weighted_mean(per_position, w),
