@@ -153,7 +153,7 @@ def preflight(config) -> None:
 
     run = config.trainer
     check_reward_spec(reward_spec(run.reward_fn_path, run.reward_fn_name, run.reward_fn_kwargs, config.use_ntl),
-                      tau=config.ntl.tau)
+                      tau=config.ntl.tau, ntl_enabled=config.use_ntl)
     if run.use_wandb and importlib.util.find_spec("wandb") is None:
         raise ValueError("TrainerConfig.use_wandb=True needs the wandb package; allowed: pip install wandb, or "
                          "use_wandb=False")

@@ -24,9 +24,10 @@ WORKER = textwrap.dedent(
     restored = store.restore(None)
     tree, meta, step = restored
     saved_again = store.save(step, tree, meta)  # exists on process 0: every process skips it alike
+    agreed = store.agreed_steps()
     store.close()
     print("RESULT " + json.dumps({"process": jax.process_index(), "step": step, "w": np.asarray(tree["w"]).tolist(),
-                                  "agreed": store.agreed_steps(), "saved_again": saved_again}), flush=True)
+                                  "agreed": agreed, "saved_again": saved_again}), flush=True)
     """
 )
 

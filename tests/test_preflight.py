@@ -10,11 +10,15 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = [
-    ("ntl_jax.TrainerConfig.reward_fn_path = 'no_such_reward.py'", "reward function file not found: 'no_such_reward.py'"),
+    ("ntl_jax.TrainerConfig.reward_fn_path = 'no_such_reward.py'",
+     "reward function file not found: 'no_such_reward.py'"),
     ("ntl_jax.TrainerConfig.reward_fn_name = 'no_such_builtin'", "built-in reward function 'no_such_builtin'"),
     ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('correct_weight', 0.0),)",
      "correct_weight=0.0 is not allowed; allowed: a finite number > 0"),
     ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('ntl_wieght', 0.2),)", "reward_fn_kwargs names ['ntl_wieght']"),
+    ("ntl_jax.TrainerConfig.reward_fn_kwargs = (('tau', 0.5),)",
+     "reward_fn_kwargs binds tau=0.5, which NTL's own tau would override at every call; allowed: set "
+     "ntl_jax.NTLConfig.tau"),
     ("ntl_jax.TrainerConfig.use_wandb = True", "TrainerConfig.use_wandb=True needs the wandb package"),
     ("ntl_jax.TrainerConfig.val_files = ('missing/val.parquet',)",
      "TrainerConfig.val_files names 'missing/val.parquet', which does not exist"),
@@ -36,7 +40,8 @@ def test_a_bad_setting_fails_before_the_warm_start(tmp_path, binding, message):
 
 
 def test_a_model_path_that_is_neither_folder_nor_hub_id(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ntl_jax.train", "--gin_file=configs/gsm8k_qwen2_5_0_5b_standard.gin",
+    proc = subprocess.run([sys.executable, "-m", "ntl_jax.train",
+                           "--gin_file=configs/gsm8k_qwen2_5_0_5b_standard.gin",
                            f"--output_dir={tmp_path}", "--nomalloc_huge_pages",
                            "--gin_bindings=ntl_jax.TrainerConfig.model_path = './not/a/model/dir'",
                            "--gin_bindings=ntl_jax.TrainerConfig.train_files = ()",

@@ -28,7 +28,7 @@ def _script(name: str, *args: str, timeout: float = 1800) -> subprocess.Complete
 
 
 def test_profile_decode_lists_the_decode_loops_kernels():
-    """`benchmarks/probes/profile_decode.py` (the table behind the decode-loop layout): per-step kernel times of a real tiny
+    """Probe `profile_decode` (the table behind the decode-loop layout): per-step kernel times of a real tiny
     generate, with the JAX operation of each; the LM head's [32, 8192] matmul is among them."""
     proc = _script("profile_decode.py", "--model", "tiny", "--top", "40", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -40,7 +40,7 @@ def test_profile_decode_lists_the_decode_loops_kernels():
 
 
 def test_ab_decode_attention_times_both_attention_forms_on_the_same_tokens():
-    """`benchmarks/probes/ab_decode_attention.py` (the A/B behind the CPU decode attention): both samplers generate the same
+    """Probe `ab_decode_attention` (the A/B behind the CPU decode attention): both samplers generate the same
     tokens, and each variant's tokens/s is reported with their ratio."""
     proc = _script("ab_decode_attention.py", "--cases", "micro", "--reps", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_ab_decode_attention_times_both_attention_forms_on_the_same_tokens():
 
 
 def test_time_first_iteration_alternates_compile_ahead_off_and_on():
-    """`benchmarks/probes/time_first_iteration.py` at the benchmark's smoke size, warm cache: one process per setting."""
+    """Probe `time_first_iteration` at the benchmark's smoke size, warm cache: one process per setting."""
     proc = _script("time_first_iteration.py", "--cache", "warm", "--pairs", "1", "--scale", "smoke", "--compiles",
                    timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_time_first_iteration_alternates_compile_ahead_off_and_on():
 
 
 def test_train_step_breakdown_counts_the_benchmarks_matmul_flops_and_reports_each_part(tmp_path):
-    """`benchmarks/probes/train_step_breakdown.py` (the figures behind the train step's 90% miss): its weight-GEMM time at one
+    """Probe `train_step_breakdown` (the figures behind the train step's 90% miss): its weight-GEMM time at one
     uniform rate is the benchmark's 6 N_matmul B T (plus the rematerialised LM-head forward) over that rate, and a
     smoke-size run reports both steps, every GEMM's rate and a profile by op kind."""
     breakdown = _load_module("train_step_breakdown")
@@ -85,7 +85,7 @@ def test_train_step_breakdown_counts_the_benchmarks_matmul_flops_and_reports_eac
 
 
 def test_gemm_vs_torch_times_the_same_gemms_and_decode_floors_in_both_libraries():
-    """`benchmarks/probes/gemm_vs_torch.py` (behind the README's account of the Intel Xeon figures): every train-step GEMM and
+    """Probe `gemm_vs_torch` (behind the README's account of the Intel Xeon figures): every train-step GEMM and
     decode floor is timed in XLA and in PyTorch at each of the suite's PyTorch settings, the baseline is PyTorch's
     best per entry, and the ratios and the step's GEMM seconds are computed from the rates it prints."""
     from benchmarks.common import TORCH_THREAD_SETTINGS
@@ -110,7 +110,7 @@ def test_gemm_vs_torch_times_the_same_gemms_and_decode_floors_in_both_libraries(
 
 
 def test_parallel_compile_times_a_pair_of_compilations_three_ways():
-    """`benchmarks/probes/parallel_compile.py` (behind the README's "the two compilations share the cores"): the same pair of
+    """Probe `parallel_compile` (behind the README's "the two compilations share the cores"): the same pair of
     fresh programs compiled one after the other, in two threads and in two processes, each compilation timed."""
     proc = _script("parallel_compile.py", "--depth", "3", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

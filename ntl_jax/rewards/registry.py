@@ -71,11 +71,15 @@ def reward_spec(path: str | None, name: str | None, kwargs: Any, ntl_enabled: bo
     return RewardFnSpec(path=path, name=name or default, kwargs=dict(kwargs))
 
 
-def check_reward_spec(spec: RewardFnSpec, tau: float) -> None:
+def check_reward_spec(spec: RewardFnSpec, tau: float, ntl_enabled: bool = False) -> None:
     """Load the function (file, name) and, for the built-in NTL reward, check its options: one line each, before
-    any model is loaded."""
+    any model is loaded. With NTL on the trainer passes ``tau`` (NTLConfig's) to every call, which would silently
+    override one bound here, so binding it is refused."""
     load_reward_function(spec)
     if spec.path is None and spec.name in NTL_REWARD_NAMES:
+        if ntl_enabled and "tau" in spec.kwargs:
+            raise ValueError(f"reward_fn_kwargs binds tau={spec.kwargs['tau']!r}, which NTL's own tau would override "
+                             "at every call; allowed: set ntl_jax.NTLConfig.tau (or tau_schedule) instead")
         options = {"combination": "add", "correct_weight": 0.5, "ntl_weight": 0.5, "confidence_weight": 0.0,
                    **{key: value for key, value in spec.kwargs.items() if key != "tau"}}
         unknown = set(options) - {"combination", "correct_weight", "ntl_weight", "confidence_weight"}
