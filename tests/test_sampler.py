@@ -333,3 +333,14 @@ def test_a_chunked_rollout_gives_the_samples_of_one_call(split, sampler, max_row
     np.testing.assert_allclose(chunked.digit_logits, whole.digit_logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rollout_max_rows=-1 is invalid"):
         ColocatedRollout(sampler, max_rows=-1)
+
+
+def test_rollout_max_rows_is_refused_where_it_would_be_ignored():
+    from ntl_jax.ntl.config import NTLConfig
+    from ntl_jax.ppo.config import ExperimentConfig, PPOConfig, TrainerConfig
+
+    with pytest.raises(ValueError, match=r"PPOConfig.rollout_max_rows=8 is invalid; allowed: 0 with "
+                                         r"TrainerConfig.rollout_mode='ray'"):
+        ExperimentConfig(ppo=PPOConfig(rollout_max_rows=8), trainer=TrainerConfig(rollout_mode="ray"), ntl=NTLConfig())
+    with pytest.raises(ValueError, match="rollout_max_rows=-1 is invalid"):
+        PPOConfig(rollout_max_rows=-1)

@@ -347,6 +347,10 @@ class ExperimentConfig:
         for key, cls in (("ppo", PPOConfig), ("trainer", TrainerConfig), ("ntl", NTLConfig)):
             if not isinstance(getattr(self, key), cls):
                 fail("ExperimentConfig", key, type(getattr(self, key)).__name__, f"a {cls.__name__}")
+        if self.ppo.rollout_max_rows and self.trainer.rollout_mode != "colocated":
+            # Ray samplers take their whole shard in one call: the bound would be silently ignored there.
+            fail("PPOConfig", "rollout_max_rows", self.ppo.rollout_max_rows,
+                 f"0 with TrainerConfig.rollout_mode={self.trainer.rollout_mode!r} (chunks are for 'colocated')")
 
     @property
     def use_ntl(self) -> bool:
