@@ -31,7 +31,7 @@ ANSWER_TAIL_CHARS = 300  # verl's GSM8K scorer reads only the tail; so does ever
 # The arithmetic scorer's number: the look-behinds stop a match from starting inside a digit run or a decimal part,
 # including a run that begins before the tail (``finditer(text, pos)`` lets a look-behind see text before ``pos``).
 _NUMBER = r"(?:(?<![0-9])-)?(?<![0-9.])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?![0-9])"
-NUMBER_RE = re.compile(_NUMBER)
+_SCORER_NUMBER_RE = re.compile(_NUMBER)
 _HASH_NUMBER_RE = re.compile(r"####[ \t]*(" + _NUMBER + ")")
 _VERL_STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")  # verl.utils.reward_score.gsm8k, verbatim
 _DECIMAL_RE = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
@@ -101,13 +101,13 @@ def read_strict_then_last(solution_str: str) -> Answer | None:
     hashed = _last(_HASH_NUMBER_RE, text, start)
     if hashed is not None:
         return _arithmetic_answer(hashed, 1)
-    return _arithmetic_answer(_last(NUMBER_RE, text, start), 0)
+    return _arithmetic_answer(_last(_SCORER_NUMBER_RE, text, start), 0)
 
 
 def read_last(solution_str: str) -> Answer | None:
     """The last number in the tail (numbers read as :func:`read_strict_then_last` reads them)."""
     text = _check_text(solution_str)
-    return _arithmetic_answer(_last(NUMBER_RE, text, _tail_start(text)), 0)
+    return _arithmetic_answer(_last(_SCORER_NUMBER_RE, text, _tail_start(text)), 0)
 
 
 def read_verl_strict(solution_str: str) -> Answer | None:

@@ -46,7 +46,7 @@ FINAL_ANSWER = 0  # number index of the final answer; checked steps are 1, 2, ..
 
 # Thousands groups need at least one ",ddd" and nothing may fail after them, so matching never backtracks far.
 _NUMBER = r"(?P<prefix>-\$?|\$-?)?(?P<body>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?)"
-NUMBER_RE = re.compile(_NUMBER)
+_STEP_NUMBER_RE = re.compile(_NUMBER)  # a step result: "= $5", "= -3"
 _RESULT_RE = re.compile(r"=[ \t]*" + _NUMBER)
 _TRUTH_RE = re.compile(r"(?P<sign>[-+]?)(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
 _EXPRESSION_CHARS = "0123456789.,$+-*/x×÷() \t"
@@ -259,7 +259,7 @@ def arithmetic_steps(text: str) -> list[tuple[NumberSpan, TrueNumber]]:
             continue
         steps.append((_number_from_match(match), truth))
         if text.startswith(">>", match.end()):
-            rendered = NUMBER_RE.match(text, match.end() + 2)
+            rendered = _STEP_NUMBER_RE.match(text, match.end() + 2)
             if rendered is not None:
                 steps.append((_number_from_match(rendered), truth))
     return steps
