@@ -103,3 +103,30 @@ def test_bad_arguments_and_exhausted_space_raise():
     # 1-digit '+' has 100 problems, about 10 of them in the test split.
     with pytest.raises(ValueError, match="distinct test problems"):
         make_arithmetic_examples(50, seed=0, ops="+", min_digits=1, max_digits=1, split="test")
+
+
+@pytest.mark.parametrize("regime", ["regimes/sparse_reward.gin", "regimes/long_numbers.gin"])
+def test_every_regime_config_builds_its_task_and_its_solutions_fit_the_lengths(regime):
+    """The shipped regimes (docs/experiments/ntl_effect.md) draw their problems, and no reference solution or
+    prompt is cut by the run's token limits (a cut solution would teach the warm start a wrong answer)."""
+    import gin
+
+    from ntl_jax.embedded import EmbeddedTaskConfig, embedded_rows
+    from ntl_jax.gin_files import parse_gin
+    from ntl_jax.ppo.config import PPOConfig
+
+    gin.clear_config()
+    try:
+        parse_gin(["ntl_final.gin", regime], [])
+        task, ppo = EmbeddedTaskConfig(), PPOConfig()
+    finally:
+        gin.clear_config()
+    train, val, select = embedded_rows(task)
+    assert (len(train), len(val), len(select)) == (task.num_train, task.num_val, task.num_val)
+    held_out = {_triple(r) for r in val + select}
+    assert len(held_out) == 2 * task.num_val and not held_out & {_triple(r) for r in train}
+    for row in train + val:
+        assert len(row["prompt"][-1]["content"]) <= ppo.max_prompt_length  # one character per token
+        assert len(row["solution"]) + 1 <= ppo.max_response_length  # + end of sequence
+    if task.ops == "+":  # long numbers: every answer has five or more digits
+        assert min(len(r["reward_model"]["ground_truth"]) for r in train + val) >= 5

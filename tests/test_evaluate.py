@@ -80,6 +80,8 @@ def test_the_exported_final_policy_reproduces_the_runs_last_validation(finished_
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["problems"] == 24 and evaluation["accuracy"] == logged
     assert evaluation["answer_mae"] == pytest.approx(result["val_after"]["val-aux/arithmetic/abs_error/mean@1"])
+    assert evaluation["median_abs_error"] == pytest.approx(
+        result["val_after"]["val-aux/arithmetic/abs_error/median@1"])
     assert 0.0 <= evaluation["pass@1"] <= evaluation["pass@4"] <= 1.0
     for label in ("| greedy accuracy |", "| answer MAE |", "| median absolute error |", "| digit accuracy |",
                   "| pass@4 (T=1) |"):

@@ -86,3 +86,4 @@ def test_ppo_raises_greedy_accuracy_far_beyond_noise(tmp_path):
     # The signal-quality diagnostics are logged every iteration.
     assert 0.0 <= trainer.history[-1]["critic/score/same_frac"] <= 1.0
     assert trainer.history[-1]["critic/score/group_std"] >= 0.0
+    assert 0.0 <= trainer.history[-1]["reward_extra/acc/none_frac"] <= trainer.history[-1]["reward_extra/acc/same_frac"]

@@ -144,3 +144,15 @@ def test_wandb_receives_logged_values(tmp_path, monkeypatch):
         ("log", {"loss": 0.5}, 5),
         ("finish",),
     ]
+
+
+def test_group_accuracy_metrics_count_prompts_without_a_correctness_signal():
+    from ntl_jax.ppo.batch_stats import group_accuracy_metrics
+
+    # Three prompts of two samples: all right, mixed, all wrong (scores may still differ within a group).
+    extras = [{"acc": 1.0}, {"acc": 1.0}, {"acc": 1.0}, {"acc": 0.0}, {"acc": 0.0}, {"acc": False}]
+    assert group_accuracy_metrics(extras, 2) == {"reward_extra/acc/same_frac": pytest.approx(2 / 3),
+                                                 "reward_extra/acc/none_frac": pytest.approx(1 / 3)}
+    # A failed sample (empty extra) or a reward without ``acc`` gives no number rather than a wrong one.
+    assert group_accuracy_metrics(extras[:5] + [{}], 2) == {}
+    assert group_accuracy_metrics([{"score": 1.0}] * 4, 2) == {}

@@ -348,10 +348,24 @@ def _write_run(output_dir, mode: str, seed: int, accs: list[float], mae: float, 
     with MetricsLogger(os.path.join(output_dir, mode, f"seed_{seed}"), use_tensorboard=False) as logger:
         for step, acc in enumerate(accs):
             record = {"val-core/arithmetic/acc/mean@1": acc, "val-aux/arithmetic/abs_error/mean@1": mae + step,
-                      "val-aux/arithmetic/digit_acc/mean@1": digit}
+                      "val-aux/arithmetic/abs_error/median@1": mae / 2, "val-aux/arithmetic/digit_acc/mean@1": digit}
             if step:
                 record["reward_extra/acc/mean"] = acc / 2
+                record["reward_extra/acc/same_frac"] = 1 - acc
             logger.log(step, record)
+
+
+def test_arms_cross_modes_with_warm_starts_and_pair_with_the_standard_arm():
+    args = compare.parse_args(["--output_dir", "x", "--modes", "standard,ntl_final", "--warm_starts", "ce,ce_ntl"])
+    assert args.arms == ["standard@ce", "ntl_final@ce", "standard", "ntl_final"]
+    assert compare.arm_parts("ntl_final@ce") == ("ntl_final", "ce") and compare.arm_parts("standard") == (
+        "standard", "ce_ntl")
+    # Each arm against the standard arm of its warm start; the NTL-warm-started arms also against no NTL anywhere.
+    assert compare.baselines(args.arms) == [("ntl_final@ce", "standard@ce"), ("standard", "standard@ce"),
+                                            ("ntl_final", "standard"), ("ntl_final", "standard@ce")]
+    assert compare.WARM_STARTS["ce"] == ["ntl_jax.WarmStartConfig.ntl_weight = 0.0"]
+    assert compare.steps_to_accuracy([(0, 0.1), (25, 0.29), (50, 0.31), (75, 0.2)], 0.3) == 50.0
+    assert math.isnan(compare.steps_to_accuracy([(0, 0.1)], 0.3))
 
 
 def test_report_aggregates_seeds_into_markdown_csv_and_plot(tmp_path):
@@ -360,7 +374,7 @@ def test_report_aggregates_seeds_into_markdown_csv_and_plot(tmp_path):
     _write_run(out, "standard", 1, [0.1, 0.5], 7.0, 0.7)
     _write_run(out, "ntl_final", 0, [0.1, 0.6], 1.0, 0.9)
     paths = compare.report(out, ["standard", "ntl_final", "ntl_all"], [0, 1],
-                           plot=importlib.util.find_spec("matplotlib") is not None)
+                           plot=importlib.util.find_spec("matplotlib") is not None, target_acc=0.5)
     with open(paths["csv"]) as f:
         rows = {row["mode"]: row for row in csv.DictReader(f)}
     assert set(rows) == {"standard", "ntl_final"}  # no ntl_all runs
@@ -375,7 +389,12 @@ def test_report_aggregates_seeds_into_markdown_csv_and_plot(tmp_path):
     markdown = open(paths["markdown"]).read()
     assert "| standard | 2 | 0.1 ± 0 (0.1–0.1) | 0.4 ± 1.3 (0.3–0.5) |" in markdown
     # Paired by seed: ntl_final ran seed 0 only -> 0.6 - 0.3, MAE (1 + 1) - (5 + 1), digit 0.9 - 0.5.
-    assert "| ntl_final - standard | 1 | +0.3 ± 0 (0) | -4 ± 0 (1) | +0.4 ± 0 (0) |" in markdown
+    assert "| ntl_final - standard | 1 | +0.3 ± 0 (0) | -4 ± 0 (1) | +0.4 ± 0 (0) | -2 ± 0 (1) | n/a |" in markdown
+    # Steps to accuracy 0.5: standard seed 1 reaches it at step 1, seed 0 never; ntl_final seed 0 at step 1; the
+    # paired difference needs a seed where both reach it: none.
+    assert float(standard["steps_to_target_mean"]) == 1.0 and int(standard["steps_to_target_reached"]) == 1
+    assert "| 0.6 ± 1.3 (0.5–0.7) | 1 (1) |" in markdown  # no-signal fraction (1 - acc at step 1), steps
+
     with open(paths["runs"]) as f:
         assert len(list(csv.DictReader(f))) == 3
     if "plot" in paths:
@@ -386,6 +405,12 @@ def test_compare_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--output_dir", str(tmp_path), "--modes", "standard,ppo"])
     assert "--modes=standard,ppo is invalid" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--output_dir", str(tmp_path), "--warm_starts", "ce,ntl"])
+    assert "--warm_starts=ce,ntl is invalid" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--output_dir", str(tmp_path), "--target_acc", "1.5"])
+    assert "--target_acc=1.5 is invalid" in capsys.readouterr().err
     assert compare.main(["--output_dir", str(tmp_path), "--report_only", "--no_plot"]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
 

@@ -34,10 +34,28 @@ def group_score_metrics(scores: np.ndarray, group_size: int) -> dict[str, float]
     return {"critic/score/same_frac": float(same.mean()), "critic/score/group_std": float(grouped.std(axis=1).mean())}
 
 
+def group_accuracy_metrics(extras: list[dict], group_size: int) -> dict[str, float]:
+    """The same for correctness (the reward extra ``acc``), which means one thing in every mode's reward.
+
+    reward_extra/acc/same_frac: fraction of prompts whose samples are all right or all wrong (no correctness signal
+                                for GRPO; with an NTL reward the score may still differ within such a group);
+    reward_extra/acc/none_frac: fraction of prompts none of whose samples is right (the sparse-reward regime).
+    Empty when the reward function returns no ``acc`` for every sample.
+    """
+    accs = [e.get("acc") for e in extras]
+    if not accs or not all(isinstance(a, (int, float, bool)) for a in accs):
+        return {}
+    grouped = np.asarray(accs, np.float64).reshape(-1, group_size) > 0.5
+    same = np.all(grouped == grouped[:, :1], axis=1)
+    return {"reward_extra/acc/same_frac": float(same.mean()),
+            "reward_extra/acc/none_frac": float((~grouped.any(axis=1)).mean())}
+
+
 def batch_metrics(gen: GenerationOutput, *, scores: np.ndarray, token_rewards: Any, advantages: Any, returns: Any,
-                  values: Any, max_response_length: int, with_critic: bool, group_size: int = 1) -> dict[str, float]:
+                  values: Any, max_response_length: int, with_critic: bool, group_size: int = 1,
+                  reward_extras: list[dict] | None = None) -> dict[str, float]:
     """verl's ``compute_data_metrics``: score / reward / advantage / return (/ value) stats and lengths, plus
-    :func:`group_score_metrics` when there are several samples per prompt."""
+    :func:`group_score_metrics` and :func:`group_accuracy_metrics` when there are several samples per prompt."""
     mask = np.asarray(gen.response_mask, np.float32)
     response_length = mask.sum(-1)
     prompt_length = np.asarray(gen.prompt_mask).sum(-1)
@@ -45,6 +63,7 @@ def batch_metrics(gen: GenerationOutput, *, scores: np.ndarray, token_rewards: A
     out.update(_stats("critic/score", scores))
     if group_size > 1:
         out.update(group_score_metrics(scores, group_size))
+        out.update(group_accuracy_metrics(reward_extras or [], group_size))
     out.update(_stats("critic/rewards", to_host(token_rewards).sum(-1)))
     out.update(_stats("critic/advantages", _masked(advantages, mask)))
     out.update(_stats("critic/returns", _masked(returns, mask)))

@@ -38,7 +38,7 @@ def validation_line(step: int, metrics: dict[str, Any]) -> str | None:
     parts = []
     for source, acc in sorted(accs.items()):
         text = f"{source} acc {acc:.4f}"
-        mae = [v for k, v in metrics.items() if k.startswith(f"val-aux/{source}/abs_error/")]
+        mae = [v for k, v in metrics.items() if k.startswith(f"val-aux/{source}/abs_error/mean@")]
         if mae:
             text += f", answer MAE {mae[0]:.2f}"
         parts.append(text)

@@ -1,7 +1,8 @@
 """Validation: greedy (``val_temperature=0``) generation over held-out rows, scored by the run's reward function.
 
 Returns ``val-core/<data_source>/{acc,reward}/mean@1`` and ``val-aux/<data_source>/<key>/mean@1`` for every numeric
-extra the reward function returns (e.g. ``abs_error`` and ``digit_acc`` on the arithmetic task), verl's names.
+extra the reward function returns (e.g. ``abs_error`` and ``digit_acc`` on the arithmetic task), verl's names, and
+``val-aux/<data_source>/abs_error/median@1`` (the median absolute error of the answer).
 Validation rewards get no ``ntl_info``: they measure the answer, not the shaping.
 """
 
@@ -17,6 +18,10 @@ from ntl_jax.data.verl_parquet import PromptDataset
 from ntl_jax.distributed.multihost import broadcast_from_main
 from ntl_jax.models.sampler import SamplingParams
 from ntl_jax.rewards.scoring import reward_item
+
+
+# Extras whose median is logged beside their mean: a few far answers move an error's mean, not its median.
+MEDIAN_KEYS = ("abs_error",)
 
 
 def evaluate(rollout: Any, params: Any, rows: list[dict], tokenizer: Any, reward_runner: Any,
@@ -55,4 +60,6 @@ def evaluate(rollout: Any, params: Any, rows: list[dict], tokenizer: Any, reward
         for key, values in bucket.items():
             group = "val-core" if key in ("acc", "reward") else "val-aux"
             out[f"{group}/{source}/{key}/mean@{n}"] = float(np.mean(values))
+            if key in MEDIAN_KEYS:
+                out[f"{group}/{source}/{key}/median@{n}"] = float(np.median(values))
     return out

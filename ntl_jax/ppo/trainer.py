@@ -286,7 +286,8 @@ class PPOTrainer:
         metrics.update(batch_metrics(sequences.generation, scores=scores, token_rewards=token_rewards,
                                      advantages=advantages, returns=returns, values=values,
                                      max_response_length=ppo.max_response_length,
-                                     with_critic=models.critic is not None, group_size=ppo.rollout_n))
+                                     with_critic=models.critic is not None, group_size=ppo.rollout_n,
+                                     reward_extras=rewards.extras))
         metrics.update(self._reward_extras(rewards))
         return self._timing_metrics(metrics, timings, sequences.generation, start)
 
