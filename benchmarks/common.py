@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from ntl_jax.huge_pages import glibc_version, huge_page_tunables, thp_mode
+from ntl_jax.cpu.huge_pages import glibc_version, huge_page_tunables, thp_mode
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARKER = "@@BENCH_RESULT@@ "
@@ -97,7 +97,7 @@ def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     # Transparent huge pages for malloc'd buffers, as `python -m ntl_jax.train` restarts itself with (see
-    # ntl_jax/huge_pages.py); a setting's `extra` can turn it off (GLIBC_TUNABLES="").
+    # ntl_jax/cpu/huge_pages.py); a setting's `extra` can turn it off (GLIBC_TUNABLES="").
     tunables = huge_page_tunables(env, glibc_version(), thp_mode())
     if tunables:
         env["GLIBC_TUNABLES"] = tunables

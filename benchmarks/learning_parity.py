@@ -23,7 +23,7 @@ exact-match arithmetic reward):
 | actor_lr, weight_decay, grad_clip | learning_rate (lr_scheduler_type 'constant'), weight_decay, max_grad_norm |
 | lr_scheduler_type 'cosine', lr_warmup_steps, min_lr_ratio, num_cycles | a `LambdaLR` over TRL's optimiser with ntl-jax's `lr_multiplier(step // steps_per_iteration)` (verl steps once per iteration; HF's own 'cosine' steps every update) |
 
-Held-out greedy accuracy is measured for *both* sides by the same code (`ntl_jax.ppo.warm_start.greedy_eval` on
+Held-out greedy accuracy is measured for *both* sides by the same code (`ntl_jax.warm_start.greedy_eval` on
 the embedded validation set): TRL's policy is saved every `eval_every` iterations and scored afterwards. Known
 differences: prompt order (each side shuffles with its own sampler), TRL reuses the same mini-batch split in every
 epoch, and TRL's k3 is not clamped at 10.
@@ -61,7 +61,7 @@ def _parse_config(output_dir: str, seed: int, bindings: list[str]):
 
 def _task_and_warm():
     from ntl_jax.embedded import EmbeddedTaskConfig
-    from ntl_jax.ppo.warm_start import WarmStartConfig
+    from ntl_jax.warm_start import WarmStartConfig
 
     return EmbeddedTaskConfig(), WarmStartConfig()
 
@@ -201,7 +201,7 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     from ntl_jax.models.hf_io import from_pretrained
     from ntl_jax.models.sampler import Sampler
     from ntl_jax.models.tokenizers import load_tokenizer
-    from ntl_jax.ppo.warm_start import greedy_eval
+    from ntl_jax.warm_start import greedy_eval
 
     _parse_config(args["dir"], args["seed"], args["bindings"])  # the task's gin bindings (e.g. its held-out size)
     task, _ = _task_and_warm()

@@ -8,7 +8,7 @@ Two measures (issue 14: "record the in-process matmul rate in the same run as th
   (M = `batch` rows), in one compiled `lax.fori_loop` of `steps` iterations: per layer x@Wq, x@Wk, x@Wv, a@Wo,
   x@Wgate, x@Wup, (g*u)@Wdown, then the LM head; no attention, norms, RoPE, sampling or cache. Tokens/s of that
   loop is the rate a decoder of this shape cannot beat on this machine without changing its arithmetic; it is
-  compiled with both XLA:CPU dot paths (jaxlib's default YNNPACK and Eigen, `ntl_jax.models.xla_cpu`) and the
+  compiled with both XLA:CPU dot paths (jaxlib's default YNNPACK and Eigen, `ntl_jax.cpu.decode_matmuls`) and the
   faster one is the limit.
 
 `iteration_matmul_flops` counts a GRPO iteration's model FLOPs (2 N per token forward, 6 N per token trained), so
@@ -66,7 +66,7 @@ def decode_matmul_floor(config: Any, batch: int, steps: int, reps: int = 5) -> d
     import jax
     import jax.numpy as jnp
 
-    from ntl_jax.models.xla_cpu import decode_compiler_options
+    from ntl_jax.cpu.decode_matmuls import decode_compiler_options
 
     d, v = config.hidden_size, config.vocab_size
     shapes = decode_weight_shapes(config)

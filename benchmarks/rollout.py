@@ -179,7 +179,7 @@ def _case(spec: ModelSpec, workdir: str, scale: str, group: dict[str, Any] | Non
         half = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cache_dtype": "bfloat16"})
         variants["bfloat16_kv_cache_tokens_per_s"] = tokens / median(half["times"])
         # TrainerConfig.cpu_decode_matmuls: the dot path 'auto' (the ratio's setting) did not pick on this CPU.
-        from ntl_jax.models.xla_cpu import resolve_decode_matmuls
+        from ntl_jax.cpu.decode_matmuls import resolve_decode_matmuls
 
         other = "eigen" if resolve_decode_matmuls("auto") == "xla_default" else "xla_default"
         run = run_worker("rollout", "jax_generate", {**shape, "reps": 5, "cpu_decode_matmuls": other})

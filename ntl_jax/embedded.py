@@ -25,7 +25,7 @@ from ntl_jax.models.hf_io import save_pretrained
 from ntl_jax.models.tokenizers import build_char_tokenizer, load_tokenizer
 from ntl_jax.ntl.digits import digit_token_ids
 from ntl_jax.knobs import check_positive_int, fail, knob
-from ntl_jax.ppo.warm_start import WarmStartConfig, supervised_warm_start
+from ntl_jax.warm_start import WarmStartConfig, supervised_warm_start
 
 log = logging.getLogger(__name__)
 

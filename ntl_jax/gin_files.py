@@ -44,7 +44,7 @@ def resolve_gin_file(path: str) -> str:
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     """Parse gin files (``include`` resolved against each file's folder and ``configs/``) and bindings."""
     import ntl_jax.embedded  # noqa: F401 - registers EmbeddedTaskConfig
-    import ntl_jax.ppo.warm_start  # noqa: F401 - registers WarmStartConfig
+    import ntl_jax.warm_start  # noqa: F401 - registers WarmStartConfig
     from ntl_jax.ntl import config as _ntl_config  # noqa: F401 - registers NTLConfig
     from ntl_jax.ppo import config as _ppo_config  # noqa: F401 - registers PPOConfig, TrainerConfig
 

@@ -35,7 +35,7 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 flags.DEFINE_bool("malloc_huge_pages", True, "Restart once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35, "
                   "Linux with transparent huge pages) so XLA:CPU's per-execution buffers are mapped in 2 MiB pages "
-                  "(see ntl_jax/huge_pages.py); --nomalloc_huge_pages keeps the process as started.")
+                  "(see ntl_jax/cpu/huge_pages.py); --nomalloc_huge_pages keeps the process as started.")
 
 log = logging.getLogger("ntl_jax.train")
 class SetupError(ValueError):
@@ -50,7 +50,7 @@ def _load_data(config) -> tuple[Any, str, list[dict], list[dict], dict | None]:
     run = config.trainer
     if run.model_path is None:
         from ntl_jax.embedded import EmbeddedTaskConfig, prepare_embedded_default
-        from ntl_jax.ppo.warm_start import WarmStartConfig
+        from ntl_jax.warm_start import WarmStartConfig
 
         warm = WarmStartConfig()
         if warm.seed is None:
@@ -218,7 +218,7 @@ def main(argv: Sequence[str]) -> None:
     for noisy in ("jax._src.xla_bridge", "absl", "jax._src.distributed", "orbax", "jax._src.compiler",
                   "tensorboardX.summary"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from ntl_jax.huge_pages import reexec_with_huge_pages
+    from ntl_jax.cpu.huge_pages import reexec_with_huge_pages
 
     reexec_with_huge_pages(FLAGS.malloc_huge_pages)
     from ntl_jax.distributed.multihost import initialize

@@ -22,7 +22,7 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 README_PATH = os.path.join(CONFIG_DIR, "README.md")
-CONFIG_MODULES = ("ntl_jax.ppo.config", "ntl_jax.ntl.config", "ntl_jax.embedded", "ntl_jax.ppo.warm_start")
+CONFIG_MODULES = ("ntl_jax.ppo.config", "ntl_jax.ntl.config", "ntl_jax.embedded", "ntl_jax.warm_start")
 MACRO_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([^#]+?)\s*(?:#\s*(.*))?$")
 INTRO = ("ntl-jax is configured with [gin](https://github.com/google/gin-config): every knob below is a field of a "
          "validated, frozen dataclass. Set it in a `.gin` file (`ntl_jax.PPOConfig.actor_lr = 1e-6`) or on the "

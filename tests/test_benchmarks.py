@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from benchmarks import common, logprob_memory, machine_limit, run
-from ntl_jax.models.xla_cpu import decode_compiler_options
+from ntl_jax.cpu.decode_matmuls import decode_compiler_options
 from ntl_jax.ppo.config import PPOConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

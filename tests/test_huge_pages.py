@@ -1,4 +1,4 @@
-"""`ntl_jax.huge_pages`: when the entry point restarts with glibc's huge-page tunable, and that the restart is real."""
+"""`ntl_jax.cpu.huge_pages`: when the entry point restarts with glibc's huge-page tunable, and that the restart is real."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from ntl_jax.huge_pages import glibc_version, huge_page_tunables, reexec_with_huge_pages, thp_mode
+from ntl_jax.cpu.huge_pages import glibc_version, huge_page_tunables, reexec_with_huge_pages, thp_mode
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):
@@ -36,7 +36,7 @@ def test_huge_page_tunables(environ, glibc, mode, expected):
 
 CHILD = textwrap.dedent("""
     import os, sys
-    from ntl_jax.huge_pages import reexec_with_huge_pages
+    from ntl_jax.cpu.huge_pages import reexec_with_huge_pages
     print("run", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], flush=True)
     reexec_with_huge_pages(enabled=sys.argv[1] == "on")
 """)
@@ -63,7 +63,7 @@ def test_disabled_reexec_returns():
 
 
 def test_no_restart_where_jax_runs_on_an_accelerator():
-    from ntl_jax.huge_pages import runs_on_cpu
+    from ntl_jax.cpu.huge_pages import runs_on_cpu
 
     nothing, cuda = (lambda name: False), (lambda name: name == "jax_cuda12_plugin")
     assert runs_on_cpu({}, nothing) is True

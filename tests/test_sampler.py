@@ -289,7 +289,7 @@ def test_cpu_decode_matmuls_eigen_turns_ynnpack_off_for_decode_only_and_decodes_
     """TrainerConfig.cpu_decode_matmuls: 'eigen' compiles the CPU decode loop without YNNPACK fusions (faster at its
     few rows on AVX2 machines, benchmarks/rollout.py); 'xla_default' keeps jaxlib's; 'auto' (default) picks
     'xla_default' on AVX-512 CPUs, else 'eigen'. Same greedy tokens either way."""
-    from ntl_jax.models.xla_cpu import decode_compiler_options, host_has_avx512, resolve_decode_matmuls
+    from ntl_jax.cpu.decode_matmuls import decode_compiler_options, host_has_avx512, resolve_decode_matmuls
 
     default = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
                       cpu_decode_matmuls="xla_default")

@@ -32,7 +32,7 @@ from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import KVCache, init_kv_cache
 from ntl_jax.models.logprobs import response_positions
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, named_sharding, sharded_activations, state_shardings
-from ntl_jax.models.xla_cpu import decode_compiler_options
+from ntl_jax.cpu.decode_matmuls import decode_compiler_options
 
 DEFAULT_PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -172,7 +172,7 @@ class Sampler:
     """Generates responses for batches of token-id prompts with a `CausalLM` given as (graphdef, state).
 
     `cpu_decode_matmuls`: on XLA:CPU, 'eigen' compiles the decode loop with YNNPACK dot fusions off (faster at its
-    few-row matmuls on AVX2 machines, see `ntl_jax.models.xla_cpu`); 'xla_default' keeps jaxlib's choice; 'auto'
+    few-row matmuls on AVX2 machines, see `ntl_jax.cpu`); 'xla_default' keeps jaxlib's choice; 'auto'
     (default) is 'xla_default' on AVX-512 CPUs, else 'eigen'. No effect elsewhere.
     """
 

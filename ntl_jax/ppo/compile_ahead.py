@@ -2,8 +2,8 @@
 
 XLA compiles a jitted function the first time it meets new argument shapes. A first PPO iteration therefore
 compiles the sampler's programs, generates, and only then, seconds later, compiles the critic and actor updates
-(on the 2-core CPU machine the GRPO benchmark's update alone compiled for ~4 s of a ~8 s first iteration). The
-updates' argument shapes are known before the rollout exists:
+(about half of a first iteration on a 2-core CPU: docs/experiments/cpu_speed.md). The updates' argument shapes are
+known before the rollout exists:
 
     rows     = ppo_mini_batch_size * rollout_n          (one mini-batch)
     prompts  = the sampler's bucket for the batch's longest prompt
@@ -56,8 +56,7 @@ def abstract_rollout(rows: int, prompt_len: int, response_len: int, sharding: ja
     like_host = lambda x: spec(np.shape(x), np.asarray(x).dtype)  # noqa: E731
     return RolloutBatch(spec((rows, prompt_len), jnp.int32), spec((rows, prompt_len), jnp.int32),
                         spec(tokens, jnp.int32), per_token, per_token, per_token, per_token, per_token, per_token,
-                        like_host(targets.target_digits), like_host(targets.weights),
-                        jax.tree.map(like_host, targets.layout))
+                        jax.tree.map(like_host, targets))
 
 
 class CompileAhead:

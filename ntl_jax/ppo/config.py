@@ -15,8 +15,8 @@ from typing import Any
 
 import gin
 
+from ntl_jax.cpu import DECODE_MATMULS
 from ntl_jax.knobs import check_bool, check_choice, check_positive_int, check_range, fail, knob
-from ntl_jax.models.xla_cpu import CPU_DECODE_MATMULS
 from ntl_jax.ntl.config import NTLConfig
 from ntl_jax.ppo.advantages import ADVANTAGE_ESTIMATORS
 from ntl_jax.ppo.kl_control import KL_CONTROLLER_KINDS
@@ -304,7 +304,7 @@ class TrainerConfig:
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
         check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, DTYPE_NAMES)
-        check_choice(n, "cpu_decode_matmuls", self.cpu_decode_matmuls, CPU_DECODE_MATMULS)
+        check_choice(n, "cpu_decode_matmuls", self.cpu_decode_matmuls, DECODE_MATMULS)
         for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard",
                     "use_wandb", "progress_bar", "allow_unshared_checkpoint_dir"):
             check_bool(n, key, getattr(self, key))

@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-CPU_DECODE_MATMULS = ("auto", "eigen", "xla_default")
+from ntl_jax.cpu import DECODE_MATMULS
 _YNNPACK_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -39,8 +39,8 @@ def host_has_avx512() -> bool:
 
 def resolve_decode_matmuls(cpu_decode_matmuls: str) -> str:
     """'auto' -> 'xla_default' on an AVX-512 CPU, else 'eigen'; other choices unchanged (checked)."""
-    if cpu_decode_matmuls not in CPU_DECODE_MATMULS:
-        raise ValueError(f"cpu_decode_matmuls={cpu_decode_matmuls!r}; allowed: one of {CPU_DECODE_MATMULS}")
+    if cpu_decode_matmuls not in DECODE_MATMULS:
+        raise ValueError(f"cpu_decode_matmuls={cpu_decode_matmuls!r}; allowed: one of {DECODE_MATMULS}")
     if cpu_decode_matmuls == "auto":
         return "xla_default" if host_has_avx512() else "eigen"
     return cpu_decode_matmuls
