@@ -40,6 +40,7 @@ def _rollout_batch(case: dict[str, Any], seed: int = 0):
     """Random responses of random lengths; ~40% of response tokens carry a digit target (weight 1)."""
     import jax.numpy as jnp
 
+    from ntl_jax.ntl.info import DigitTargets
     from ntl_jax.ppo.steps import RolloutBatch
 
     rng = np.random.default_rng(seed)
@@ -58,10 +59,10 @@ def _rollout_batch(case: dict[str, Any], seed: int = 0):
         response_ids=response_ids * response_mask.astype(np.int64), response_mask=response_mask,
         old_logprobs=logprobs, ref_logprobs=logprobs, old_values=np.zeros((n, t), np.float32),
         advantages=rng.standard_normal((n, t)).astype(np.float32) * response_mask,
-        returns=np.zeros((n, t), np.float32),
-        ntl_targets=np.where(is_digit, digit_values, -1), ntl_weights=is_digit.astype(np.float32))
-    dtypes = {"prompt_ids": jnp.int32, "prompt_mask": jnp.int32, "response_ids": jnp.int32, "ntl_targets": jnp.int32}
-    return RolloutBatch(**{k: jnp.asarray(v, dtypes.get(k, jnp.float32)) for k, v in arrays.items()})
+        returns=np.zeros((n, t), np.float32))
+    dtypes = {"prompt_ids": jnp.int32, "prompt_mask": jnp.int32, "response_ids": jnp.int32}
+    return RolloutBatch(**{k: jnp.asarray(v, dtypes.get(k, jnp.float32)) for k, v in arrays.items()},
+                        ntl=DigitTargets.from_arrays(np.where(is_digit, digit_values, -1), is_digit))
 
 
 def actor_updates(args: dict[str, Any]) -> dict[str, Any]:

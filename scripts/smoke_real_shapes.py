@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             for iteration in range(args.iterations):
                 metrics = trainer.train_step(trainer.loader.next_batch())
                 trainer.global_step += 1
-                jax.block_until_ready(trainer.models.policy.params)
+                jax.block_until_ready(trainer.runtime.models.policy.params)
                 phases = ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in sorted(metrics.items())
                                    if k.startswith("timing_s/") and k != "timing_s/step")
                 memory, kind = peak_memory_gib()

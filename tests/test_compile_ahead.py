@@ -46,7 +46,7 @@ def _first_iteration_compiles(tmp_path, *, compile_ahead: bool, mesh_shape: dict
     update = trainer.update
 
     def logged_update(*args, **kwargs):
-        trainer.compile_ahead.wait()  # what update does first; its compilations are the background thread's
+        trainer.runtime.compile_ahead.wait()  # what update does first; its compilations are the background thread's
         log.in_update = True
         try:
             return update(*args, **kwargs)

@@ -34,7 +34,7 @@ def trained_run(tmp_path_factory):
                                          mesh=make_mesh(devices=jax.devices()[:1]))
     try:
         trainer.fit()
-        final = jax.device_get(trainer.models.policy.params)
+        final = jax.device_get(trainer.runtime.models.policy.params)
     finally:
         trainer.close()
     return run_dir, policy_dir, final

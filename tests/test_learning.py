@@ -31,7 +31,7 @@ from ntl_jax.models.tokenizers import build_char_tokenizer, load_tokenizer
 from ntl_jax.ntl.digits import digit_token_ids
 from ntl_jax.ppo.config import ExperimentConfig, PPOConfig, TrainerConfig
 from ntl_jax.ppo.factory import create_ppo_trainer
-from ntl_jax.ppo.warm_start import WarmStartConfig, greedy_eval, supervised_warm_start
+from ntl_jax.warm_start import WarmStartConfig, greedy_eval, supervised_warm_start
 
 SEED = 0
 ITERATIONS = 40
@@ -65,12 +65,12 @@ def test_ppo_raises_greedy_accuracy_far_beyond_noise(tmp_path):
     trainer = create_ppo_trainer(ExperimentConfig(ppo=ppo, trainer=run), load_tokenizer(policy_dir),
                                  policy_path=policy_dir, train_rows=pool, val_rows=[],
                                  mesh=make_mesh(devices=jax.devices()[:1]))
-    sampler = Sampler(trainer.models.policy.graphdef, trainer.models.model_config,
+    sampler = Sampler(trainer.runtime.models.policy.graphdef, trainer.runtime.models.model_config,
                       eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
     prompts = [tokenizer(r["prompt"][-1]["content"], add_special_tokens=False)["input_ids"] for r in pool]
 
     def pool_accuracy() -> float:
-        return greedy_eval(sampler, trainer.models.policy.params, pool, prompts, tokenizer, 24)["acc"]
+        return greedy_eval(sampler, trainer.runtime.models.policy.params, pool, prompts, tokenizer, 24)["acc"]
 
     before = pool_accuracy()
     try:

@@ -23,6 +23,7 @@ from ntl_jax.embedded import EmbeddedTaskConfig, tiny_model_config
 from ntl_jax.models.decoder import CausalLM
 from ntl_jax.models.tokenizers import build_char_tokenizer
 from ntl_jax.ntl.digits import digit_token_ids
+from ntl_jax.ntl.info import DigitTargets
 from ntl_jax.ppo.steps import ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update
 
 NUM_PROCESSES = 2
@@ -100,7 +101,9 @@ def sharded_actor_updates(mesh, place_batch) -> tuple[dict[str, np.ndarray], lis
                                num_micro_batches=NUM_MICRO_BATCHES, mesh=mesh, param_shardings=state.shardings,
                                opt_shardings=state.opt_shardings)
     arrays = rollout_arrays(model.config.vocab_size, digit_ids)
-    batch = RolloutBatch(**{k: place_batch(v, batch_sharding(mesh)) for k, v in arrays.items()})
+    targets = DigitTargets.from_arrays(arrays.pop("ntl_targets"), arrays.pop("ntl_weights"))
+    place = lambda x: place_batch(np.asarray(x), batch_sharding(mesh))  # noqa: E731
+    batch = RolloutBatch(**{k: place(v) for k, v in arrays.items()}, ntl=jax.tree.map(place, targets))
     params, opt_state, history = state.params, state.opt_state, []
     for _ in range(NUM_UPDATES):
         params, opt_state, metrics = update(params, opt_state, batch, np.float32(NTL_WEIGHT))

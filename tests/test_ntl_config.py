@@ -56,6 +56,18 @@ def test_exact_method_error_message():
     assert _own_message(err.value) == "NTLConfig.method='foo' is invalid; allowed: 'mse', 'wasserstein', 'number'"
 
 
+def test_flags_that_would_silently_drop_ntl_info_are_refused():
+    with pytest.raises(ValueError) as err:
+        NTLConfig(enabled=True, extract_during_generation=False, extract_during_log_prob=False)
+    message = _own_message(err.value)
+    assert message.startswith("NTLConfig.(extract_during_generation, extract_during_log_prob)=(False, False) is "
+                              "invalid; allowed: at least one True while NTL is enabled")
+    assert "\n" not in message
+    # Off, the flags do nothing and are not checked; either source alone is fine.
+    NTLConfig(enabled=False, extract_during_generation=False, extract_during_log_prob=False)
+    NTLConfig(enabled=True, extract_during_generation=True, extract_during_log_prob=False)
+
+
 def test_tau_at():
     assert NTLConfig(tau=1.5).tau_at(10_000) == 1.5
     scheduled = NTLConfig(tau=9.0, tau_schedule="linear:2.0->0.5@100")

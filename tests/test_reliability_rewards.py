@@ -64,13 +64,13 @@ def check_scores(items: list[dict], result, faulty: dict[int, str]) -> None:
 def inject_before_scoring(trainer, plan):
     """Wrap the reward runner so that ``plan(step, items)`` can set faults after seeing the batch."""
     calls = capture_rewards(trainer)
-    recorded = trainer.reward_runner.score
+    recorded = trainer.runtime.reward_runner.score
 
     def score(items):
         plan(len(calls) + 1, items)
         return recorded(items)
 
-    trainer.reward_runner.score = score
+    trainer.runtime.reward_runner.score = score
     return calls
 
 
@@ -143,7 +143,7 @@ def ray_reward_run(ray_session, policy_dir, tmp_path_factory):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (control / f"running_{index}").exists():
             time.sleep(0.01)
-        for actor in trainer.reward_runner.actors:
+        for actor in trainer.runtime.reward_runner.actors:
             ray_session.kill(actor)
             killed.append(1)
 
@@ -162,7 +162,7 @@ def ray_reward_run(ray_session, policy_dir, tmp_path_factory):
     original_update = trainer.update
 
     def update(*args, **kwargs):  # runs right after the rewards of a step
-        restarts.append(trainer.reward_runner.num_restarts)
+        restarts.append(trainer.runtime.reward_runner.num_restarts)
         return original_update(*args, **kwargs)
 
     trainer.update = update
@@ -236,11 +236,11 @@ def ray_rollout_run(ray_session, policy_dir, tmp_path_factory):
     config = with_trainer(tiny_experiment(str(tmp / "run"), steps=2), rollout_mode="ray", rollout_num_workers=2)
     try:
         trainer = build_trainer(config, policy_dir)
+        original = trainer.runtime.rollout.generate  # Ray samplers start on first use: here, with the patched worker
     finally:
         monkeypatch.undo()
-    colocated = ColocatedRollout(trainer.sampler)
+    colocated = ColocatedRollout(trainer.runtime.sampler)
     pairs = []
-    original = trainer.rollout.generate
 
     def generate(state, prompts, params, rng, **kwargs):
         if len(pairs) == 1:
@@ -249,11 +249,11 @@ def ray_rollout_run(ray_session, policy_dir, tmp_path_factory):
         pairs.append((original(state, prompts, params, rng, **kwargs), reference))
         return pairs[-1][0]
 
-    trainer.rollout.generate = generate
+    trainer.runtime.rollout.generate = generate
     start = time.perf_counter()
     try:
         result = trainer.fit()
-        restarts = trainer.rollout.restarts
+        restarts = trainer.runtime.rollout.restarts
     finally:
         trainer.close()
     print(f"\nray rollout run with a worker killed: {time.perf_counter() - start:.1f} s")

@@ -79,14 +79,14 @@ def fit(config, policy_dir: str, **kwargs: Any):
 def capture_rewards(trainer) -> list[tuple[list[dict], Any]]:
     """Record every (items, RewardResult) the trainer's reward runner produces."""
     calls: list[tuple[list[dict], Any]] = []
-    original = trainer.reward_runner.score
+    original = trainer.runtime.reward_runner.score
 
     def score(items):
         result = original(items)
         calls.append(([dict(item) for item in items], result))
         return result
 
-    trainer.reward_runner.score = score
+    trainer.runtime.reward_runner.score = score
     return calls
 
 

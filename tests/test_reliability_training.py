@@ -43,7 +43,7 @@ def test_non_finite_updates_are_skipped_counted_and_stop_after_n(tmp_path, polic
     poison = {0: np.nan, 2: np.inf, 3: np.nan}  # keyed by global_step before the step (0-based)
     trainer = build_trainer(tiny_experiment(str(tmp_path), steps=6, max_consecutive_skipped_updates=3),
                             policy_dir)
-    original = trainer.advantage_step
+    original = trainer.runtime.advantage_step
 
     def poisoned(*args):
         token_rewards, advantages, returns, kl_mean = original(*args)
@@ -51,16 +51,18 @@ def test_non_finite_updates_are_skipped_counted_and_stop_after_n(tmp_path, polic
             advantages = jnp.full_like(advantages, poison[trainer.global_step])
         return token_rewards, advantages, returns, kl_mean
 
-    trainer.advantage_step = poisoned
+    trainer.runtime.advantage_step = poisoned
     snapshots = []
     original_update = trainer.update
 
+    policy = trainer.runtime.models.policy
+
     def update(rollout, ntl_weight, timings):
-        before = host_copy((trainer.models.policy.params, trainer.models.policy.opt_state))
+        before = host_copy((policy.params, policy.opt_state))
         try:
             return original_update(rollout, ntl_weight, timings)
         finally:
-            snapshots.append((before, host_copy((trainer.models.policy.params, trainer.models.policy.opt_state))))
+            snapshots.append((before, host_copy((policy.params, policy.opt_state))))
 
     trainer.update = update
     try:
@@ -86,14 +88,14 @@ def test_non_finite_updates_are_skipped_counted_and_stop_after_n(tmp_path, polic
 def answerless(trainer):
     """Make every generated response text without a single digit (letters only): the model 'answers nothing'."""
     letter = trainer.tokenizer.convert_tokens_to_ids("x")
-    original = trainer.rollout.generate
+    original = trainer.runtime.rollout.generate
 
     def generate(*args, **kwargs):
         out = original(*args, **kwargs)
         ids = np.where(out.response_mask > 0, letter, out.response_ids)
         return out._replace(response_ids=ids)
 
-    trainer.rollout.generate = generate
+    trainer.runtime.rollout.generate = generate
 
 
 def ntl_config(output_dir, steps: int, **ntl_changes):

@@ -15,6 +15,7 @@ from flax import nnx
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import CausalLM
+from ntl_jax.ntl.info import DigitTargets
 from ntl_jax.ntl.losses import ntl_per_position
 from ntl_jax.models.logprobs import sequence_logprobs
 from ntl_jax.ppo.losses import LOSS_AGG_MODES, agg_loss
@@ -42,7 +43,7 @@ def _batch(n: int = 4, p: int = 3, t: int = 5, advantages: float = 0.0) -> Rollo
         response_ids=jnp.asarray(response_ids), response_mask=jnp.ones((n, t), jnp.float32),
         old_logprobs=jnp.asarray(zeros), ref_logprobs=jnp.asarray(zeros), old_values=jnp.asarray(zeros),
         advantages=jnp.full((n, t), advantages, jnp.float32), returns=jnp.asarray(zeros),
-        ntl_targets=jnp.asarray(targets), ntl_weights=jnp.asarray((targets >= 0).astype(np.float32)))
+        ntl=DigitTargets.from_arrays(targets, (targets >= 0).astype(np.float32)))
 
 
 def _settings(ntl_method: str | None, mode: str = "token-mean", **changes) -> ActorLossSettings:
@@ -87,8 +88,9 @@ def test_actor_loss_adds_weighted_ntl_from_the_same_forward():
     out = sequence_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                             digit_ids=DIGIT_IDS, chunk_size=4)
     # Aggregated like the policy-gradient loss: NTL summed over the digit positions / all response tokens (token-mean).
-    per_position = np.asarray(ntl_per_position(out.digit_logits, batch.ntl_targets, batch.ntl_weights, "wasserstein"))
-    expected_ntl = per_position[np.asarray(batch.ntl_targets) >= 0].sum() / np.asarray(batch.response_mask).sum()
+    targets = batch.ntl.target_digits
+    per_position = np.asarray(ntl_per_position(out.digit_logits, targets, batch.ntl.weights, "wasserstein"))
+    expected_ntl = per_position[np.asarray(targets) >= 0].sum() / np.asarray(batch.response_mask).sum()
     np.testing.assert_allclose(metrics["ntl/train_loss"], expected_ntl, rtol=1e-6)
     np.testing.assert_allclose(with_ntl - base, 0.3 * expected_ntl, rtol=1e-5)
 
@@ -123,7 +125,7 @@ def _ragged_batch(n: int = 8, p: int = 3, t: int = 6, seed: int = 1) -> RolloutB
         response_ids=jnp.asarray(rng.integers(0, VOCAB, (n, t)), jnp.int32), response_mask=jnp.asarray(mask),
         old_logprobs=jnp.asarray(logp), ref_logprobs=jnp.asarray(logp + 0.1), old_values=jnp.zeros((n, t)),
         advantages=jnp.asarray(rng.normal(size=(n, 1)) * mask, jnp.float32), returns=jnp.zeros((n, t)),
-        ntl_targets=jnp.asarray(targets), ntl_weights=jnp.asarray((targets >= 0) * 0.5, jnp.float32))
+        ntl=DigitTargets.from_arrays(targets, (targets >= 0) * 0.5))
 
 
 def _sgd_update(settings: ActorLossSettings, num_micro: int, mesh) -> np.ndarray:

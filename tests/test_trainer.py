@@ -65,7 +65,7 @@ def test_standard_run_logs_verl_metrics(tmp_path, policy_dir):
 @pytest.mark.parametrize("reward_mode", ["final_answer", "all_tokens", "hybrid"])
 def test_ntl_modes_run_end_to_end(tmp_path, policy_dir, reward_mode):
     trainer, result = _run(tiny_experiment(str(tmp_path), use_ntl=True, reward_mode=reward_mode), policy_dir)
-    assert type(trainer) is PPOTrainer and trainer.ntl.enabled and trainer.ntl.reward_mode == reward_mode
+    assert type(trainer) is PPOTrainer and trainer.config.ntl.enabled and trainer.config.ntl.reward_mode == reward_mode
     assert result["end_step"] == 2
     last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
     # The NTL guide's metric names (ntl/loss, ntl/digit_accuracy, ntl/total_digits, ntl/reward, ntl/temperature)
@@ -88,7 +88,7 @@ def test_scan_layers_trains_like_the_layer_loop(tmp_path, policy_dir):
         config = with_trainer(tiny_experiment(str(tmp_path / str(scan)), use_ntl=True, adv_estimator="gae",
                                               rollout_n=1, ppo_micro_batch_size=2), scan_layers=scan)
         trainer, _ = _run(config, policy_dir)
-        for module in (trainer.models.policy, trainer.models.critic):
+        for module in (trainer.runtime.models.policy, trainer.runtime.models.critic):
             assert nnx.merge(module.graphdef, module.params).model.scan_layers is scan
         metrics[scan] = read_metrics_jsonl(tmp_path / str(scan) / "metrics.jsonl")[-1]
     for key in ("actor/pg_loss", "actor/grad_norm", "critic/vf_loss", "critic/grad_norm", "ntl/loss",
@@ -104,7 +104,7 @@ def test_on_policy_iteration_skips_the_old_log_prob_pass_and_trains_the_same(tmp
         config = tiny_experiment(str(tmp_path / str(skip)), ppo_mini_batch_size=4, ppo_micro_batch_size=4,
                                  skip_on_policy_old_log_prob=skip)
         trainer, _ = _run(config, policy_dir)
-        assert trainer.old_log_prob_from_update is skip
+        assert trainer.runtime.old_log_prob_from_update is skip
         runs[skip] = read_metrics_jsonl(tmp_path / str(skip) / "metrics.jsonl")
     assert all("timing_s/old_log_prob" in row for row in runs[False])
     assert not any("timing_s/old_log_prob" in row for row in runs[True])
@@ -115,11 +115,11 @@ def test_on_policy_iteration_skips_the_old_log_prob_pass_and_trains_the_same(tmp
     # Two mini-batches, NTL or KL-in-reward read the old pass: it stays.
     for overrides in (dict(), dict(use_kl_in_reward=True, ppo_mini_batch_size=4, ppo_micro_batch_size=4)):
         trainer = _trainer(tiny_experiment(str(tmp_path / "kept"), **overrides), policy_dir)
-        assert not trainer.old_log_prob_from_update
+        assert not trainer.runtime.old_log_prob_from_update
         trainer.close()
     trainer = _trainer(tiny_experiment(str(tmp_path / "ntl"), use_ntl=True, ppo_mini_batch_size=4,
                                        ppo_micro_batch_size=4), policy_dir)
-    assert not trainer.old_log_prob_from_update
+    assert not trainer.runtime.old_log_prob_from_update
     trainer.close()
 
 
@@ -128,8 +128,8 @@ def test_kv_cache_dtype_and_cpu_decode_matmuls_reach_the_sampler_and_are_validat
 
     trainer = _trainer(with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="bfloat16",
                                     cpu_decode_matmuls="xla_default"), policy_dir)
-    assert trainer.sampler.cache_dtype == jnp.bfloat16
-    assert trainer.sampler.decode_compiler_options == {}  # 'eigen' and 'auto' (default): test_sampler.py
+    assert trainer.runtime.sampler.cache_dtype == jnp.bfloat16
+    assert trainer.runtime.sampler.decode_compiler_options == {}  # 'eigen' and 'auto' (default): test_sampler.py
     trainer.close()
     with pytest.raises(ValueError, match="kv_cache_dtype='float16' is invalid; allowed: 'float32', 'bfloat16'"):
         with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="float16")
@@ -141,7 +141,7 @@ def test_gae_with_critic_runs(tmp_path, policy_dir):
     config = tiny_experiment(str(tmp_path), adv_estimator="gae", rollout_n=1, ppo_micro_batch_size=2)
     trainer, result = _run(config, policy_dir)
     last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
-    assert trainer.models.critic is not None
+    assert trainer.runtime.models.critic is not None
     for key in ("critic/vf_loss", "critic/vf_clipfrac", "critic/values/mean", "critic/vf_explained_var"):
         assert key in last and np.isfinite(last[key]), key
 
@@ -301,7 +301,7 @@ def test_sharded_run_over_8_devices(tmp_path, policy_dir):
     config = tiny_experiment(str(tmp_path), use_ntl=True, ppo_mini_batch_size=4, ppo_micro_batch_size=8)
     trainer, result = _run(config, policy_dir, mesh=make_mesh(data=2, fsdp=2, tensor=2))
     assert result["end_step"] == 2
-    shardings = {str(x.sharding.spec) for x in jax.tree.leaves(trainer.models.policy.params)}
+    shardings = {str(x.sharding.spec) for x in jax.tree.leaves(trainer.runtime.models.policy.params)}
     assert any("tensor" in s for s in shardings), shardings
     last = read_metrics_jsonl(tmp_path / "metrics.jsonl")[-1]
     assert np.isfinite(last["actor/pg_loss"]) and np.isfinite(last["ntl/loss"])
@@ -332,7 +332,7 @@ def test_trainer_logs_and_applies_the_cosine_schedule(tmp_path, policy_dir):
     np.testing.assert_allclose([r["actor/lr"] for r in rows], [1e-3, 0.75e-3, 0.25e-3], rtol=1e-9)
     np.testing.assert_allclose([r["critic/lr"] for r in rows], [2e-3, 1.5e-3, 0.5e-3], rtol=1e-9)
     assert config.ppo.updates_per_iteration == 2
-    for state in (trainer.models.policy, trainer.models.critic):
+    for state in (trainer.runtime.models.policy, trainer.runtime.models.critic):
         counts = [x for x in jax.tree.leaves(state.opt_state) if jnp.ndim(x) == 0 and x.dtype == jnp.int32]
         assert counts and all(int(c) == 6 for c in counts)
 
@@ -343,7 +343,7 @@ def test_kl_in_reward_through_the_trainer(tmp_path, policy_dir):
                              use_kl_in_reward=True, kl_penalty="low_var_kl", kl_ctrl_type="adaptive", kl_coef=0.05,
                              kl_target=0.01, kl_horizon=10, actor_lr=1e-2)
     trainer, _ = _run(config, policy_dir, val_rows=[])
-    assert trainer.models.reference is not None
+    assert trainer.runtime.models.reference is not None
     rows = read_metrics_jsonl(tmp_path / "metrics.jsonl")
     assert rows[0]["actor/reward_kl_penalty"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
     assert rows[0]["critic/rewards/mean"] == pytest.approx(rows[0]["critic/score/mean"], abs=1e-6)
@@ -380,7 +380,7 @@ def test_generation_config_eos_tokens_stop_sampling(tmp_path, policy_dir):
         json.dump({"eos_token_id": [1, 7]}, f)
     trainer = _trainer(tiny_experiment(str(tmp_path / "run")), model_dir)
     try:
-        assert trainer.eos_ids == [1, 7] and trainer.sampler.eos_token_ids == (1, 7)
+        assert trainer.runtime.eos_ids == [1, 7] and trainer.runtime.sampler.eos_token_ids == (1, 7)
     finally:
         trainer.close()
 
@@ -404,7 +404,7 @@ def test_a_rollout_out_of_group_order_is_refused_while_prompts_are_shared(tmp_pa
     """The shared-prompt forward reads rows i * n .. i * n + n - 1 as prompt i's samples: a rollout whose rows are
     in another order is refused with one line, never trained on with the wrong prompts."""
     trainer = _trainer(tiny_experiment(str(tmp_path)), policy_dir)
-    generate = trainer.rollout.generate
+    generate = trainer.runtime.rollout.generate
 
     def rows_shifted_by_one(*args, **kwargs):  # row 0 now holds the last prompt's second sample
         out = generate(*args, **kwargs)
@@ -412,7 +412,7 @@ def test_a_rollout_out_of_group_order_is_refused_while_prompts_are_shared(tmp_pa
         return out._replace(**{name: np.roll(getattr(out, name), 1, axis=0) for name in (
             "prompt_ids", "prompt_mask", "response_ids", "response_mask")})
 
-    trainer.rollout.generate = rows_shifted_by_one
+    trainer.runtime.rollout.generate = rows_shifted_by_one
     try:
         batch = trainer.loader.next_batch()
         with pytest.raises(RuntimeError, match="not in groups of rollout_n=2 rows per prompt"):

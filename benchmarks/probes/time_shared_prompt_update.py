@@ -27,6 +27,7 @@ from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.decoder import CausalLM
 from ntl_jax.ppo.config import PPOConfig
 from ntl_jax.ppo.state import ModuleState
+from ntl_jax.ntl.info import DigitTargets
 from ntl_jax.ppo.steps import ActorLossSettings, RolloutBatch, make_actor_update
 
 PROMPTS, SAMPLES, PROMPT_SLOTS, RESPONSE_TOKENS = 32, 8, 8, 8
@@ -45,7 +46,7 @@ def grouped_batch(vocab: int) -> RolloutBatch:
         response_ids=jnp.asarray(rng.integers(3, vocab, (rows, RESPONSE_TOKENS)), jnp.int32),
         response_mask=jnp.ones((rows, RESPONSE_TOKENS), jnp.float32), old_logprobs=zeros, ref_logprobs=zeros,
         old_values=zeros, advantages=jnp.asarray(rng.normal(size=(rows, RESPONSE_TOKENS)), jnp.float32),
-        returns=zeros, ntl_targets=jnp.full((rows, RESPONSE_TOKENS), -1, jnp.int32), ntl_weights=zeros)
+        returns=zeros, ntl=DigitTargets.empty((rows, RESPONSE_TOKENS)))
 
 
 def time_update(group_size: int, reps: int) -> dict:

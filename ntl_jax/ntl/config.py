@@ -63,6 +63,10 @@ class NTLConfig:
         check_range(_NAME, "hybrid_weight", self.hybrid_weight, 0.0, 1.0)
         if self.tau_schedule is not None:
             self._check_schedule()
+        if self.enabled and not (self.extract_during_generation or self.extract_during_log_prob):
+            # Without a digit slice there is no NTLInfo: rewards would silently get no ntl_info and no tau.
+            fail(_NAME, "(extract_during_generation, extract_during_log_prob)", (False, False),
+                 "at least one True while NTL is enabled (pass_to_reward_function=False keeps NTL out of rewards)")
 
     def _check_schedule(self) -> None:
         spec = self.tau_schedule

@@ -27,7 +27,7 @@ between a right and a wrong digit lowers them. The built-in NTL reward therefore
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import chex
 import flax.struct
@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntl_jax.distributed.multihost import tree_to_host
 from ntl_jax.ntl import losses
 from ntl_jax.ntl.targets import BatchTargets
 
@@ -136,10 +135,12 @@ class NTLInfo:
     sequence_strings: tuple[str, ...] | None = flax.struct.field(pytree_node=False, default=None)
     answer_texts: tuple[str | None, ...] | None = flax.struct.field(pytree_node=False, default=None)
 
-    def to_host(self) -> "NTLInfo":
-        """The same record with every array fetched to numpy (do this once before many ``sample_view`` calls);
-        arrays sharded over several processes are gathered."""
-        return tree_to_host(self)
+    def to_host(self, fetch: Callable[[jax.Array], np.ndarray] = np.asarray) -> "NTLInfo":
+        """The same record with every array fetched to numpy by ``fetch`` (do this once before many
+        ``sample_view`` calls). ``np.asarray`` serves one process; the trainer passes
+        ``ntl_jax.distributed.multihost.to_host``, which gathers arrays sharded over several processes, so that
+        ``ntl/`` itself needs nothing of the distributed layer."""
+        return jax.tree.map(lambda x: fetch(x) if isinstance(x, (jax.Array, np.ndarray)) else x, self)
 
     def sample_view(self, i: int) -> dict[str, Any]:
         """Sample ``i`` as plain Python values (the ``ntl_info`` kwarg of a reward function).
@@ -178,9 +179,10 @@ class NTLInfo:
             view["answer_text"] = self.answer_texts[i]
         return view
 
-    def sample_views(self) -> list[dict[str, Any]]:
-        """``[sample_view(i) for i in range(B)]`` with a single device-to-host transfer."""
-        host = self.to_host()
+    def sample_views(self, fetch: Callable[[jax.Array], np.ndarray] = np.asarray) -> list[dict[str, Any]]:
+        """``[sample_view(i) for i in range(B)]`` with a single device-to-host transfer (``fetch``: as in
+        :meth:`to_host`)."""
+        host = self.to_host(fetch)
         return [host.sample_view(i) for i in range(self.batch_size)]
 
     def to_metrics(self) -> dict[str, float]:

@@ -30,7 +30,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.models.logprobs import TokenLogProbs, scoring_hidden, sequence_logprobs
 from ntl_jax.models.sharding import sharded_activations
-from ntl_jax.ntl.losses import NumberLayout, effective_weights, ntl_per_position
+from ntl_jax.ntl.info import DigitTargets
+from ntl_jax.ntl.losses import effective_weights, ntl_per_position
 from ntl_jax.ppo.advantages import compute_advantages, scores_to_token_rewards
 from ntl_jax.ppo.config import PPOConfig
 from ntl_jax.ppo.kl_control import apply_kl_in_reward
@@ -52,9 +53,7 @@ class RolloutBatch:
     old_values: jax.Array  # [N, T]
     advantages: jax.Array  # [N, T]
     returns: jax.Array  # [N, T]
-    ntl_targets: jax.Array  # [N, T] int32, -1 where no digit target
-    ntl_weights: jax.Array  # [N, T] float32, 0 where no digit target
-    ntl_layout: NumberLayout | None = None  # which number each target belongs to (NTL-number); None: digit runs
+    ntl: DigitTargets  # the iteration's NTL targets, as built on the host (no targets: DigitTargets.empty)
 
     @property
     def size(self) -> int:
@@ -178,8 +177,9 @@ class ActorLossSettings:
 
 def ntl_token_losses(digit_logits: jax.Array, batch: RolloutBatch, method: str) -> jax.Array:
     """Per-token NTL matrix [N, T]: ``w_t * NTL_t`` at digit-target positions (w = hybrid weight), 0 elsewhere."""
-    weights = effective_weights(batch.ntl_targets, batch.ntl_weights * batch.response_mask)
-    return ntl_per_position(digit_logits, batch.ntl_targets, weights, method, batch.ntl_layout) * weights
+    targets = batch.ntl
+    weights = effective_weights(targets.target_digits, targets.weights * batch.response_mask)
+    return ntl_per_position(digit_logits, targets.target_digits, weights, method, targets.layout) * weights
 
 
 def actor_loss(model: nnx.Module, batch: RolloutBatch, ntl_weight: jax.Array, settings: ActorLossSettings,
