@@ -20,6 +20,7 @@ differently, so treat them as a plan, not a measurement. Exit status 1 when a ph
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -34,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, required=True, help="devices to plan for (simulated on the CPU)")
     parser.add_argument("--model_config", help="a HF config.json with the model's shape (default: model_path's)")
     parser.add_argument("--limit_gib", type=float, default=None, help="fail (exit 1) above this per-device peak")
+    parser.add_argument("--backend", choices=("cpu", "native"), default="cpu",
+                        help="cpu: simulated CPU devices (no accelerator needed); native: this machine's own devices "
+                             "and compiler (a GPU or TPU; --devices at most its device count)")
+    parser.add_argument("--json", help="also write the phases and the peak to this JSON file")
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error(f"--devices={args.devices} is invalid; allowed: an integer >= 1")
@@ -77,7 +82,8 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, state_shardings
     from ntl_jax.ppo.rollout import prompts_per_chunk
     from ntl_jax.ppo.state import DTYPES, optimizer_shardings
-    from ntl_jax.ppo.steps import (ActorLossSettings, RolloutBatch, batch_sharding, make_actor_update,
+    from ntl_jax.ppo.compile_ahead import abstract_rollout
+    from ntl_jax.ppo.steps import (ActorLossSettings, batch_sharding, make_actor_update,
                                    make_critic_update, make_logprob_step, make_optimizer, make_value_step)
     from ntl_jax.train import build_experiment, parse_gin
 
@@ -174,9 +180,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     # Updates on one mini-batch, gradients accumulated over micro-batches; params and Adam state donated.
     num_micro = ppo.micro_batches(data_parallel)
     m, t = ppo.ppo_mini_batch_size * ppo.rollout_n, ppo.max_response_length
-    f32 = lambda: seq(m, t, jnp.float32)  # noqa: E731
-    batch = RolloutBatch(seq(m, prompt_len), seq(m, prompt_len), seq(m, t), f32(), f32(), f32(), f32(), f32(), f32(),
-                         seq(m, t), f32())
+    batch = abstract_rollout(m, prompt_len, t, data)  # the mini-batch exactly as the trainer compiles it
     settings = ActorLossSettings.from_config(ppo, config.ntl.method if config.use_ntl else None)
     actor_update = make_actor_update(actor_graph, actor_tx, settings, digit_ids=digit_ids,
                                      num_micro_batches=num_micro, mesh=mesh, param_shardings=actor_shardings,
@@ -201,13 +205,14 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # XLA:CPU's default scheduler runs independent work early for concurrency and so keeps rematerialised
-    # activations alive; the memory-minimising scheduler orders the program as accelerator compilers do.
-    os.environ["XLA_FLAGS"] = " ".join(
-        [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
-        + [f"--xla_force_host_platform_device_count={args.devices}",
-           "--xla_cpu_enable_concurrency_optimized_scheduler=false"])
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.backend == "cpu":
+        # XLA:CPU's default scheduler runs independent work early for concurrency and so keeps rematerialised
+        # activations alive; the memory-minimising scheduler orders the program as accelerator compilers do.
+        os.environ["XLA_FLAGS"] = " ".join(
+            [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
+            + [f"--xla_force_host_platform_device_count={args.devices}",
+               "--xla_cpu_enable_concurrency_optimized_scheduler=false"])
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, REPO_ROOT)
     try:
         phases, _, summary = plan(args)
@@ -222,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
               f"| {p['temporaries'] / GIB:.2f} | {p['peak'] / GIB:.2f} GiB |")
     worst = max(phases, key=lambda p: p["peak"])
     print(f"peak: {worst['peak'] / GIB:.2f} GiB per device ({worst['phase']})")
+    if args.json:
+        import jax
+
+        with open(args.json, "w") as f:
+            json.dump({"backend": jax.default_backend(), "devices": args.devices, "phases": phases,
+                       "peak_gib": worst["peak"] / GIB, "peak_phase": worst["phase"], "limit_gib": args.limit_gib},
+                      f, indent=2, default=float)
     if args.limit_gib is not None and worst["peak"] > args.limit_gib * GIB:
         print(f"plan_memory: {worst['peak'] / GIB:.2f} GiB exceeds --limit_gib={args.limit_gib}", file=sys.stderr)
         return 1

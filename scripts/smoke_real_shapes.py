@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, help="shrink the model: vocabulary (151,936)")
     parser.add_argument("--platform", default="accelerator", help="TrainerConfig.platform (any for the CPU)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
+    parser.add_argument("--json", help="also write each iteration's phase timings, throughput and memory here")
     return parser.parse_args(argv)
 
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {shape['num_hidden_layers']} layers, width {shape['hidden_size']}, vocab {shape['vocab_size']};"
               f" {args.prompts} prompts x (<= {args.prompt_length} + {args.response_length}) tokens; trainer built in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
+        report = {"backend": jax.default_backend(), "model": shape, "prompts": args.prompts,
+                  "prompt_length": args.prompt_length, "response_length": args.response_length, "iterations": []}
         try:
             for iteration in range(args.iterations):
                 metrics = trainer.train_step(trainer.loader.next_batch())
@@ -158,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{metrics['perf/throughput']:.0f} tokens/s per device; response length "
                       f"{metrics['response_length/mean']:.0f}; {kind} {memory:.2f} GiB; {len(compiles)} compilations "
                       "so far", flush=True)
+                report["iterations"].append({
+                    **{k: float(v) for k, v in metrics.items() if k.startswith(("timing_s/", "perf/"))},
+                    "response_length": float(metrics["response_length/mean"]), "memory_gib": memory,
+                    "memory_kind": kind, "compilations_so_far": len(compiles)})
+                if args.json:  # rewritten each iteration: a run cut short still leaves what it measured
+                    with open(args.json, "w") as f:
+                        json.dump(report, f, indent=2)
         finally:
             trainer.close()
     return 0

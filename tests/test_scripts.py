@@ -519,6 +519,29 @@ def test_real_shape_smoke_run_at_reduced_size():
     assert compiles[1] == compiles[0] > 0  # the second iteration compiles nothing new
 
 
+@pytest.mark.slow  # every step of the first accelerator hour at toy size on 2 CPU cores (~4 min)
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_GSM8K, "train.jsonl")),
+                    reason=f"no GSM8K copy at {SHARED_GSM8K} (the smoke step's prompts)")
+def test_accelerator_check_runs_every_step_at_toy_size(tmp_path):
+    out = tmp_path / "check.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHON"] = sys.executable
+    proc = subprocess.run(["bash", os.path.join(SCRIPTS, "accelerator_check.sh"), "--toy", "--out", str(out)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert list(steps) == ["backend", "smoke", "plan", "suite"]  # --toy installs nothing
+    assert {name: step["status"] for name, step in steps.items()} == dict.fromkeys(steps, "ok"), proc.stderr[-3000:]
+    assert steps["backend"]["figures"]["backend"] == "cpu"
+    smoke = steps["smoke"]["figures"]["iterations"]
+    assert len(smoke) == 2 and all(i["timing_s/gen"] > 0 and i["perf/throughput"] > 0 for i in smoke)
+    assert steps["plan"]["figures"]["peak_gib"] > 0 and steps["plan"]["figures"]["limit_gib"] is None
+    assert steps["suite"]["figures"]["results"] and not steps["suite"]["figures"]["errors"]
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run(["bash", os.path.join(SCRIPTS, "accelerator_check.sh"), "--extra", "rocm"], check=True,
+                       capture_output=True, env=env)
+
+
 def test_the_compilation_cache_makes_a_second_process_load_instead_of_compile(tmp_path):
     """enable_compilation_cache (on by default in run_experiment): the first process writes the compiled step,
     a second process with the same program finds it and writes nothing new."""
