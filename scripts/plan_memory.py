@@ -78,7 +78,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     from ntl_jax.distributed.mesh import make_mesh
     from ntl_jax.models.config import ModelConfig
     from ntl_jax.models.decoder import CausalLM, ValueModel
-    from ntl_jax.models.sampler import Sampler, SamplingParams, _bucket_for, DEFAULT_PROMPT_BUCKETS
+    from ntl_jax.models.sampler import Sampler, SamplingParams
     from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, state_shardings
     from ntl_jax.ppo.rollout import prompts_per_chunk
     from ntl_jax.ppo.state import DTYPES, optimizer_shardings
@@ -130,7 +130,6 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
     data = batch_sharding(mesh)
     rows = ppo.train_batch_size * ppo.rollout_n
-    prompt_len = _bucket_for(ppo.max_prompt_length, DEFAULT_PROMPT_BUCKETS)
     seq = lambda n, t, dt=jnp.int32: jax.ShapeDtypeStruct((n, t), dt, sharding=data)  # noqa: E731
     digit_ids = np.arange(10, dtype=np.int32) if config.use_ntl else None
     phases = []
@@ -144,10 +143,11 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     # rollout_n samples), then the decode loop over the rows with the donated KV cache; both padded to the shards.
     sampler = Sampler(actor_graph, model_config, eos_token_ids=[0], pad_token_id=0, mesh=mesh,
                       digit_ids=digit_ids, cache_dtype=DTYPES[run.kv_cache_dtype])
+    prompt_len = sampler.prompt_width([[0] * ppo.max_prompt_length])  # the bucket of the longest allowed prompt
     # With PPOConfig.rollout_max_rows the rows go to the sampler in chunks: one chunk is what a call holds.
     chunk_prompts = prompts_per_chunk(ppo.train_batch_size, ppo.rollout_n, ppo.rollout_max_rows)
     num_prompts, num_rows = sampler.padded_sizes(chunk_prompts, ppo.rollout_n)
-    prefill, decode = sampler._build_programs(
+    prefill, decode = sampler.build_programs(
         prompt_len, num_rows, SamplingParams(max_new_tokens=ppo.max_response_length, n=ppo.rollout_n),
         with_digits=False, with_logprobs=False)
     prompts = (seq(num_prompts, prompt_len), seq(num_prompts, prompt_len))

@@ -266,7 +266,7 @@ def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sa
     half = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS,
                    cache_dtype=jnp.bfloat16)
     params = SamplingParams(max_new_tokens=8, greedy=True)
-    prefill, _ = half._build_programs(16, 4, params, with_digits=False, with_logprobs=False)
+    prefill, _ = half.build_programs(16, 4, params, with_digits=False, with_logprobs=False)
     ids = jnp.zeros((4, 16), jnp.int32)
     cache, _ = jax.eval_shape(prefill, split[1], ids, jnp.ones_like(ids))
     assert {leaf.dtype for leaf in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
@@ -279,7 +279,7 @@ def test_bfloat16_kv_cache_is_bfloat16_and_decodes_like_float32(split, model, sa
 
 def _decode_hlo(sampler_, split_, params):
     """Optimised HLO text of the decode program for 4 rows at prompt bucket 16."""
-    prefill, decode = sampler_._build_programs(16, 4, params, with_digits=False, with_logprobs=False)
+    prefill, decode = sampler_.build_programs(16, 4, params, with_digits=False, with_logprobs=False)
     ids, rows = jnp.zeros((4, 16), jnp.int32), jnp.arange(4, dtype=jnp.int32)
     cache, logits = jax.eval_shape(prefill, split_[1], ids, jnp.ones_like(ids))
     return decode.lower(split_[1], cache, logits, jnp.ones_like(ids), jax.random.key(0), rows, rows).compile().as_text()

@@ -238,8 +238,10 @@ class Sampler:
         multiple = self._batch_multiple()
         return tuple(-(-k // multiple) * multiple for k in (num_prompts, num_prompts * n))
 
-    def _build_programs(self, prompt_len: int, num_rows: int, params: SamplingParams, with_digits: bool,
-                        with_logprobs: bool) -> tuple[Any, Any]:
+    def build_programs(self, prompt_len: int, num_rows: int, params: SamplingParams, with_digits: bool,
+                       with_logprobs: bool) -> tuple[Any, Any]:
+        """The jitted (prefill, decode) programs for ``num_rows`` rows of ``prompt_len`` prompt columns, built anew
+        (``generate`` keeps one pair per shape); public so a memory planner or a test can lower them ahead."""
         graphdef, config, cache_dtype = self.graphdef, self.config, self.cache_dtype
         max_new, cache_len = params.max_new_tokens, prompt_len + params.max_new_tokens
         eos_ids = jnp.asarray(self.eos_token_ids, jnp.int32)
@@ -331,7 +333,7 @@ class Sampler:
                       with_logprobs: bool) -> tuple[Any, Any]:
         key = (prompt_len, batch, num_rows, params, with_digits, with_logprobs)
         if key not in self._programs:
-            self._programs[key] = self._build_programs(prompt_len, num_rows, params, with_digits, with_logprobs)
+            self._programs[key] = self.build_programs(prompt_len, num_rows, params, with_digits, with_logprobs)
         return self._programs[key]
 
     def prompt_width(self, prompts: Sequence[Sequence[int]]) -> int:
