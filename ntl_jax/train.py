@@ -111,7 +111,7 @@ def check_backend(platform: str) -> str:
     wanted = {"any": None, "cpu": ("cpu",), "gpu": ("gpu", "cuda", "rocm"), "tpu": ("tpu",),
               "accelerator": ("gpu", "cuda", "rocm", "tpu")}[platform]
     if wanted is not None and backend not in wanted:
-        hint = ("install the accelerator build of JAX (README: Install on a GPU machine / a TPU VM)"
+        hint = ("install the accelerator build of JAX (README: Install on GPU, TPU or Colab)"
                 if backend == "cpu" else "run it where that backend is")
         raise ValueError(f"TrainerConfig.platform={platform!r} but JAX runs on {backend}; {hint}, "
                          "or bind ntl_jax.TrainerConfig.platform='any'")

@@ -130,7 +130,7 @@ def test_cli_refuses_a_silent_cpu_fallback_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert error_lines(proc.stderr) == [
         "error: TrainerConfig.platform='accelerator' but JAX runs on cpu; install the accelerator build of JAX "
-        "(README: Install on a GPU machine / a TPU VM), or bind ntl_jax.TrainerConfig.platform='any'"]
+        "(README: Install on GPU, TPU or Colab), or bind ntl_jax.TrainerConfig.platform='any'"]
     assert "Traceback" not in proc.stderr
     assert "backend cpu" in proc.stderr  # the backend, device kind and count are logged first
 
