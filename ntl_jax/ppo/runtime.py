@@ -33,7 +33,7 @@ from ntl_jax.ppo.steps import (
     make_logprob_step,
     make_value_step,
 )
-from ntl_jax.rewards.registry import RewardFnSpec, reward_spec
+from ntl_jax.rewards.registry import RewardFnSpec, load_reward_function, reward_spec
 from ntl_jax.rewards.workers import LocalRewardRunner, RayRewardRunner, ensure_ray, ray_temp_dir
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class PPORuntime:
         if not isinstance(reward_fn, RewardFnSpec):
             reward_fn = reward_spec(self.run.reward_fn_path, self.run.reward_fn_name, self.run.reward_fn_kwargs,
                                     self.ntl.enabled)
+        load_reward_function(reward_fn)  # a missing file or function fails here, in one line, not at first use
         self.reward_spec = reward_fn
         self._rollout: Any = None
         self._reward_runner: Any = None
