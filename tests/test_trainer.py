@@ -213,18 +213,18 @@ def test_factory_functions(tmp_path, policy_dir):
     try:
         # One trainer class; standard and NTL differ by their NTLConfig.
         assert all(type(t) is PPOTrainer for t in made)
-        assert [t.ntl.enabled for t in made] == [False, True, True, True, True, False]
+        assert [t.config.ntl.enabled for t in made] == [False, True, True, True, True, False]
         ntl = made[1].config.ntl
         assert (ntl.method, ntl.reward_mode, ntl.tau, ntl.weight, ntl.extract_during_generation,
                 ntl.debug_mode) == ("mse", "all_tokens", 0.5, 0.2, True, True)
         with pytest.warns(DeprecationWarning, match="tau"):  # the seed's name of tau still works
             made.append(factory.create_ntl_trainer(config, tokenizer, temperature=0.7, **kwargs))
-        assert made[-1].ntl.tau == 0.7
+        assert made[-1].config.ntl.tau == 0.7
         assert made[2].config.ntl.reward_mode == "final_answer"
         assert made[3].config.ntl.reward_mode == "all_tokens"
         preset = factory.create_ntl_trainer(config, tokenizer, **factory.EXAMPLE_CONFIGS["debug_mode"], **kwargs)
         made.append(preset)
-        assert preset.ntl.debug_mode and preset.ntl.save_digit_info
+        assert preset.config.ntl.debug_mode and preset.config.ntl.save_digit_info
         with pytest.raises(ValueError, match="method='bogus'"):
             factory.create_ntl_trainer(config, tokenizer, method="bogus", **kwargs)
     finally:
