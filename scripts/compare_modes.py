@@ -7,7 +7,8 @@
     python scripts/compare_modes.py --gin_file=regimes/long_numbers.gin --warm_starts=ce,ce_ntl \
         --modes=standard,ntl_final --seed_list=10,11,12,13,14 --target_acc=0.3 --output_dir=outputs/effect/long
 
-An *arm* is a PPO mode (``MODES``: configs/standard.gin, ntl_final.gin, ntl_all.gin, ntl_hybrid.gin) started
+An *arm* is a PPO mode (``MODES``: configs/standard.gin, ntl_final.gin, ntl_all.gin, ntl_hybrid.gin,
+ntl_credit.gin) started
 from a warm start (``WARM_STARTS``: ``ce_ntl``, the configs' supervised warm start with cross-entropy + NTL, or
 ``ce``, cross-entropy only). Arm names: the mode (``ntl_final``) for the ``ce_ntl`` warm start, ``<mode>@ce``
 otherwise. Each (arm, seed) trains in ``<output_dir>/<arm>/seed_<seed>`` through ``ntl_jax.train`` exactly as
@@ -39,7 +40,7 @@ from typing import Any
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODES = {"standard": "standard.gin", "ntl_final": "ntl_final.gin", "ntl_all": "ntl_all.gin",
-         "ntl_hybrid": "ntl_hybrid.gin"}
+         "ntl_hybrid": "ntl_hybrid.gin", "ntl_credit": "ntl_credit.gin"}
 # Warm starts by name: the bindings that select them (``ce_ntl`` is the configs' own: CE + 0.3 NTL).
 WARM_STARTS = {"ce_ntl": [], "ce": ["ntl_jax.WarmStartConfig.ntl_weight = 0.0"]}
 DEFAULT_WARM_START = "ce_ntl"
@@ -120,17 +121,18 @@ def train_all(extra_gin_files: list[str], extra_bindings: list[str], arms: list[
     for seed in seeds:
         for warm_start in dict.fromkeys(arm_parts(arm)[1] for arm in arms):
             group = [arm for arm in arms if arm_parts(arm)[1] == warm_start]
-            for index, arm in enumerate(group):
+            for arm in group:
                 out_dir = run_dir(output_dir, arm, seed)
                 if os.path.isfile(os.path.join(out_dir, "result.json")):
                     print(f"[compare_modes] {arm} seed {seed}: done already ({out_dir})", flush=True)
                     continue
+                # An arm added to a finished grid starts from the warm start its seed's first arm trained.
+                share_warm_start(output_dir, [group[0], arm], seed)
                 print(f"[compare_modes] {arm} seed {seed} -> {out_dir}", flush=True)
                 gin_files = [os.path.join(CONFIG_DIR, MODES[arm_parts(arm)[0]])] + list(extra_gin_files)
                 bindings = list(extra_bindings) + WARM_STARTS[warm_start] + run_bindings(seed, steps)
                 train_one(gin_files, bindings, out_dir)
-                if index == 0:
-                    share_warm_start(output_dir, group, seed)
+                share_warm_start(output_dir, group, seed)
 
 
 # ------------------------------------------------------------------------------------------------ aggregation

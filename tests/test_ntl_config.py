@@ -12,6 +12,7 @@ CONTRACT_DEFAULTS = dict(
     pass_to_reward_function=True, reward_mode="final_answer", tau=0.1, adaptive_tau=False,
     tau_schedule=None, hybrid_weight=0.5, answer_extraction="strict_then_last",
     debug_mode=False, save_digit_info=False, cache_digit_mappings=True, fallback_on_error=False, require_digits=False,
+    digit_credit=0.0,  # ntl-jax's own: token-level credit at digit targets, off by default
 )
 
 

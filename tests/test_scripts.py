@@ -327,7 +327,7 @@ compare = _load_module("compare_modes")
 
 
 def test_modes_are_the_shipped_configs_and_bindings_select_the_seed():
-    assert set(compare.MODES) == {"standard", "ntl_final", "ntl_all", "ntl_hybrid"}
+    assert set(compare.MODES) == {"standard", "ntl_final", "ntl_all", "ntl_hybrid", "ntl_credit"}
     for config in compare.MODES.values():
         assert os.path.isfile(os.path.join(compare.CONFIG_DIR, config))
     assert compare.run_bindings(3, steps=5) == ["ntl_jax.TrainerConfig.seed = 3",

@@ -50,6 +50,9 @@ class NTLConfig:
     fallback_on_error: bool = knob(False, "on an NTL failure run the step as standard PPO (warned, counted) "
                                           "instead of stopping")
     require_digits: bool = knob(False, "treat a batch in which no response has a digit target as an NTL failure")
+    digit_credit: float = knob(0.0, "token-level credit at targeted digits, added to the advantages: this x (1 for "
+                                    "a right digit, 0 for a wrong one, minus the mean of the prompt's responses at "
+                                    "the same number and place); 0 = off (ntl_jax/ntl/credit.py)")
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -61,6 +64,10 @@ class NTLConfig:
         check_range(_NAME, "weight", self.weight, 0.0)
         check_range(_NAME, "tau", self.tau, 0.0, lo_open=True)
         check_range(_NAME, "hybrid_weight", self.hybrid_weight, 0.0, 1.0)
+        check_range(_NAME, "digit_credit", self.digit_credit, 0.0)
+        if self.digit_credit > 0 and not self.enabled:
+            fail(_NAME, "digit_credit", self.digit_credit, "0 while NTL is off (the credit is given at NTL's digit "
+                                                           "targets; set use_ntl_trainer = True)")
         if self.tau_schedule is not None:
             self._check_schedule()
         if self.enabled and not (self.extract_during_generation or self.extract_during_log_prob):

@@ -9,7 +9,9 @@ With NTL on:
 2. :meth:`NTLStage.summarize` turns the log-prob pass's digit slice and those targets into ``NTLInfo`` and the
    step's tau;
 3. :meth:`NTLStage.reward_kwargs` gives each ``compute_score`` call its ``ntl_info`` view and ``tau``;
-4. the actor loss adds ``weight * NTL`` from its own forward's digit slice (``ntl_jax.ppo.steps.actor_loss``).
+4. :meth:`NTLStage.credit` gives the advantages token-level credit at the targeted digits when
+   ``digit_credit > 0`` (``ntl_jax.ntl.credit``);
+5. the actor loss adds ``weight * NTL`` from its own forward's digit slice (``ntl_jax.ppo.steps.actor_loss``).
 
 One :class:`NTLStage` per run, built from ``NTLConfig``, answers all of these; what NTL carries from one iteration
 to the next (failure counters, the running mean number error that an adaptive tau follows) is its
@@ -30,6 +32,7 @@ import numpy as np
 from ntl_jax.distributed.multihost import to_host
 from ntl_jax.models.sampler import GenerationOutput
 from ntl_jax.ntl.config import NTLConfig
+from ntl_jax.ntl.credit import digit_credit
 from ntl_jax.ntl.info import DigitTargets, NTLInfo, compute_ntl_info
 from ntl_jax.ntl.schedules import update_running_mean
 from ntl_jax.ntl.targets import build_batch_targets
@@ -148,6 +151,23 @@ class NTLStage:
         if cfg.save_digit_info:
             _save_digit_info(info, texts, step, self.output_dir)
         return dataclasses.replace(ntl, info=info, tau=tau), metrics
+
+    def credit(self, ntl: NTLStep, response_ids: np.ndarray, group_size: int) -> tuple[np.ndarray | None,
+                                                                                        dict[str, float]]:
+        """``digit_credit x`` the digit credit [B, T] to add to the advantages (rows ``i * group_size + j`` are
+        prompt i's responses), and ``ntl/digit_credit/*`` metrics; ``None`` when off or nothing is targeted."""
+        targets = ntl.targets
+        if self.cfg.digit_credit == 0 or ntl.weight == 0.0 and not np.any(np.asarray(targets.weights) > 0):
+            return None, {}
+        response_ids = np.asarray(response_ids)
+        credit, correct = digit_credit(response_ids, np.asarray(targets.target_digits), np.asarray(targets.weights),
+                                       np.asarray(targets.layout.number_ids), np.asarray(targets.layout.places),
+                                       np.arange(response_ids.shape[0]) // group_size, self.digit_ids)
+        credit *= np.float32(self.cfg.digit_credit)
+        targeted = np.asarray(targets.weights) > 0
+        metrics = {"ntl/digit_credit/targeted_digit_acc": float(correct[targeted].mean()) if targeted.any() else 0.0,
+                   "ntl/digit_credit/abs_mean": float(np.abs(credit[targeted]).mean()) if targeted.any() else 0.0}
+        return credit, metrics
 
     def reward_kwargs(self, ntl: NTLStep, index: int) -> dict[str, Any]:
         """``ntl_info`` (sample ``index``'s view) and ``tau`` for ``compute_score``; nothing without NTL."""

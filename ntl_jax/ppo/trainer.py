@@ -167,6 +167,10 @@ class PPOTrainer:
             token_rewards, advantages, returns, kl_mean = rt.advantage_step(
                 rt.device(scores), sequences.response_mask, old_logprobs, ref_logprobs, values,
                 jnp.float32(self.kl_state.value))
+            credit, credit_metrics = self.ntl_stage.credit(ntl, sequences.generation.response_ids, ppo.rollout_n)
+            if credit is not None:  # after the estimator: digit credit never flows to other tokens (ntl/credit.py)
+                advantages = advantages + rt.device(credit) * sequences.response_mask
+                metrics.update(credit_metrics)
             wait(advantages)
             if ppo.use_kl_in_reward:
                 metrics.update(self._update_kl_controller(float(to_host(kl_mean)), len(sequences.rows)))
