@@ -13,8 +13,8 @@ from a warm start (``WARM_STARTS``: ``ce_ntl``, the configs' supervised warm sta
 ``ce``, cross-entropy only). Arm names: the mode (``ntl_final``) for the ``ce_ntl`` warm start, ``<mode>@ce``
 otherwise. Each (arm, seed) trains in ``<output_dir>/<arm>/seed_<seed>`` through ``ntl_jax.train`` exactly as
 ``python -m ntl_jax.train --gin_file=<config> [--gin_file=...] --gin_bindings='ntl_jax.TrainerConfig.seed = <seed>'``
-(plus ``ntl_jax.WarmStartConfig.ntl_weight = 0.0`` for ``@ce``) would; a run whose result.json exists is not trained
-again. On the embedded task every arm of a seed and warm start starts from the same warm-started policy (trained
+(plus ``ntl_jax.WarmStartConfig.ntl_weight = 0.0`` for ``@ce``) would; a finished run is not trained again, and a run
+stopped by SIGTERM or SIGINT stops the grid (rerun the same command: it resumes from the run's checkpoint). On the embedded task every arm of a seed and warm start starts from the same warm-started policy (trained
 once, copied) and every arm of a seed is validated on the same held-out set.
 
 Held-out metrics come from the embedded task's scorer (``ntl_jax.rewards.arithmetic``), logged by validation as
@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import sys
+import json
 from typing import Any
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -94,6 +95,15 @@ def run_dir(output_dir: str, arm: str, seed: int) -> str:
     return os.path.join(output_dir, arm, f"seed_{seed}")
 
 
+def finished(out_dir: str) -> bool:
+    """A run whose ``result.json`` exists and was not stopped by a signal (a preempted run resumes when rerun)."""
+    path = os.path.join(out_dir, "result.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return not json.load(f).get("preempted", False)
+
+
 def train_one(gin_files: list[str], bindings: list[str], out_dir: str) -> None:
     import gin
 
@@ -123,7 +133,7 @@ def train_all(extra_gin_files: list[str], extra_bindings: list[str], arms: list[
             group = [arm for arm in arms if arm_parts(arm)[1] == warm_start]
             for arm in group:
                 out_dir = run_dir(output_dir, arm, seed)
-                if os.path.isfile(os.path.join(out_dir, "result.json")):
+                if finished(out_dir):
                     print(f"[compare_modes] {arm} seed {seed}: done already ({out_dir})", flush=True)
                     continue
                 # An arm added to a finished grid starts from the warm start its seed's first arm trained.
@@ -132,6 +142,9 @@ def train_all(extra_gin_files: list[str], extra_bindings: list[str], arms: list[
                 gin_files = [os.path.join(CONFIG_DIR, MODES[arm_parts(arm)[0]])] + list(extra_gin_files)
                 bindings = list(extra_bindings) + WARM_STARTS[warm_start] + run_bindings(seed, steps)
                 train_one(gin_files, bindings, out_dir)
+                if not finished(out_dir):  # SIGTERM/SIGINT: the run saved a checkpoint; stop the grid here too
+                    raise SystemExit(f"[compare_modes] {arm} seed {seed} was stopped before its last step; rerun "
+                                     "the same command to resume it and the rest of the grid")
                 share_warm_start(output_dir, group, seed)
 
 

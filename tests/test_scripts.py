@@ -326,6 +326,14 @@ def test_gsm8k_config_macros_override(parse_config):
 compare = _load_module("compare_modes")
 
 
+def test_a_preempted_run_is_not_finished(tmp_path):
+    assert not compare.finished(str(tmp_path))
+    (tmp_path / "result.json").write_text('{"preempted": true, "end_step": 86}')
+    assert not compare.finished(str(tmp_path))  # rerunning the grid resumes it
+    (tmp_path / "result.json").write_text('{"preempted": false, "end_step": 150}')
+    assert compare.finished(str(tmp_path))
+
+
 def test_modes_are_the_shipped_configs_and_bindings_select_the_seed():
     assert set(compare.MODES) == {"standard", "ntl_final", "ntl_all", "ntl_hybrid", "ntl_credit"}
     for config in compare.MODES.values():
