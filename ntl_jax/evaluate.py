@@ -145,10 +145,9 @@ def evaluate_model(model: str, setup: EvalSetup, *, n_samples: int = 0, temperat
     import jax
 
     from ntl_jax.models.config import generation_eos_token_ids, stop_token_ids
-    from ntl_jax.models.sampler import Sampler, SamplingParams
+    from ntl_jax.models.sampler import Sampler, SamplingParams, resolve_cache_dtype
     from ntl_jax.ppo.evaluation import evaluate
     from ntl_jax.ppo.rollout import ColocatedRollout
-    from ntl_jax.ppo.state import DTYPES
     from ntl_jax.rewards.registry import RewardFnSpec
     from ntl_jax.rewards.workers import LocalRewardRunner
 
@@ -161,7 +160,7 @@ def evaluate_model(model: str, setup: EvalSetup, *, n_samples: int = 0, temperat
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sampler = Sampler(graphdef, model_config, eos_token_ids=stop_token_ids(
                           tokenizer, model_config.eos_token_id, generation_eos_token_ids(folder)),
-                      pad_token_id=pad_id, mesh=mesh, cache_dtype=DTYPES[run.kv_cache_dtype],
+                      pad_token_id=pad_id, mesh=mesh, cache_dtype=resolve_cache_dtype(run.kv_cache_dtype, mesh.devices.flat[0].platform),
                       cpu_decode_matmuls=run.cpu_decode_matmuls)
     rollout = ColocatedRollout(sampler, ppo.rollout_max_rows)
     scorer = LocalRewardRunner(RewardFnSpec(), timeout_s=run.reward_timeout_s, fallback_score=0.0)

@@ -78,7 +78,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     from ntl_jax.distributed.mesh import make_mesh
     from ntl_jax.models.config import ModelConfig
     from ntl_jax.models.decoder import CausalLM, ValueModel
-    from ntl_jax.models.sampler import Sampler, SamplingParams
+    from ntl_jax.models.sampler import Sampler, SamplingParams, resolve_cache_dtype
     from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, state_shardings
     from ntl_jax.ppo.rollout import prompts_per_chunk
     from ntl_jax.ppo.state import DTYPES, optimizer_shardings
@@ -98,6 +98,8 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
     with open(model_json, encoding="utf-8") as f:
         model_config = ModelConfig.from_hf_dict(json.load(f))
+    # Simulated CPU devices stand for accelerators: kv_cache_dtype='auto' is planned as it resolves there.
+    target_platform = "gpu" if args.backend == "cpu" else jax.default_backend()
     mesh = make_mesh(run.mesh_data, run.mesh_fsdp, run.mesh_tensor)
     dtype, param_dtype = DTYPES[run.dtype], DTYPES[run.param_dtype]
 
@@ -142,7 +144,9 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
     # Generation as `Sampler.generate` runs it: prefill over the prompts (their cache rows then repeated for the
     # rollout_n samples), then the decode loop over the rows with the donated KV cache; both padded to the shards.
     sampler = Sampler(actor_graph, model_config, eos_token_ids=[0], pad_token_id=0, mesh=mesh,
-                      digit_ids=digit_ids, cache_dtype=DTYPES[run.kv_cache_dtype])
+                      digit_ids=digit_ids,
+                      cache_dtype=resolve_cache_dtype(run.kv_cache_dtype, target_platform),
+                      platform=target_platform)
     prompt_len = sampler.prompt_width([[0] * ppo.max_prompt_length])  # the bucket of the longest allowed prompt
     # With PPOConfig.rollout_max_rows the rows go to the sampler in chunks: one chunk is what a call holds.
     chunk_prompts = prompts_per_chunk(ppo.train_batch_size, ppo.rollout_n, ppo.rollout_max_rows)
@@ -196,7 +200,8 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
             resident_bytes["critic params"] + resident_bytes["critic Adam"])
     header = (f"{model_json}: {sum(x.size for x in jax.tree.leaves(actor_params)) / 1e6:.1f}M parameters, "
               f"{args.devices} devices as mesh {dict(mesh.shape)}, dtype {run.dtype}, param_dtype {run.param_dtype}, "
-              f"remat {run.remat}, scan_layers {run.scan_layers}, kv_cache_dtype {run.kv_cache_dtype}; "
+              f"remat {run.remat}, scan_layers {run.scan_layers}, kv_cache_dtype {run.kv_cache_dtype} "
+              f"({jnp.dtype(resolve_cache_dtype(run.kv_cache_dtype, target_platform)).name}); "
               f"{rows} responses x ({prompt_len} + {t}) tokens per iteration, mini-batch {m}")
     resident_lines = [f"  {name}: {size / GIB:.2f} GiB" for name, size in resident_bytes.items()]
     return phases, resident_total, "\n".join([header, "resident per device:", *resident_lines,

@@ -344,3 +344,72 @@ def test_rollout_max_rows_is_refused_where_it_would_be_ignored():
         ExperimentConfig(ppo=PPOConfig(rollout_max_rows=8), trainer=TrainerConfig(rollout_mode="ray"), ntl=NTLConfig())
     with pytest.raises(ValueError, match="rollout_max_rows=-1 is invalid"):
         PPOConfig(rollout_max_rows=-1)
+
+
+# ------------------------------------------------------------------------------------------ accelerator programs
+def _wide_vocab_sampler(platform):
+    """A tiny model whose vocabulary (512) is wide enough for the blocked argmax, built for ``platform``."""
+    from ntl_jax.models.config import ModelConfig
+    from ntl_jax.models.decoder import CausalLM
+
+    config = ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    graphdef, state = nnx.split(CausalLM(config, rngs=nnx.Rngs(0)))
+    return Sampler(graphdef, config, eos_token_ids=[1], pad_token_id=0, platform=platform), state
+
+
+@pytest.mark.parametrize("platform, conditionals", [("cpu", True), ("gpu", False), ("tpu", False)])
+def test_accelerator_decode_loop_has_no_conditional(platform, conditionals):
+    """On XLA:GPU a conditional in the decode loop's body is a device-to-host sync per step: built for an
+    accelerator, the decode program (compiled here, for the CPU) has none; built for the CPU it has the blocked
+    argmax's. Lowering the accelerator program for CUDA also succeeds on this CPU-only machine."""
+    sampler_, state = _wide_vocab_sampler(platform)
+    hlo = _decode_hlo(sampler_, (None, state), SamplingParams(max_new_tokens=8, greedy=True))
+    assert (" conditional(" in hlo) == conditionals
+    if platform == "gpu":
+        from jax import export
+
+        prefill, decode = sampler_.build_programs(16, 4, SamplingParams(max_new_tokens=8, n=1), with_digits=False,
+                                                  with_logprobs=False)
+        ids, rows = jnp.zeros((4, 16), jnp.int32), jnp.arange(4, dtype=jnp.int32)
+        cache, logits = jax.eval_shape(prefill, state, ids, jnp.ones_like(ids))
+        exported = export.export(decode, platforms=["cuda"])(state, cache, logits, jnp.ones_like(ids),
+                                                             jax.random.key(0), rows, rows)
+        assert "stablehlo.while" in exported.mlir_module()
+
+
+def test_accelerator_and_cpu_argmax_pick_the_same_tokens():
+    """jnp.argmax (accelerators) and the blocked argmax (CPU) agree, on ties, +inf and NaN rows too."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 512)).astype(np.float32)
+    logits[1, [7, 300]] = 9.0  # a tie: the first index wins
+    logits[2, 400] = np.inf
+    logits[3, [10, 200]] = np.nan
+    logits[4, [5, 6]] = [np.inf, np.nan]
+    logits = jnp.asarray(logits)
+    keys = jax.random.split(jax.random.key(0), 16)
+    for params in (SamplingParams(greedy=True), SamplingParams(temperature=0.7), SamplingParams(top_k=50)):
+        np.testing.assert_array_equal(sample_tokens(logits, keys, params, blocked_argmax=True),
+                                      sample_tokens(logits, keys, params, blocked_argmax=False))
+
+
+def test_prefill_attends_over_the_prompt_slots_only(split, model):
+    """The prefill's attention reads the P prompt slots, not the P + max_new_tokens of the cache it fills."""
+    sampler_ = Sampler(split[0], model.config, eos_token_ids=UNLIKELY_EOS, pad_token_id=PAD, prompt_buckets=BUCKETS)
+    prefill, _ = sampler_.build_programs(16, 4, SamplingParams(max_new_tokens=11, greedy=True), with_digits=False,
+                                         with_logprobs=False)
+    ids = jnp.zeros((4, 16), jnp.int32)
+    text = prefill.lower(split[1], ids, jnp.ones_like(ids)).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert dots and not any("x27x" in line or "x27>" in line for line in dots)  # 27 = 16 + 11 slots
+    assert any("x27x" in line for line in text.splitlines())  # the cache itself has all 27 slots
+
+
+def test_kv_cache_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu():
+    from ntl_jax.models.sampler import resolve_cache_dtype
+
+    assert resolve_cache_dtype("auto", "cpu") == jnp.float32
+    assert resolve_cache_dtype("auto", "gpu") == resolve_cache_dtype("auto", "tpu") == jnp.bfloat16
+    assert resolve_cache_dtype("float32", "gpu") == jnp.float32
+    with pytest.raises(ValueError, match="kv_cache_dtype='half' is invalid; allowed: 'auto'"):
+        resolve_cache_dtype("half", "cpu")

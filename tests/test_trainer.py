@@ -131,7 +131,7 @@ def test_kv_cache_dtype_and_cpu_decode_matmuls_reach_the_sampler_and_are_validat
     assert trainer.runtime.sampler.cache_dtype == jnp.bfloat16
     assert trainer.runtime.sampler.decode_compiler_options == {}  # 'eigen' and 'auto' (default): test_sampler.py
     trainer.close()
-    with pytest.raises(ValueError, match="kv_cache_dtype='float16' is invalid; allowed: 'float32', 'bfloat16'"):
+    with pytest.raises(ValueError, match="kv_cache_dtype='float16' is invalid; allowed: 'auto', 'float32', 'bfloat16'"):
         with_trainer(tiny_experiment(str(tmp_path)), kv_cache_dtype="float16")
     with pytest.raises(ValueError, match="cpu_decode_matmuls='mkl' is invalid; allowed: 'auto', 'eigen', 'xla_default'"):
         with_trainer(tiny_experiment(str(tmp_path)), cpu_decode_matmuls="mkl")

@@ -177,6 +177,7 @@ class Attention(nnx.Module):
         `KVCache`), whose slot ``cache_index`` receives this call's k/v; or ``prefix`` = (k, v) of P earlier slots in
         the same layout, attended before this call's own (S = P + T).
         -> (y, the updated (k, v) | this call's own (k, v) when ``return_kv`` | None)."""
+        t = x.shape[1]
         q = apply_rope(self._project(x, self.q_kernel, self.q_bias), cos, sin)
         # Keys / values head-major, values transposed: the `KVCache` layouts, which both contractions read as they lie.
         k = jnp.transpose(apply_rope(self._project(x, self.k_kernel, self.k_bias), cos, sin), (0, 2, 1, 3))
@@ -190,6 +191,11 @@ class Attention(nnx.Module):
             cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, cache_index, 0))
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, 0, cache_index))
             new_kv = (cache_k, cache_v)
+            if isinstance(cache_index, (int, np.integer)):
+                # A static first slot (the prefill's 0): slots past this call's last query are all in its future, so
+                # attend over the filled ones only (P, not P + max_new_tokens). Decode's slot is traced: whole cache.
+                cache_k, cache_v = cache_k[:, :, :cache_index + t], cache_v[..., :cache_index + t]
+                attend = attend[..., :cache_index + t]
             k, v = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
         b, t, h, hd = q.shape
         q = q.reshape(b, t, h // self.num_groups, self.num_groups, hd)

@@ -95,20 +95,24 @@ def warp_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return logits
 
 
-def sample_tokens(logits: jax.Array, row_keys: jax.Array, params: SamplingParams) -> jax.Array:
-    """One token per row from logits [N, V] with one PRNG key per row [N] -> int32 [N]."""
+def sample_tokens(logits: jax.Array, row_keys: jax.Array, params: SamplingParams, blocked_argmax: bool = True
+                  ) -> jax.Array:
+    """One token per row from logits [N, V] with one PRNG key per row [N] -> int32 [N]. ``blocked_argmax``: the
+    argmax by blocks (`_blocked_argmax`, for XLA:CPU), else ``jnp.argmax`` (accelerators: the blocked search needs
+    a ``cond``, and on XLA:GPU a ``cond`` in the decode loop's body is a device-to-host sync per step)."""
+    argmax = _blocked_argmax if blocked_argmax else (lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32))
     if params.greedy or params.top_k == 1:
-        return _row_argmax(logits)
+        return argmax(logits)
     warped = warp_logits(logits, params)
     # Gumbel-max, as jax.random.categorical computes it (same noise, same samples), with a cheaper argmax.
     noise = jax.vmap(lambda key: jax.random.gumbel(key, warped.shape[-1:], warped.dtype))(row_keys)
-    return _row_argmax(warped + noise)
+    return argmax(warped + noise)
 
 
 _ARGMAX_BLOCK = 128
 
 
-def _row_argmax(x: jax.Array) -> jax.Array:
+def _blocked_argmax(x: jax.Array) -> jax.Array:
     """``jnp.argmax(x, axis=-1)`` (first index of the maximum; a NaN counts as the maximum) for x [N, V] -> int32 [N].
 
     With V a multiple of ``_ARGMAX_BLOCK`` (at least four blocks), one pass takes each block's maximum (a NaN read as
@@ -146,6 +150,20 @@ def _first_max(x: jax.Array) -> jax.Array:
     return jnp.min(candidate, axis=-1) % vocab
 
 
+CACHE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_cache_dtype(name: str, platform: str) -> Any:
+    """The KV cache dtype named by ``TrainerConfig.kv_cache_dtype``: ``auto`` is bfloat16 on accelerators (half the
+    decode memory and cache traffic; the cache is read whole at every step) and float32 on CPU (XLA:CPU converts a
+    bfloat16 cache back to float32 at every read, which costs more than the smaller reads save)."""
+    if name == "auto":
+        return jnp.float32 if platform == "cpu" else jnp.bfloat16
+    if name not in CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype={name!r} is invalid; allowed: 'auto', {', '.join(map(repr, CACHE_DTYPES))}")
+    return CACHE_DTYPES[name]
+
+
 def row_keys(rng: jax.Array, prompt_index: jax.Array, sample_index: jax.Array) -> jax.Array:
     """Key of row (i, j) = fold_in(fold_in(rng, prompt_index_i), j); independent of the batch composition."""
     return jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(rng, p), s))(prompt_index, sample_index)
@@ -174,6 +192,10 @@ class Sampler:
     `cpu_decode_matmuls`: on XLA:CPU, 'eigen' compiles the decode loop with YNNPACK dot fusions off (faster at its
     few-row matmuls on AVX2 machines, see `ntl_jax.cpu`); 'xla_default' keeps jaxlib's choice; 'auto'
     (default) is 'xla_default' on AVX-512 CPUs, else 'eigen'. No effect elsewhere.
+
+    `platform`: the platform the programs are built for ('cpu', 'gpu', 'tpu'; default: the mesh's devices', else
+    the default backend's). It picks the platform's argmax (see `sample_tokens`); a memory planner on simulated CPU
+    devices passes the accelerator it plans for.
     """
 
     def __init__(
@@ -188,6 +210,7 @@ class Sampler:
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         cache_dtype: Any = jnp.float32,
         cpu_decode_matmuls: str = "auto",
+        platform: str | None = None,
     ) -> None:
         eos = (eos_token_ids,) if isinstance(eos_token_ids, (int, np.integer)) else tuple(eos_token_ids)
         if not eos or any(not 0 <= int(t) < config.vocab_size for t in eos):
@@ -211,7 +234,9 @@ class Sampler:
         self.mesh = mesh
         self.prompt_buckets = buckets
         self.cache_dtype = cache_dtype
-        platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+        if platform is None:
+            platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+        self.platform = platform
         self.decode_compiler_options = decode_compiler_options(cpu_decode_matmuls, platform)
         self._programs: dict[tuple, tuple[Any, Any]] = {}
         self._state_shardings: dict[Any, Any] = {}  # state tree structure -> its NamedShardings
@@ -249,6 +274,7 @@ class Sampler:
         digit_ids = None if self.digit_ids is None else jnp.asarray(self.digit_ids)
         counts, mesh = self._trace_counts, self.mesh
         logprob_temperature = 1.0 if params.greedy else params.temperature
+        blocked_argmax = self.platform == "cpu"
 
         def pin_cache_rows(cache: KVCache) -> KVCache:
             if mesh is None:
@@ -288,7 +314,7 @@ class Sampler:
             def emit(c: _DecodeCarry, logits: jax.Array) -> _DecodeCarry:
                 """Sample token ``c.step`` of every row from its logits [N, V] and record it."""
                 step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, c.step)
-                sampled = sample_tokens(logits, step_keys, params)
+                sampled = sample_tokens(logits, step_keys, params, blocked_argmax=blocked_argmax)
                 token = jnp.where(c.done, pad_id, sampled)
                 alive = ~c.done
                 logprobs, digit_logits = c.logprobs, c.digit_logits

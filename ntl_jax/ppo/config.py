@@ -247,8 +247,9 @@ class TrainerConfig:
     critic_path: str | None = knob(None, "HF folder of the critic; None = from the policy (new value head)")
     dtype: str = knob("float32", "compute dtype of forward and backward passes: float32, bfloat16")
     param_dtype: str = knob("float32", "storage dtype of parameters and Adam moments (keep float32 for small lrs)")
-    kv_cache_dtype: str = knob("float32", "dtype of the rollout KV cache: float32, bfloat16 (half the decode memory "
-                                          "and cache traffic; keys/values rounded to bfloat16)")
+    kv_cache_dtype: str = knob("auto", "dtype of the rollout KV cache: bfloat16 (half the decode memory and cache "
+                                       "traffic; keys/values rounded to bfloat16), float32, auto (bfloat16 on GPU and "
+                                       "TPU, float32 on CPU)")
     cpu_decode_matmuls: str = knob("auto", "XLA:CPU only, the rollout decode loop's matmuls: eigen (YNNPACK dot "
                                            "fusions off for that program: faster at its few rows on AVX2 machines), "
                                            "xla_default (jaxlib's YNNPACK: faster on AVX-512 ones), auto (xla_default "
@@ -303,7 +304,7 @@ class TrainerConfig:
         check_choice(n, "platform", self.platform, PLATFORMS)
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
-        check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, DTYPE_NAMES)
+        check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, ("auto",) + DTYPE_NAMES)
         check_choice(n, "cpu_decode_matmuls", self.cpu_decode_matmuls, DECODE_MATMULS)
         for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard",
                     "use_wandb", "progress_bar", "allow_unshared_checkpoint_dir"):

@@ -18,7 +18,7 @@ import numpy as np
 from ntl_jax.distributed.mesh import make_mesh
 from ntl_jax.distributed.multihost import put_global
 from ntl_jax.models.config import generation_eos_token_ids, stop_token_ids
-from ntl_jax.models.sampler import Sampler, SamplingParams
+from ntl_jax.models.sampler import Sampler, SamplingParams, resolve_cache_dtype
 from ntl_jax.ntl.digits import digit_token_ids
 from ntl_jax.ppo import state as state_lib
 from ntl_jax.ppo.compile_ahead import CompileAhead, abstract_like, abstract_rollout
@@ -78,7 +78,7 @@ class PPORuntime:
         self.compile_ahead = CompileAhead(self.run.compile_ahead)
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh,
-                               cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype],
+                               cache_dtype=resolve_cache_dtype(self.run.kv_cache_dtype, self.mesh.devices.flat[0].platform),
                                cpu_decode_matmuls=self.run.cpu_decode_matmuls)
         if not isinstance(reward_fn, RewardFnSpec):
             reward_fn = reward_spec(self.run.reward_fn_path, self.run.reward_fn_name, self.run.reward_fn_kwargs,
@@ -124,7 +124,7 @@ class PPORuntime:
             else:
                 ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
                 kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id, digit_ids=self.digit_ids,
-                              cache_dtype=state_lib.DTYPES[self.run.kv_cache_dtype],
+                              cache_dtype=resolve_cache_dtype(self.run.kv_cache_dtype, self.mesh.devices.flat[0].platform),
                               cpu_decode_matmuls=self.run.cpu_decode_matmuls)
                 self._rollout = RayRollout(self.models.model_config, kwargs, self.run.rollout_num_workers)
         return self._rollout
