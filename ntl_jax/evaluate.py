@@ -134,7 +134,7 @@ def load_policy(model: str, config: Any):
     folder = resolve_model_path(model)
     mesh = make_mesh(run.mesh_data, run.mesh_fsdp, run.mesh_tensor)
     module = from_pretrained(folder, dtype=DTYPES[run.dtype], param_dtype=DTYPES[run.param_dtype], mesh=mesh,
-                             rules=LOGICAL_AXIS_RULES)
+                             rules=LOGICAL_AXIS_RULES, attention=run.attention)
     graphdef, params = nnx.split(module)
     return params, graphdef, module.config, load_tokenizer(folder), mesh, folder
 

@@ -105,7 +105,8 @@ def plan(args: argparse.Namespace) -> tuple[list[dict], int, str]:
 
     def abstract_module(cls):
         module = nnx.eval_shape(lambda: cls(model_config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
-                                            remat=run.remat, scan_layers=run.scan_layers))
+                                            remat=run.remat, scan_layers=run.scan_layers,
+                                            attention=run.attention))
         graphdef, state = nnx.split(module)
         shardings = state_shardings(state, mesh, LOGICAL_AXIS_RULES)
         return graphdef, _abstract(state, shardings), shardings

@@ -124,6 +124,25 @@ class RMSNorm(nnx.Module):
         return (normed * self.scale[...].astype(jnp.float32)).astype(self.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product_attention")
+
+
+def _check_attention(attention: str) -> None:
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention={attention!r} is invalid; allowed: "
+                         + ", ".join(map(repr, ATTENTION_IMPLEMENTATIONS)))
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Array, *, scale: float) -> jax.Array:
+    """``grouped_attention``'s function through ``jax.nn.dot_product_attention`` (JAX picks the implementation per
+    backend: cuDNN's fused kernel on GPUs where it applies, XLA's elsewhere): the same layouts in and out, so the
+    two are interchangeable. Scores are taken in the inputs' dtype (float32 scores only with float32 inputs)."""
+    b, t, kvh, g, hd = q.shape
+    out = jax.nn.dot_product_attention(q.reshape(b, t, kvh * g, hd), jnp.transpose(k, (0, 2, 1, 3)),
+                                       jnp.transpose(v, (0, 3, 1, 2)), mask=attend[:, None], scale=scale)
+    return out.reshape(b, t, kvh, g, hd)
+
+
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Array, *, scale: float, dtype: DType,
                       per_group_member: bool = False) -> jax.Array:
     """q [B,T,KVH,G,Dh], k [B,KVH,S,Dh], v [B,KVH,Dh,S], attend bool [B,T,S] -> [B,T,KVH,G,Dh]:
@@ -146,9 +165,14 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, attend: jax.Arra
 
 
 class Attention(nnx.Module):
-    """Grouped-query attention with RoPE; kernels [D,H,Dh] / [H,Dh,D] so heads can be sharded."""
+    """Grouped-query attention with RoPE; kernels [D,H,Dh] / [H,Dh,D] so heads can be sharded. ``attention``:
+    'einsum' (`grouped_attention`) or 'dot_product_attention' (`fused_attention`) for every pass but a decode step
+    (one query against the KV cache), which always reads the cache in place with the einsum."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType,
+                 attention: str = "einsum"):
+        _check_attention(attention)
+        self.attention = attention
         d, h, kvh, hd = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.dim_per_head
         self.q_kernel = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), param_dtype)
         self.k_kernel = _param(rngs, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), param_dtype)
@@ -200,7 +224,10 @@ class Attention(nnx.Module):
         b, t, h, hd = q.shape
         q = q.reshape(b, t, h // self.num_groups, self.num_groups, hd)
         grouped = functools.partial(grouped_attention, scale=self.scale, dtype=self.dtype)
-        if t == 1 and self.num_groups > 1:
+        decode_step = layer_cache is not None and not isinstance(cache_index, (int, np.integer))
+        if self.attention == "dot_product_attention" and not decode_step:
+            out = fused_attention(q, k, v, attend, scale=self.scale)
+        elif t == 1 and self.num_groups > 1:
             # One query per row (a decode step): on CPU, one contraction per group member (see `grouped_attention`).
             out = jax.lax.platform_dependent(q, k, v, attend, cpu=functools.partial(grouped, per_group_member=True),
                                              default=grouped)
@@ -240,10 +267,11 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType, param_dtype: DType,
+                 attention: str = "einsum"):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
-        self.self_attn = Attention(config, rngs=rngs, **kw)
+        self.self_attn = Attention(config, rngs=rngs, attention=attention, **kw)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.mlp = MLP(config, rngs=rngs, **kw)
 
@@ -274,10 +302,12 @@ class DecoderBody(nnx.Module):
     """Embedding, L decoder layers and the final RMSNorm (HF's `model.*`)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType = jnp.float32,
-                 param_dtype: DType = jnp.float32, remat: bool = False, scan_layers: bool = False):
+                 param_dtype: DType = jnp.float32, remat: bool = False, scan_layers: bool = False,
+                 attention: str = "einsum"):
         self.config = config
         self.embed_tokens = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                                             attention=attention)
                                 for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.dtype = dtype
@@ -368,10 +398,11 @@ class CausalLM(nnx.Module):
     """Decoder + LM head. `__call__` returns final-norm hidden states; `logits` applies the head in float32."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType = jnp.float32,
-                 param_dtype: DType = jnp.float32, remat: bool = False, scan_layers: bool = False):
+                 param_dtype: DType = jnp.float32, remat: bool = False, scan_layers: bool = False,
+                 attention: str = "einsum"):
         self.config = config
         self.model = DecoderBody(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                 scan_layers=scan_layers)
+                                 scan_layers=scan_layers, attention=attention)
         self.lm_head = None if config.tie_word_embeddings else _param(
             rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
         self.dtype = dtype
@@ -399,10 +430,11 @@ class ValueModel(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: DType = jnp.float32,
                  param_dtype: DType = jnp.float32, remat: bool = False, scan_layers: bool = False,
-                 backbone: DecoderBody | None = None):
+                 backbone: DecoderBody | None = None, attention: str = "einsum"):
         self.config = config
         self.model = backbone if backbone is not None else DecoderBody(
-            config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers)
+            config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
+            attention=attention)
         self.score_kernel = _param(rngs, (config.hidden_size, 1), ("embed", None), param_dtype)
         self.score_bias = _param(None, (1,), (None,), param_dtype, init="zeros")
         self.dtype = dtype

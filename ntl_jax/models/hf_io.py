@@ -152,13 +152,15 @@ def _default_score_head(entry: ParamEntry) -> np.ndarray:
 
 def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32, mesh: Mesh | None = None,
                     rules: Rules | None = None, value_model: bool = False, param_dtype: Any = None,
-                    remat: bool = False, scan_layers: bool = False) -> CausalLM | ValueModel:
-    """Load config.json + safetensors into a CausalLM (or ValueModel); params in `param_dtype` (default `dtype`)."""
+                    remat: bool = False, scan_layers: bool = False, attention: str = "einsum"
+                    ) -> CausalLM | ValueModel:
+    """Load config.json + safetensors into a CausalLM (or ValueModel); params in `param_dtype` (default `dtype`);
+    ``attention``: 'einsum' or 'dot_product_attention' (`ntl_jax.models.decoder.Attention`)."""
     config = ModelConfig.from_pretrained_dir(path)
     param_dtype = dtype if param_dtype is None else param_dtype
     model_cls = ValueModel if value_model else CausalLM
     abstract = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
-                                                remat=remat, scan_layers=scan_layers))
+                                                remat=remat, scan_layers=scan_layers, attention=attention))
     graphdef, abstract_state = nnx.split(abstract)
     by_path = {entry.path: entry for entry in param_table(config, value_model=value_model)}
     checkpoint = load_hf_state(path)

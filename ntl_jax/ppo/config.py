@@ -16,6 +16,7 @@ from typing import Any
 import gin
 
 from ntl_jax.cpu import DECODE_MATMULS
+from ntl_jax.models.decoder import ATTENTION_IMPLEMENTATIONS
 from ntl_jax.knobs import check_bool, check_choice, check_positive_int, check_range, fail, knob
 from ntl_jax.ntl.config import NTLConfig
 from ntl_jax.ppo.advantages import ADVANTAGE_ESTIMATORS
@@ -257,6 +258,9 @@ class TrainerConfig:
     compile_ahead: bool = knob(True, "compile the updates' programs in a background thread while the first "
                                      "iteration's rollout runs (their shapes are known before it)")
     remat: bool = knob(False, "rematerialise each layer in the backward pass (less memory, ~1/3 more compute)")
+    attention: str = knob("einsum", "attention of every pass but a decode step: einsum (explicit float32 scores), "
+                                    "dot_product_attention (jax.nn.dot_product_attention: cuDNN's fused kernel on "
+                                    "GPUs where it applies, XLA's elsewhere; scores in the compute dtype)")
     scan_layers: bool = knob(False, "differentiated passes run the layers as one lax.scan over stacked weights: one "
                                     "layer's gathered fsdp weights live at a time, one compiled layer (large models)")
     train_files: tuple[str, ...] = knob((), "verl parquet file(s) of training prompts (with a model_path)")
@@ -304,6 +308,7 @@ class TrainerConfig:
         check_choice(n, "platform", self.platform, PLATFORMS)
         check_choice(n, "dtype", self.dtype, DTYPE_NAMES)
         check_choice(n, "param_dtype", self.param_dtype, DTYPE_NAMES)
+        check_choice(n, "attention", self.attention, ATTENTION_IMPLEMENTATIONS)
         check_choice(n, "kv_cache_dtype", self.kv_cache_dtype, ("auto",) + DTYPE_NAMES)
         check_choice(n, "cpu_decode_matmuls", self.cpu_decode_matmuls, DECODE_MATMULS)
         for key in ("val_before_train", "remat", "scan_layers", "filter_overlong_prompts", "use_tensorboard",

@@ -66,7 +66,8 @@ class PPORuntime:
                                          and not self.ntl.enabled and not self.ppo.use_kl_in_reward)
         self.models = state_lib.build_models(policy_path, self.ppo, self.mesh, dtype=self.run.dtype,
                                              param_dtype=self.run.param_dtype, remat=self.run.remat,
-                                             scan_layers=self.run.scan_layers, critic_path=self.run.critic_path,
+                                             scan_layers=self.run.scan_layers, attention=self.run.attention,
+                                             critic_path=self.run.critic_path,
                                              total_iterations=total_iterations)
         self.digit_ids = (np.asarray(digit_token_ids(tokenizer, logits_dim=self.models.model_config.vocab_size,
                                                      cache=self.ntl.cache_digit_mappings), np.int32)

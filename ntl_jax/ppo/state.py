@@ -96,7 +96,7 @@ def learning_rate_schedule(ppo: PPOConfig, peak_lr: float, total_iterations: int
 
 def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "float32",
                  param_dtype: str = "float32", remat: bool = False, scan_layers: bool = False,
-                 critic_path: str | None = None, total_iterations: int = 1,
+                 attention: str = "einsum", critic_path: str | None = None, total_iterations: int = 1,
                  seed: int = 0) -> PPOModels:
     """Load the policy from an HF-format folder, the critic (verl: from the policy checkpoint, new value head) and
     the reference (a frozen copy of the initial policy). ``dtype`` is the compute dtype, ``param_dtype`` the storage
@@ -111,7 +111,7 @@ def build_models(policy_path: str, ppo: PPOConfig, mesh: Mesh, *, dtype: str = "
         if value not in DTYPES:
             raise ValueError(f"{name}={value!r} is invalid; allowed: {', '.join(DTYPES)}")
     load = dict(dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], remat=remat, scan_layers=scan_layers,
-                mesh=mesh, rules=LOGICAL_AXIS_RULES)
+                attention=attention, mesh=mesh, rules=LOGICAL_AXIS_RULES)
     policy_module = from_pretrained(policy_path, **load)
     model_config = policy_module.config
     actor_tx = make_optimizer(learning_rate_schedule(ppo, ppo.actor_lr, total_iterations),
