@@ -419,3 +419,47 @@ def test_a_rollout_out_of_group_order_is_refused_while_prompts_are_shared(tmp_pa
             trainer.generate(batch)
     finally:
         trainer.close()
+
+
+def test_response_bucket_trains_on_the_longest_response_with_the_same_results(tmp_path, policy_dir, monkeypatch):
+    """PPOConfig.response_bucket: responses that all stop by column 5 of 12 train on 8 columns (bucket 4), with the
+    results of training on all 12 (the cut columns are padding). Stops are forced on the sampled rollout (a random
+    tiny policy rarely samples EOS); both runs see the same rollout."""
+    from ntl_jax.ppo.rollout import ColocatedRollout
+    from ntl_jax.ppo.trainer import trim_responses
+
+    original = ColocatedRollout.generate
+
+    def stop_by_column_5(self, *args, **kwargs):
+        gen = original(self, *args, **kwargs)
+        mask = gen.response_mask.copy()
+        mask[:, 5:] = 0
+        ids = np.where(mask > 0, gen.response_ids, 0)
+        return gen._replace(response_ids=ids, response_mask=mask)
+
+    monkeypatch.setattr(ColocatedRollout, "generate", stop_by_column_5)
+    widths, last = {}, {}
+    original_update = PPOTrainer.update
+
+    def record_width(self, rollout, ntl_weight, timings):
+        widths.setdefault(self.ppo.response_bucket, set()).add(rollout.response_ids.shape[1])
+        return original_update(self, rollout, ntl_weight, timings)
+
+    monkeypatch.setattr(PPOTrainer, "update", record_width)
+    for bucket in (0, 4):
+        out = tmp_path / f"bucket_{bucket}"
+        _run(tiny_experiment(str(out), use_ntl=True, response_bucket=bucket), policy_dir, val_rows=[])
+        last[bucket] = read_metrics_jsonl(out / "metrics.jsonl")
+    assert widths == {0: {12}, 4: {8}}
+    for full, trimmed in zip(last[0], last[4]):
+        for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/kl_loss", "critic/score/mean",
+                    "ntl/loss", "response_length/mean"):
+            assert trimmed[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+    with pytest.raises(ValueError, match="response_bucket=4 is invalid; allowed: 0 with loss_agg_mode"):
+        tiny_experiment(str(tmp_path), response_bucket=4, loss_agg_mode="seq-mean-token-sum-norm")
+    from ntl_jax.models.sampler import GenerationOutput
+    out = GenerationOutput(np.zeros((2, 3)), np.ones((2, 3)), np.zeros((2, 10)), np.tile((np.arange(10) < 3), (2, 1)),
+                           None, np.zeros((2, 10, 10)))
+    assert trim_responses(out, 4).response_ids.shape == (2, 4)
+    assert trim_responses(out, 4).digit_logits.shape == (2, 4, 10)
+    assert trim_responses(out, 0) is out and trim_responses(out, 16) is out

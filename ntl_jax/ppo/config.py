@@ -92,6 +92,9 @@ class PPOConfig:
     rollout_max_rows: int = knob(0, "most responses one sampler call generates (the KV cache holds rows x (prompt "
                                     "+ response) positions); the iteration's rows go in chunks of this size with "
                                     "the same samples; 0 = all at once")
+    response_bucket: int = knob(0, "train on the iteration's longest response rounded up to a multiple of this, not "
+                                   "on max_response_length: fewer positions in the log-prob, value and update passes "
+                                   "(the same results), one compiled shape per multiple; 0 = always the full length")
     skip_on_policy_old_log_prob: bool = knob(
         True, "with one actor step per iteration (ppo_epochs=1, ppo_mini_batch_size=train_batch_size), take the old "
               "log-probs from the update's own forward (stop-gradient; verl's on_policy) and skip the separate pass; "
@@ -108,7 +111,8 @@ class PPOConfig:
                     "logprob_chunk_size"):
             check_positive_int(n, key, getattr(self, key))
         for key in ("critic_warmup", "lr_warmup_steps", "top_k", "log_prob_micro_batch_size",
-                    "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device", "rollout_max_rows"):
+                    "ppo_micro_batch_size_per_device", "log_prob_micro_batch_size_per_device", "rollout_max_rows",
+                    "response_bucket"):
             check_positive_int(n, key, getattr(self, key), allow_zero=True)
         for key in ("norm_adv_by_std_in_grpo", "use_kl_loss", "use_kl_in_reward", "skip_on_policy_old_log_prob",
                     "share_prompt_forward"):
@@ -129,6 +133,9 @@ class PPOConfig:
         for key in ("actor_lr", "critic_lr", "grad_clip", "kl_target", "temperature"):
             check_range(n, key, getattr(self, key), 0.0, lo_open=True)
         check_range(n, "clip_ratio_c", self.clip_ratio_c, 1.0, lo_open=True)
+        if self.response_bucket and self.loss_agg_mode == "seq-mean-token-sum-norm":
+            # Its horizon is the response width; a trimmed width would change the loss.
+            fail(n, "response_bucket", self.response_bucket, "0 with loss_agg_mode='seq-mean-token-sum-norm'")
         if self.train_batch_size % self.ppo_mini_batch_size:
             fail(n, "ppo_mini_batch_size", self.ppo_mini_batch_size,
                   f"a divisor of train_batch_size={self.train_batch_size}")

@@ -170,6 +170,8 @@ class PPORuntime:
         """Start compiling the critic / actor updates for this batch's shapes beside the rollout (`compile_ahead`);
         a no-op once these shapes have been seen."""
         ppo, models = self.ppo, self.models
+        if ppo.response_bucket:  # the updates' response width is known only after the rollout
+            return
         rows, prompt_len = ppo.ppo_mini_batch_size * ppo.rollout_n, self.sampler.prompt_width(prompt_token_ids)
         with_critic = models.critic is not None
         key = (rows, prompt_len, with_critic, with_actor)

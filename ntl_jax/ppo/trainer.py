@@ -66,6 +66,19 @@ def _take_rows(tree: Any, rows: jax.Array) -> Any:
     return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), tree)
 
 
+def trim_responses(gen: GenerationOutput, bucket: int) -> GenerationOutput:
+    """The response columns up to ``W = bucket * ceil(longest response / bucket)`` (all of them when ``bucket`` is 0
+    or W is not shorter): the columns cut are padding in every row, which no pass attends to or counts."""
+    width = gen.response_ids.shape[1]
+    longest = int(np.max(np.sum(gen.response_mask, axis=1), initial=1))
+    trimmed = min(width, bucket * -(-max(longest, 1) // bucket)) if bucket else width
+    if trimmed == width:
+        return gen
+    return gen._replace(**{name: None if value is None else value[:, :trimmed]
+                           for name, value in gen._asdict().items() if name.startswith("response") or
+                           name == "digit_logits"})
+
+
 @dataclasses.dataclass
 class Sequences:
     """One iteration's prompts and sampled responses: host rows and texts, device arrays (rows sharded)."""
@@ -195,6 +208,7 @@ class PPOTrainer:
         gen = rt.rollout.generate(rt.models.policy.params, batch.prompt_token_ids, rt.sampling_params(),
                                     self.step_rng(self.global_step), prompt_indices=batch.indices,
                                     return_digit_logits=self.ntl_stage.digit_logits_from_sampler)
+        gen = trim_responses(gen, self.ppo.response_bucket)
         texts = self.tokenizer.batch_decode(np.where(gen.response_mask > 0, gen.response_ids, rt.pad_id),
                                             skip_special_tokens=True)
         rows = [row for row in batch.rows for _ in range(self.ppo.rollout_n)]
