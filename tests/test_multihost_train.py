@@ -38,6 +38,16 @@ WORKER = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGTERM)
 
     trainer_module.PPOTrainer.log_metrics = recording
+
+    import ntl_jax.rewards.workers as workers_module
+    scored = []  # responses this process scored, per reward call
+    local_score = workers_module.LocalRewardRunner.score
+
+    def counting(self, items):
+        scored.append(len(items))
+        return local_score(self, items)
+
+    workers_module.LocalRewardRunner.score = counting
     sys.argv = ["ntl_jax.train", "--gin_file=configs/ntl_final.gin", f"--output_dir={sys.argv[1]}",
                 *[f"--gin_bindings={b}" for b in json.loads(sys.argv[2])]]
     try:
@@ -47,7 +57,8 @@ WORKER = textwrap.dedent(
         code = exit_.code or 0
     import jax
     print("RESULT " + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                                  "devices": jax.device_count(), "code": code, "records": records}), flush=True)
+                                  "devices": jax.device_count(), "code": code, "records": records,
+                                  "scored": scored}), flush=True)
     """
 )
 
@@ -79,6 +90,9 @@ def test_main_command_on_two_processes_runs_checkpoints_resumes_and_agrees(tmp_p
     assert [r["code"] for r in results] == [0, 0]
     assert {r["devices"] for r in results} == {2 * devices_per_process}
     _assert_processes_agree(results)
+    # Every response is scored once, by one process: 16 per call here (4 prompts x 4 samples; 16 held out), 8 each.
+    assert results[0]["scored"] and results[0]["scored"] == results[1]["scored"]
+    assert set(results[0]["scored"]) == {8}
     records = results[0]["records"]
     assert any("val-core/arithmetic/acc/mean@1" in r for r in records)  # validation before and during training
     assert any("ntl/loss" in r and "actor/pg_loss" in r for r in records)

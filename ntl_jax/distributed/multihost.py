@@ -20,6 +20,7 @@ import glob
 import importlib.util
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -207,6 +208,21 @@ def broadcast_from_main(tree: Any) -> Any:
     if jax.process_count() == 1:
         return tree
     return multihost_utils.broadcast_one_to_all(tree)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), in process order, on every process (all must call it at the same point).
+
+    Pickled to bytes, padded to the longest, gathered with ``process_allgather``: two collectives (lengths, bytes).
+    The bytes come from this job's own processes only."""
+    if jax.process_count() == 1:
+        return [obj]
+    data = np.frombuffer(pickle.dumps(obj), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.asarray(data.size, np.int64))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [pickle.loads(row[:size].tobytes()) for row, size in zip(gathered, lengths)]
 
 
 def check_shared_folder(path: str, what: str) -> None:

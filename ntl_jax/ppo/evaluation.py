@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 from ntl_jax.data.verl_parquet import PromptDataset
-from ntl_jax.distributed.multihost import broadcast_from_main
 from ntl_jax.models.sampler import SamplingParams
 from ntl_jax.rewards.scoring import reward_item
+from ntl_jax.rewards.sharded import score_once_across_processes
 
 
 # Extras whose median is logged beside their mean: a few far answers move an error's mean, not its median.
@@ -44,10 +44,10 @@ def evaluate(rollout: Any, params: Any, rows: list[dict], tokenizer: Any, reward
         items = [item for item in items for _ in range(sampling.n)]  # row i * n + j: prompt i's j-th response
         if samples is not None:
             samples.extend((row, text) for (_, row, _), text in zip(items, texts))
-        result = reward_runner.score([reward_item(row, text) for (_, row, _), text in zip(items, texts)])
-        scores = broadcast_from_main(np.asarray(result.scores, np.float32))  # every process reports process 0's
-        accs = broadcast_from_main(np.asarray([float(e.get("acc", s)) for e, s in zip(result.extras, scores)],
-                                              np.float32))
+        result = score_once_across_processes(reward_runner, [reward_item(row, text)
+                                                             for (_, row, _), text in zip(items, texts)])
+        scores = np.asarray(result.scores, np.float32)
+        accs = [float(e.get("acc", s)) for e, s in zip(result.extras, scores)]
         for (_, row, _), score, acc, extra in zip(items, scores, accs, result.extras):
             bucket = per_source[row.get("data_source", "")]
             bucket["reward"].append(float(score))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntl_jax.data.verl_parquet import PromptBatch, PromptLoader
-from ntl_jax.distributed.multihost import broadcast_from_main, is_main_process, to_host, tree_to_host
+from ntl_jax.distributed.multihost import is_main_process, to_host, tree_to_host
 from ntl_jax.models.sampler import GenerationOutput
 from ntl_jax.ppo import state as state_lib
 from ntl_jax.ppo.batch_stats import batch_metrics
@@ -40,6 +40,7 @@ from ntl_jax.ppo.ntl_step import NTLStage
 from ntl_jax.ppo.runtime import PPORuntime
 from ntl_jax.ppo.steps import RolloutBatch
 from ntl_jax.rewards.scoring import reward_item
+from ntl_jax.rewards.sharded import score_once_across_processes
 from ntl_jax.rewards.workers import RewardResult
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,11 @@ class PPOTrainer:
 
         # 4. Rewards: compute_score per response, with ntl_info and tau when NTL is on.
         with timed(timings, "reward"):
-            rewards = rt.reward_runner.score(
-                [reward_item(row, text, **self.ntl_stage.reward_kwargs(ntl, i))
-                 for i, (row, text) in enumerate(zip(sequences.rows, sequences.texts))])
-            # Every process scores the same texts; process 0's scores are used, so all train on the same signal.
-            scores = broadcast_from_main(np.asarray(rewards.scores, np.float32))
+            # Each process scores its share of the responses; every process gets all the results.
+            rewards = score_once_across_processes(rt.reward_runner, [
+                reward_item(row, text, **self.ntl_stage.reward_kwargs(ntl, i))
+                for i, (row, text) in enumerate(zip(sequences.rows, sequences.texts))])
+            scores = np.asarray(rewards.scores, np.float32)
 
         # 5. Token rewards (minus KL when it is in the reward) and advantages.
         with timed(timings, "adv") as wait:
