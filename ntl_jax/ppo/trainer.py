@@ -141,19 +141,20 @@ class PPOTrainer:
         with timed(timings, "gen") as wait:
             sequences = self.generate(batch)
             wait(sequences.arrays)
-        with timed(timings, "ntl_targets") as wait:
+        # 2. Log-probs and entropy at the rollout temperature, and the digit slice -> NTLInfo, before rewards
+        #    (no pass when the single update's own forward gives them: see old_log_prob_from_update). The pass is
+        #    dispatched first, so the host builds NTL's digit targets while the devices compute it.
+        old_logprobs, digit_logits, old = jnp.zeros_like(sequences.response_mask), None, None
+        if not rt.old_log_prob_from_update:
+            with timed(timings, "old_log_prob"):  # its dispatch; the wait for it is charged below
+                old = rt.forward(rt.logprob_step, models.policy.params, sequences.arrays)
+        with timed(timings, "ntl_targets"):  # host work only: its transfer queues behind the pass on some backends
             ntl = self.ntl_stage.targets(sequences.generation, sequences.rows, self.global_step)
             ntl_targets = rt.device(ntl.targets)
-            wait(ntl_targets)
-
-        # 2. Log-probs and entropy at the rollout temperature, and the digit slice -> NTLInfo, before rewards
-        #    (no pass when the single update's own forward gives them: see old_log_prob_from_update).
-        old_logprobs, digit_logits = jnp.zeros_like(sequences.response_mask), None
-        if not rt.old_log_prob_from_update:
+        if old is not None:
             with timed(timings, "old_log_prob") as wait:
-                old = rt.forward(rt.logprob_step, models.policy.params, sequences.arrays)
-                old_logprobs, digit_logits = old.logprobs, old.digit_logits
                 wait(old)
+            old_logprobs, digit_logits = old.logprobs, old.digit_logits
         ntl, metrics = self.ntl_stage.summarize(ntl, digit_logits, sequences.generation, sequences.texts,
                                                 self.global_step)
 
