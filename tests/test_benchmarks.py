@@ -117,3 +117,32 @@ def test_decode_matmul_floor_times_each_distinct_dot_path():
     assert set(floor["by_dot_path"]) == {"xla_default"} | ({"eigen"} if eigen_differs else set())
     assert floor["tokens_per_s"] == max(floor["by_dot_path"].values()) > 0
     assert machine_limit.matmul_gflops(64, reps=1) > 0
+
+
+def test_response_bucket_savings_use_the_trainers_width(tmp_path):
+    """benchmarks/response_bucket.py picks the width `trim_responses` picks, and its fractions follow."""
+    import numpy as np
+
+    from benchmarks import response_bucket
+    from ntl_jax.models.sampler import GenerationOutput
+    from ntl_jax.ppo.trainer import trim_responses
+
+    for longest in (1, 7, 8, 9, 40, 47, 48):
+        mask = np.zeros((3, 48), np.int32)
+        mask[0, :longest] = 1
+        gen = GenerationOutput(np.zeros((3, 4)), np.ones((3, 4)), np.zeros((3, 48)), mask, None, None)
+        for bucket in (8, 16, 32):
+            assert trim_responses(gen, bucket).response_ids.shape[1] == response_bucket.trained_width(
+                longest, bucket, 48)
+    row = response_bucket.savings([48, 20, 10], bucket=16, max_response_length=48, prompt_width=16)
+    assert row["mean_trained_width"] == pytest.approx((48 + 32 + 16) / 3)
+    assert row["response_positions_saved"] == pytest.approx(1 - 96 / 144)
+    assert row["sequence_positions_saved"] == pytest.approx(1 - (64 + 48 + 32) / 192)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "response_length/max": m}) + "\n"
+                                                   for i, m in enumerate([48, 20, 10])))
+    out = tmp_path / "savings.json"
+    assert response_bucket.main([str(run_dir), "--max_response_length", "48", "--prompt_width", "16",
+                                 "--buckets", "16", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["response_positions_saved"] == pytest.approx(1 / 3)
