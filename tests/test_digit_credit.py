@@ -151,7 +151,6 @@ def test_trainer_adds_the_credit_to_the_advantages_at_targeted_digits_only(tmp_p
     """Same seed with and without credit: the same rollout, advantages that differ by exactly the credit."""
     from test_trainer import _trainer  # the tiny trainer of the end-to-end tests
     from trainer_fixtures import make_tiny_policy, tiny_experiment
-    from ntl_jax.ppo import config as ppo_config
     import dataclasses
 
     policy_dir = make_tiny_policy(str(tmp_path / "policy"))
@@ -167,7 +166,6 @@ def test_trainer_adds_the_credit_to_the_advantages_at_targeted_digits_only(tmp_p
     for weight in (0.0, 2.0):
         base = tiny_experiment(str(tmp_path / f"run_{weight}"), use_ntl=True, reward_mode="all_tokens", steps=1)
         config = dataclasses.replace(base, ntl=dataclasses.replace(base.ntl, digit_credit=weight))
-        assert isinstance(config.ntl, NTLConfig) and isinstance(config.ppo, ppo_config.PPOConfig)
         trainer = _trainer(config, policy_dir, val_rows=[])
         original = trainer.ntl_stage.credit
 
