@@ -124,6 +124,7 @@ class RMSNorm(nnx.Module):
         return (normed * self.scale[...].astype(jnp.float32)).astype(self.dtype)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the dtype names configs use
 ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product_attention")
 
 

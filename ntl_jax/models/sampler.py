@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ntl_jax.distributed.multihost import put_global, tree_to_host
 from ntl_jax.models.config import ModelConfig
-from ntl_jax.models.decoder import KVCache, init_kv_cache
+from ntl_jax.models.decoder import DTYPES, KVCache, init_kv_cache
 from ntl_jax.models.logprobs import response_positions
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, named_sharding, sharded_activations, state_shardings
 from ntl_jax.cpu.decode_matmuls import decode_compiler_options
@@ -150,18 +150,15 @@ def _first_max(x: jax.Array) -> jax.Array:
     return jnp.min(candidate, axis=-1) % vocab
 
 
-CACHE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def resolve_cache_dtype(name: str, platform: str) -> Any:
     """The KV cache dtype named by ``TrainerConfig.kv_cache_dtype``: ``auto`` is bfloat16 on accelerators (half the
     decode memory and cache traffic; the cache is read whole at every step) and float32 on CPU (XLA:CPU converts a
     bfloat16 cache back to float32 at every read, which costs more than the smaller reads save)."""
     if name == "auto":
         return jnp.float32 if platform == "cpu" else jnp.bfloat16
-    if name not in CACHE_DTYPES:
-        raise ValueError(f"kv_cache_dtype={name!r} is invalid; allowed: 'auto', {', '.join(map(repr, CACHE_DTYPES))}")
-    return CACHE_DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"kv_cache_dtype={name!r} is invalid; allowed: 'auto', {', '.join(map(repr, DTYPES))}")
+    return DTYPES[name]
 
 
 def row_keys(rng: jax.Array, prompt_index: jax.Array, sample_index: jax.Array) -> jax.Array:

@@ -16,7 +16,7 @@ from typing import Any
 import gin
 
 from ntl_jax.cpu import DECODE_MATMULS
-from ntl_jax.models.decoder import ATTENTION_IMPLEMENTATIONS
+from ntl_jax.models.decoder import ATTENTION_IMPLEMENTATIONS, DTYPES
 from ntl_jax.knobs import check_bool, check_choice, check_positive_int, check_range, fail, knob
 from ntl_jax.ntl.config import NTLConfig
 from ntl_jax.ppo.advantages import ADVANTAGE_ESTIMATORS
@@ -29,7 +29,7 @@ ROLLOUT_MODES = ("colocated", "ray")
 REWARD_RUNNERS = ("local", "ray")
 PLATFORMS = ("any", "cpu", "gpu", "tpu", "accelerator")
 TRUNCATIONS = ("error", "left", "right")
-DTYPE_NAMES = ("float32", "bfloat16")
+DTYPE_NAMES = tuple(DTYPES)
 
 
 @gin.configurable(module="ntl_jax")

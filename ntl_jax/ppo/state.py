@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ntl_jax.models import decoder
 from ntl_jax.models.config import ModelConfig
 from ntl_jax.models.hf_io import from_pretrained
 from ntl_jax.models.sharding import LOGICAL_AXIS_RULES, shard_state
@@ -25,7 +26,7 @@ from ntl_jax.ppo.steps import make_optimizer, tree_shardings
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = decoder.DTYPES
 
 
 def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
