@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
+from ntl_jax.ppo.trainer import bucketed_width
+
 
 def trained_width(longest: float, bucket: int, max_response_length: int) -> int:
-    """``min(T, bucket * ceil(longest / bucket))``, as ``ntl_jax.ppo.trainer.trim_responses`` picks it."""
-    return min(max_response_length, bucket * math.ceil(max(longest, 1) / bucket))
+    """The width ``ntl_jax.ppo.trainer.trim_responses`` picks for an iteration whose longest response is this."""
+    return bucketed_width(int(longest), bucket, max_response_length)
 
 
 def savings(longest_per_iteration: list[float], bucket: int, max_response_length: int,

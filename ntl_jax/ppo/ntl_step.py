@@ -157,17 +157,16 @@ class NTLStage:
         """``digit_credit x`` the digit credit [B, T] to add to the advantages (rows ``i * group_size + j`` are
         prompt i's responses), and ``ntl/digit_credit/*`` metrics; ``None`` when off or nothing is targeted."""
         targets = ntl.targets
-        if self.cfg.digit_credit == 0 or ntl.weight == 0.0 and not np.any(np.asarray(targets.weights) > 0):
+        targeted = np.asarray(targets.weights) > 0
+        if self.cfg.digit_credit == 0 or not targeted.any():
             return None, {}
         response_ids = np.asarray(response_ids)
         credit, correct = digit_credit(response_ids, np.asarray(targets.target_digits), np.asarray(targets.weights),
                                        np.asarray(targets.layout.number_ids), np.asarray(targets.layout.places),
                                        np.arange(response_ids.shape[0]) // group_size, self.digit_ids)
         credit *= np.float32(self.cfg.digit_credit)
-        targeted = np.asarray(targets.weights) > 0
-        metrics = {"ntl/digit_credit/targeted_digit_acc": float(correct[targeted].mean()) if targeted.any() else 0.0,
-                   "ntl/digit_credit/abs_mean": float(np.abs(credit[targeted]).mean()) if targeted.any() else 0.0}
-        return credit, metrics
+        return credit, {"ntl/digit_credit/targeted_digit_acc": float(correct[targeted].mean()),
+                        "ntl/digit_credit/abs_mean": float(np.abs(credit[targeted]).mean())}
 
     def reward_kwargs(self, ntl: NTLStep, index: int) -> dict[str, Any]:
         """``ntl_info`` (sample ``index``'s view) and ``tau`` for ``compute_score``; nothing without NTL."""

@@ -67,12 +67,16 @@ def _take_rows(tree: Any, rows: jax.Array) -> Any:
     return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), tree)
 
 
+def bucketed_width(longest: int, bucket: int, width: int) -> int:
+    """``min(width, bucket * ceil(longest / bucket))`` (``width`` when ``bucket`` is 0; at least one bucket)."""
+    return min(width, bucket * -(-max(int(longest), 1) // bucket)) if bucket else width
+
+
 def trim_responses(gen: GenerationOutput, bucket: int) -> GenerationOutput:
-    """The response columns up to ``W = bucket * ceil(longest response / bucket)`` (all of them when ``bucket`` is 0
-    or W is not shorter): the columns cut are padding in every row, which no pass attends to or counts."""
+    """The response columns up to ``bucketed_width`` of the longest response (all of them when ``bucket`` is 0 or
+    that is not shorter): the columns cut are padding in every row, which no pass attends to or counts."""
     width = gen.response_ids.shape[1]
-    longest = int(np.max(np.sum(gen.response_mask, axis=1), initial=1))
-    trimmed = min(width, bucket * -(-max(longest, 1) // bucket)) if bucket else width
+    trimmed = bucketed_width(int(np.max(np.sum(gen.response_mask, axis=1), initial=1)), bucket, width)
     if trimmed == width:
         return gen
     return gen._replace(**{name: None if value is None else value[:, :trimmed]
@@ -184,7 +188,7 @@ class PPOTrainer:
                 jnp.float32(self.kl_state.value))
             credit, credit_metrics = self.ntl_stage.credit(ntl, sequences.generation.response_ids, ppo.rollout_n)
             if credit is not None:  # after the estimator: digit credit never flows to other tokens (ntl/credit.py)
-                advantages = advantages + rt.device(credit) * sequences.response_mask
+                advantages = advantages + rt.device(credit)  # 0 off the targets, which lie inside the mask
                 metrics.update(credit_metrics)
             wait(advantages)
             if ppo.use_kl_in_reward:
