@@ -77,9 +77,10 @@ class PPORuntime:
                                       generation_eos_token_ids(policy_path))
         self._build_steps()
         self.compile_ahead = CompileAhead(self.run.compile_ahead)
+        self.cache_dtype = resolve_cache_dtype(self.run.kv_cache_dtype, self.mesh.devices.flat[0].platform)
         self.sampler = Sampler(self.models.policy.graphdef, self.models.model_config, eos_token_ids=self.eos_ids,
                                pad_token_id=self.pad_id, digit_ids=self.digit_ids, mesh=self.mesh,
-                               cache_dtype=resolve_cache_dtype(self.run.kv_cache_dtype, self.mesh.devices.flat[0].platform),
+                               cache_dtype=self.cache_dtype,
                                cpu_decode_matmuls=self.run.cpu_decode_matmuls)
         if not isinstance(reward_fn, RewardFnSpec):
             reward_fn = reward_spec(self.run.reward_fn_path, self.run.reward_fn_name, self.run.reward_fn_kwargs,
@@ -125,7 +126,7 @@ class PPORuntime:
             else:
                 ensure_ray(temp_dir=ray_temp_dir(self.output_dir))
                 kwargs = dict(eos_token_ids=self.eos_ids, pad_token_id=self.pad_id, digit_ids=self.digit_ids,
-                              cache_dtype=resolve_cache_dtype(self.run.kv_cache_dtype, self.mesh.devices.flat[0].platform),
+                              cache_dtype=self.cache_dtype,
                               cpu_decode_matmuls=self.run.cpu_decode_matmuls)
                 self._rollout = RayRollout(self.models.model_config, kwargs, self.run.rollout_num_workers)
         return self._rollout
