@@ -6,11 +6,14 @@
     # the 2 x 2 design of docs/experiments/ntl_effect.md in one regime:
     python scripts/compare_modes.py --gin_file=regimes/long_numbers.gin --warm_starts=ce,ce_ntl \
         --modes=standard,ntl_final --seed_list=10,11,12,13,14 --target_acc=0.3 --output_dir=outputs/effect/long
+    # tuning: a variant is a mode with extra bindings, run as its own arm from the same warm start
+    python scripts/compare_modes.py --gin_file=regimes/sparse_reward.gin --warm_starts=ce --seed_list=20,21,22 \
+        --variant='credit_1=ntl_credit:ntl_jax.NTLConfig.digit_credit = 1.0' --modes=standard,ntl_credit,credit_1 \
+        --output_dir=outputs/tune/sparse_reward
 
 An *arm* is a PPO mode (``MODES``: configs/standard.gin, ntl_final.gin, ntl_all.gin, ntl_hybrid.gin,
-ntl_credit.gin) started
-from a warm start (``WARM_STARTS``: ``ce_ntl``, the configs' supervised warm start with cross-entropy + NTL, or
-``ce``, cross-entropy only). Arm names: the mode (``ntl_final``) for the ``ce_ntl`` warm start, ``<mode>@ce``
+ntl_credit.gin; or a ``--variant``, a named mode plus bindings) started from a warm start (``WARM_STARTS``:
+``ce_ntl``, the configs' supervised warm start with cross-entropy + NTL, or ``ce``, cross-entropy only). Arm names: the mode (``ntl_final``) for the ``ce_ntl`` warm start, ``<mode>@ce``
 otherwise. Each (arm, seed) trains in ``<output_dir>/<arm>/seed_<seed>`` through ``ntl_jax.train`` exactly as
 ``python -m ntl_jax.train --gin_file=<config> [--gin_file=...] --gin_bindings='ntl_jax.TrainerConfig.seed = <seed>'``
 (plus ``ntl_jax.WarmStartConfig.ntl_weight = 0.0`` for ``@ce``) would; a finished run is not trained again, and a run
@@ -58,6 +61,24 @@ CURVES = tuple((name, title) for name, (_, _, title) in METRICS.items()) + tuple
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def parse_variant(spec: str) -> tuple[str, str, list[str]]:
+    """``NAME=MODE:BINDING[;BINDING...]`` -> (name, mode, bindings); ValueError naming the spec if malformed."""
+    name, _, rest = spec.partition("=")
+    mode, _, bindings_text = rest.partition(":")
+    name, mode = name.strip(), mode.strip()
+    bindings = [b.strip() for b in bindings_text.split(";") if b.strip()]
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in MODES or mode not in MODES or not bindings:
+        raise ValueError(f"--variant={spec!r} is invalid; allowed: NAME=MODE:BINDING[;BINDING...] with NAME of "
+                         f"letters, digits, '_', '.', '-' and not a mode, MODE one of {', '.join(MODES)}")
+    return name, mode, bindings
+
+
+def mode_config(mode: str, variants: dict[str, tuple[str, list[str]]]) -> tuple[str, list[str]]:
+    """(config file, extra bindings) of a shipped mode or a variant."""
+    base, bindings = variants.get(mode, (mode, []))
+    return os.path.join(CONFIG_DIR, MODES[base]), list(bindings)
 
 
 def arm_name(mode: str, warm_start: str) -> str:
@@ -127,7 +148,7 @@ def share_warm_start(output_dir: str, arms: list[str], seed: int) -> None:
 
 
 def train_all(extra_gin_files: list[str], extra_bindings: list[str], arms: list[str], seeds: list[int],
-              output_dir: str, steps: int | None) -> None:
+              output_dir: str, steps: int | None, variants: dict[str, tuple[str, list[str]]] | None = None) -> None:
     for seed in seeds:
         for warm_start in dict.fromkeys(arm_parts(arm)[1] for arm in arms):
             group = [arm for arm in arms if arm_parts(arm)[1] == warm_start]
@@ -139,8 +160,10 @@ def train_all(extra_gin_files: list[str], extra_bindings: list[str], arms: list[
                 # An arm added to a finished grid starts from the warm start its seed's first arm trained.
                 share_warm_start(output_dir, [group[0], arm], seed)
                 print(f"[compare_modes] {arm} seed {seed} -> {out_dir}", flush=True)
-                gin_files = [os.path.join(CONFIG_DIR, MODES[arm_parts(arm)[0]])] + list(extra_gin_files)
-                bindings = list(extra_bindings) + WARM_STARTS[warm_start] + run_bindings(seed, steps)
+                config, variant_bindings = mode_config(arm_parts(arm)[0], variants or {})
+                gin_files = [config] + list(extra_gin_files)
+                bindings = (list(extra_bindings) + variant_bindings + WARM_STARTS[warm_start]
+                            + run_bindings(seed, steps))
                 train_one(gin_files, bindings, out_dir)
                 if not finished(out_dir):  # SIGTERM/SIGINT: the run saved a checkpoint; stop the grid here too
                     raise SystemExit(f"[compare_modes] {arm} seed {seed} was stopped before its last step; rerun "
@@ -377,7 +400,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="runs go to <output_dir>/<arm>/seed_<seed>")
     parser.add_argument("--seeds", type=int, default=3, help="K: seeds 0..K-1 (default 3)")
     parser.add_argument("--seed_list", help="explicit comma-separated seeds (overrides --seeds)")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=MODE:BINDING[;BINDING...]: a mode with extra bindings (applied after the regime's "
+                             "files and --gin_bindings), usable in --modes as NAME; for tuning runs")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {', '.join(MODES)} and the --variant names")
     parser.add_argument("--warm_starts", default=DEFAULT_WARM_START,
                         help=f"comma-separated subset of {', '.join(WARM_STARTS)}: ce_ntl = cross-entropy + NTL (the "
                              "configs' own), ce = cross-entropy only; each mode runs from each")
@@ -387,10 +414,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report_only", action="store_true", help="only aggregate existing runs")
     parser.add_argument("--no_plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     args = parser.parse_args(argv)
+    try:
+        args.variants = {name: (mode, bindings) for name, mode, bindings in map(parse_variant, args.variant)}
+    except ValueError as err:
+        parser.error(str(err))
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in args.modes if m not in MODES]
+    bad = [m for m in args.modes if m not in MODES and m not in args.variants]
     if bad or not args.modes:
-        parser.error(f"--modes={','.join(args.modes)} is invalid; allowed: a subset of {', '.join(MODES)}")
+        parser.error(f"--modes={','.join(args.modes)} is invalid; allowed: a subset of "
+                     f"{', '.join(list(MODES) + list(args.variants))}")
     warm_starts = [w.strip() for w in args.warm_starts.split(",") if w.strip()]
     if not warm_starts or any(w not in WARM_STARTS for w in warm_starts):
         parser.error(f"--warm_starts={args.warm_starts} is invalid; allowed: a subset of {', '.join(WARM_STARTS)}")
@@ -413,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     try:
         if not args.report_only:
-            train_all(args.gin_file, args.gin_bindings, args.arms, args.seeds, args.output_dir, args.steps)
+            train_all(args.gin_file, args.gin_bindings, args.arms, args.seeds, args.output_dir, args.steps,
+                      args.variants)
         paths = report(args.output_dir, args.arms, args.seeds, plot=not args.no_plot, target_acc=args.target_acc)
     except ValueError as err:
         print(f"compare_modes: error: {err}", file=sys.stderr)

@@ -343,6 +343,28 @@ def test_modes_are_the_shipped_configs_and_bindings_select_the_seed():
     assert compare.run_bindings(0, None) == ["ntl_jax.TrainerConfig.seed = 0"]
 
 
+def test_a_variant_is_a_mode_with_bindings_run_as_its_own_arm(tmp_path, capsys):
+    args = compare.parse_args([
+        "--output_dir", "x", "--modes", "standard,credit_1", "--warm_starts", "ce",
+        "--variant", "credit_1=ntl_credit:ntl_jax.NTLConfig.digit_credit = 1.0; ntl_jax.NTLConfig.weight = 0.0"])
+    assert args.arms == ["standard@ce", "credit_1@ce"]
+    assert compare.baselines(args.arms) == [("credit_1@ce", "standard@ce")]
+    config, bindings = compare.mode_config("credit_1", args.variants)
+    assert config == os.path.join(compare.CONFIG_DIR, "ntl_credit.gin")
+    assert bindings == ["ntl_jax.NTLConfig.digit_credit = 1.0", "ntl_jax.NTLConfig.weight = 0.0"]
+    assert compare.mode_config("standard", args.variants) == (os.path.join(compare.CONFIG_DIR, "standard.gin"), [])
+    for spec in ("credit_1=ppo:ntl_jax.NTLConfig.weight = 0.0",  # unknown mode
+                 "standard=ntl_credit:ntl_jax.NTLConfig.weight = 0.0",  # shadows a mode
+                 "credit/1=ntl_credit:ntl_jax.NTLConfig.weight = 0.0",  # not a folder name
+                 "credit_1=ntl_credit:"):  # no binding
+        with pytest.raises(SystemExit):
+            compare.parse_args(["--output_dir", str(tmp_path), "--variant", spec])
+        assert f"--variant={spec!r} is invalid" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a variant must be declared to be used
+        compare.parse_args(["--output_dir", str(tmp_path), "--modes", "standard,credit_1"])
+    assert "--modes=standard,credit_1 is invalid" in capsys.readouterr().err
+
+
 def test_spread_gives_a_95_percent_t_interval():
     stats = compare.spread([0.40, 0.50, 0.45, 0.55, 0.35])
     assert stats["mean"] == pytest.approx(0.45) and stats["n"] == 5
@@ -432,13 +454,17 @@ def test_compare_modes_smoke_two_steps_one_seed(tmp_path):
             "ntl_jax.PPOConfig.rollout_n = 4", "ntl_jax.PPOConfig.ppo_mini_batch_size = 8",
             "ntl_jax.PPOConfig.ppo_micro_batch_size = 32", "ntl_jax.TrainerConfig.test_freq = 1",
             "ntl_jax.TrainerConfig.use_tensorboard = False", "ntl_jax.TrainerConfig.progress_bar = False"]
-    args = ["--output_dir", str(tmp_path), "--seeds", "1", "--steps", "2"]
+    args = ["--output_dir", str(tmp_path), "--seeds", "1", "--steps", "2", "--modes", ",".join(compare.MODES)
+            + ",credit_1", "--variant", "credit_1=ntl_credit:ntl_jax.NTLConfig.digit_credit = 1.0"]
     for binding in tiny:
         args += ["--gin_bindings", binding]
     assert compare.main(args) == 0
     with open(tmp_path / "summary.csv") as f:
         rows = {row["mode"]: row for row in csv.DictReader(f)}
-    assert set(rows) == set(compare.MODES)
+    assert set(rows) == set(compare.MODES) | {"credit_1"}
+    # The variant ran its mode's config with its binding on top; the shipped mode kept its own value.
+    assert "digit_credit = 1.0" in (tmp_path / "credit_1" / "seed_0" / "operative_config.gin").read_text()
+    assert "digit_credit = 0.5" in (tmp_path / "ntl_credit" / "seed_0" / "operative_config.gin").read_text()
     for mode, row in rows.items():
         for key in ("acc_mean", "abs_error_mean", "digit_acc_mean"):
             assert math.isfinite(float(row[key])), (mode, key)
