@@ -19,14 +19,10 @@ import sys
 from ntl_jax.ppo.trainer import bucketed_width
 
 
-def trained_width(longest: float, bucket: int, max_response_length: int) -> int:
-    """The width ``ntl_jax.ppo.trainer.trim_responses`` picks for an iteration whose longest response is this."""
-    return bucketed_width(int(longest), bucket, max_response_length)
-
-
 def savings(longest_per_iteration: list[float], bucket: int, max_response_length: int,
             prompt_width: int) -> dict[str, float]:
-    widths = [trained_width(x, bucket, max_response_length) for x in longest_per_iteration]
+    # The width trim_responses trains at for each iteration's longest response.
+    widths = [bucketed_width(int(x), bucket, max_response_length) for x in longest_per_iteration]
     full, n = max_response_length, len(widths)
     return {
         "iterations": n,
