@@ -13,12 +13,15 @@
 
 An *arm* is a PPO mode (``MODES``: configs/standard.gin, ntl_final.gin, ntl_all.gin, ntl_hybrid.gin,
 ntl_credit.gin; or a ``--variant``, a named mode plus bindings) started from a warm start (``WARM_STARTS``:
-``ce_ntl``, the configs' supervised warm start with cross-entropy + NTL, or ``ce``, cross-entropy only). Arm names: the mode (``ntl_final``) for the ``ce_ntl`` warm start, ``<mode>@ce``
-otherwise. Each (arm, seed) trains in ``<output_dir>/<arm>/seed_<seed>`` through ``ntl_jax.train`` exactly as
+``ce_ntl``, the configs' supervised warm start with cross-entropy + NTL, or ``ce``, cross-entropy only). Arm names:
+the mode (``ntl_final``) for the ``ce_ntl`` warm start, ``<mode>@ce`` otherwise. Each (arm, seed) trains in
+``<output_dir>/<arm>/seed_<seed>`` through ``ntl_jax.train`` exactly as
 ``python -m ntl_jax.train --gin_file=<config> [--gin_file=...] --gin_bindings='ntl_jax.TrainerConfig.seed = <seed>'``
-(plus ``ntl_jax.WarmStartConfig.ntl_weight = 0.0`` for ``@ce``) would; a finished run is not trained again, and a run
-stopped by SIGTERM or SIGINT stops the grid (rerun the same command: it resumes from the run's checkpoint). On the embedded task every arm of a seed and warm start starts from the same warm-started policy (trained
-once, copied) and every arm of a seed is validated on the same held-out set.
+(plus ``ntl_jax.WarmStartConfig.ntl_weight = 0.0`` for ``@ce``) would. A finished run is not trained again (so a
+variant whose bindings change needs a new name), and a run stopped by SIGTERM or SIGINT stops the grid (rerun the
+same command: it resumes from the run's checkpoint). On the embedded task every arm of a seed and warm start starts
+from the same warm-started policy (trained once, copied) and every arm of a seed is validated on the same held-out
+set.
 
 Held-out metrics come from the embedded task's scorer (``ntl_jax.rewards.arithmetic``), logged by validation as
 ``val-core/arithmetic/acc`` and ``val-aux/arithmetic/{abs_error,digit_acc}``: accuracy, mean and median absolute
